@@ -1,0 +1,122 @@
+//! The TOML schema, as serde types. Field names are the contract in DESIGN.md;
+//! every table rejects unknown keys. Fields whose position a validation message
+//! needs are `Spanned`. Defaults live here, next to the field they fill.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub runtime: Runtime,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<Listener>,
+    #[serde(default, rename = "service")]
+    pub services: Vec<Service>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    /// Data-plane worker threads; 0 means one per core.
+    #[serde(default)]
+    pub threads: usize,
+}
+
+/// Client-side limits applied to every listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open client connections per listener; further clients wait in the
+    /// kernel's accept backlog.
+    pub max_connections: Spanned<usize>,
+    /// Largest request head (request line and headers) accepted; larger gets 431.
+    pub max_header_bytes: Spanned<usize>,
+    /// Time allowed from a request's first byte to the end of its head; slower
+    /// clients get 408.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a client keep-alive connection may sit idle between requests.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: Spanned::new(0..0, 10_000),
+            max_header_bytes: Spanned::new(0..0, 65_536),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: Spanned<String>,
+    pub bind: Spanned<String>,
+    #[serde(default = "default_protocol")]
+    pub protocol: Spanned<Protocol>,
+    pub services: Spanned<Vec<Spanned<String>>>,
+}
+
+fn default_protocol() -> Spanned<Protocol> {
+    Spanned::new(0..0, Protocol::Http)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: Spanned<String>,
+    /// Host names (or `*.suffix` wildcards) this service answers; empty makes it
+    /// the default of the listeners that name it.
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed until the upstream's response headers; past it, 504.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<Pool>,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    pub name: Spanned<String>,
+    pub weight: Spanned<i64>,
+    pub endpoints: Vec<Spanned<String>>,
+    /// Host header sent to this pool's endpoints instead of the client's.
+    #[serde(default)]
+    pub host: Option<Spanned<String>>,
+}
+
+impl Pool {
+    /// The weight once validation has checked it is within range.
+    pub fn weight(&self) -> u32 {
+        u32::try_from(*self.weight.get_ref()).unwrap_or(0)
+    }
+}

@@ -1,0 +1,121 @@
+//! `cutover demo`: two sample backends standing in for the blue and green
+//! clusters, a configuration file written for them, and the proxy in front,
+//! all on loopback. Each backend answers with a small page naming its pool and
+//! the request's host, like a hello-world app deployed to each cluster.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use bytes::Bytes;
+use http::{header, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+/// Starts a sample backend for `pool` on an ephemeral loopback port.
+pub async fn sample_backend(pool: &'static str) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(pool, error = %e, "sample backend accept failed");
+                    continue;
+                }
+            };
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| async move {
+                    Ok::<_, Infallible>(sample_page(pool, &req))
+                });
+                if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(pool, error = %e, "sample backend connection error");
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn sample_page(pool: &'static str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("-");
+    let body = format!(
+        "hello from {pool}\nhost: {host}\npath: {}\n",
+        req.uri().path()
+    );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header("x-pool", pool)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static headers are valid")
+}
+
+/// The demo's configuration: blue takes all traffic, green none.
+pub fn config_text(port: u16, blue: SocketAddr, green: SocketAddr) -> String {
+    format!(
+        r#"# cutover demo configuration. Edit a weight and save: the proxy reloads
+# the file by itself, and the next request follows the new weights.
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:{port}"
+protocol = "http"
+services = ["hello"]
+
+[[service]]
+name = "hello"
+hosts = []                 # no hosts: the listener's default service
+
+  [[service.pool]]
+  name = "blue"            # the cluster on the current Kubernetes version
+  weight = 100             # blue
+  endpoints = ["{blue}"]
+
+  [[service.pool]]
+  name = "green"           # the cluster on the next version
+  weight = 0               # green
+  endpoints = ["{green}"]
+"#
+    )
+}
+
+/// What the demo prints once everything is up.
+pub fn instructions(port: u16, path: &Path) -> String {
+    let file = path.display();
+    format!(
+        r#"
+cutover demo is running: blue and green sample backends behind the proxy.
+
+  proxy   http://127.0.0.1:{port}/
+  config  {file}
+
+Try it (in another terminal):
+
+  curl -s http://127.0.0.1:{port}/
+  for i in $(seq 20); do curl -s http://127.0.0.1:{port}/ | head -1; done | sort | uniq -c
+
+Cut over to green: edit the config and swap the weights (blue 0, green 100),
+or in one command:
+
+  sed -i -E 's/[0-9]+( +# blue)/0\1/; s/[0-9]+( +# green)/100\1/' {file}
+
+then run the curl loop again: every request now says "hello from green".
+Roll back with the numbers swapped; split 90/10 with 90 and 10. A file with a mistake is
+refused with its line and column in this log; the proxy keeps the old weights.
+
+Stop with Ctrl-C.
+"#
+    )
+}

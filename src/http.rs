@@ -1,0 +1,247 @@
+//! The layer-7 data plane: one client connection served by hyper (HTTP/1.1, or
+//! HTTP/2 by prior knowledge), each request routed afresh from the current
+//! snapshot — by Host to a service, by weight to a pool, round-robin to an
+//! endpoint — and forwarded over that endpoint's keep-alive pool with bodies
+//! streamed both ways. This module reads snapshots; it never changes them.
+
+mod body;
+mod guard;
+mod headers;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::snapshot::{Endpoint, Pool, Service, SharedSnapshot};
+use body::{Finish, ProxyBody};
+pub use guard::GuardLimits;
+use guard::{ConnActivity, Guarded};
+
+/// What every request of one client connection shares.
+struct ConnCtx {
+    /// The listener's configured bind address: its key in the snapshot.
+    bind: SocketAddr,
+    snapshot: SharedSnapshot,
+    /// The client's IP as an `X-Forwarded-For` entry, formatted once.
+    client_ip: HeaderValue,
+    activity: Arc<ConnActivity>,
+}
+
+/// Serves one accepted client connection until it closes, or until `stop`
+/// asks it to finish its current request and close.
+pub async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    bind: SocketAddr,
+    snapshot: SharedSnapshot,
+    stop: CancellationToken,
+) {
+    let limits = snapshot.load().limits.clone();
+    let max_header_bytes = *limits.max_header_bytes.get_ref();
+    let activity = Arc::new(ConnActivity::default());
+    let io = Guarded::new(
+        stream,
+        GuardLimits {
+            header_read_timeout: limits.header_read_timeout,
+            idle_timeout: limits.idle_timeout,
+            max_header_bytes,
+        },
+        activity.clone(),
+    );
+    let ctx = Arc::new(ConnCtx {
+        bind,
+        snapshot,
+        client_ip: HeaderValue::try_from(peer.ip().to_string())
+            .expect("an IP address is a valid header value"),
+        activity: activity.clone(),
+    });
+    let service = service_fn(move |req| {
+        ctx.activity.request_started();
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
+    });
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // The guard enforces max_header_bytes with a proper reply; hyper's own
+        // limit sits above it as a backstop.
+        .max_buf_size(max_header_bytes.max(8192) + 16 * 1024)
+        .max_headers(512);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Some(status) = activity.rejected() {
+        tracing::info!(%peer, status = status.as_u16(), "rejected a bad request");
+    } else if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    }
+}
+
+async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ProxyBody> {
+    let finish = Finish::new(ctx.activity.clone());
+    let service = {
+        let snapshot = ctx.snapshot.load();
+        let host = request_host(&req);
+        match snapshot.router(ctx.bind).and_then(|r| r.route(host)) {
+            Some(service) => service.clone(),
+            None => {
+                return local(
+                    StatusCode::NOT_FOUND,
+                    "404 Not Found: no service for this host\n",
+                    finish,
+                )
+            }
+        }
+    };
+    let pool = service.pick_pool();
+    let endpoint = pool.pick_endpoint();
+    forward(req, ctx, &service, pool, endpoint, finish).await
+}
+
+/// The host a request is for: the authority of an absolute URI (HTTP/2, or an
+/// absolute-form HTTP/1 target), else the `Host` header.
+fn request_host(req: &Request<Incoming>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
+}
+
+async fn forward(
+    req: Request<Incoming>,
+    ctx: &ConnCtx,
+    service: &Service,
+    pool: &Pool,
+    endpoint: &Endpoint,
+    finish: Finish,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = req.into_parts();
+    let original_host = match parts.uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => parts.headers.get(HOST).cloned(),
+    };
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::add_forwarding(
+        &mut parts.headers,
+        &ctx.client_ip,
+        "http",
+        original_host.clone(),
+        parts.version,
+    );
+    match (&pool.host, original_host) {
+        (Some(rewrite), _) => {
+            parts.headers.insert(HOST, rewrite.clone());
+        }
+        (None, Some(host)) => {
+            parts.headers.insert(HOST, host);
+        }
+        (None, None) => {}
+    }
+    let mut uri = parts.uri.into_parts();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(endpoint.authority.clone());
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+    parts.version = Version::HTTP_11;
+    let upstream_req = Request::from_parts(parts, body);
+
+    let sent = tokio::time::timeout(
+        service.request_timeout,
+        endpoint.client.request(upstream_req),
+    )
+    .await;
+    match sent {
+        Ok(Ok(response)) => {
+            let (mut parts, body) = response.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers);
+            parts
+                .headers
+                .append(http::header::VIA, headers::via(parts.version));
+            Response::from_parts(parts, ProxyBody::upstream(body, finish))
+        }
+        Ok(Err(e)) => {
+            let connect = e.is_connect();
+            tracing::warn!(
+                service = %service.name,
+                pool = %pool.name,
+                endpoint = %endpoint.address,
+                error = %ErrorChain(&e),
+                "upstream request failed"
+            );
+            let text = if connect {
+                "502 Bad Gateway: the upstream could not be reached\n"
+            } else {
+                "502 Bad Gateway: the upstream connection failed\n"
+            };
+            local(StatusCode::BAD_GATEWAY, text, finish)
+        }
+        Err(_) => {
+            tracing::warn!(
+                service = %service.name,
+                pool = %pool.name,
+                endpoint = %endpoint.address,
+                timeout = ?service.request_timeout,
+                "upstream did not answer in time"
+            );
+            local(
+                StatusCode::GATEWAY_TIMEOUT,
+                "504 Gateway Timeout: the upstream did not answer in time\n",
+                finish,
+            )
+        }
+    }
+}
+
+/// A proxy-made response with a short text body.
+fn local(status: StatusCode, text: &'static str, finish: Finish) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::local(
+        Bytes::from_static(text.as_bytes()),
+        finish,
+    ));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Displays an error with its sources, "outer: inner: root".
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}

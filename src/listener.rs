@@ -1,0 +1,115 @@
+//! Client-facing sockets: binding, the accept loop, and the per-listener
+//! connection limit. A listener is identified by its configured bind address,
+//! so a reload that keeps the address keeps the socket. What a connection does
+//! once accepted is `http`'s business.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::snapshot::SharedSnapshot;
+
+/// Binds a listening socket with `SO_REUSEADDR`, so a restart does not wait
+/// for the previous process's connections in TIME_WAIT.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Open connections of one listener, against the snapshot's `max_connections`.
+#[derive(Default)]
+struct ConnLimit {
+    open: AtomicUsize,
+    freed: Notify,
+}
+
+/// Releases a connection's slot when dropped.
+struct Slot(Arc<ConnLimit>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
+    }
+}
+
+impl ConnLimit {
+    /// Waits until fewer than `max` connections are open, then takes a slot.
+    async fn acquire(self: &Arc<Self>, max: impl Fn() -> usize) -> Slot {
+        loop {
+            let freed = self.freed.notified();
+            let open = self.open.load(Ordering::Acquire);
+            if open < max() {
+                if self
+                    .open
+                    .compare_exchange(open, open + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return Slot(self.clone());
+                }
+                continue;
+            }
+            freed.await;
+        }
+    }
+}
+
+/// The accept loop of one listening socket.
+pub struct AcceptLoop {
+    pub listener: TcpListener,
+    /// The configured bind address: the key of this listener's routes.
+    pub bind: SocketAddr,
+    pub snapshot: SharedSnapshot,
+    /// Connection tasks, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+impl AcceptLoop {
+    /// Accepts until `stop` is cancelled; then the connections it started are
+    /// asked to finish their current request and close.
+    pub async fn run(self, stop: CancellationToken) {
+        let limit = Arc::new(ConnLimit::default());
+        let max = || *self.snapshot.load().limits.max_connections.get_ref();
+        loop {
+            let slot = tokio::select! {
+                slot = limit.acquire(max) => slot,
+                () = stop.cancelled() => break,
+            };
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
+                () = stop.cancelled() => break,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let snapshot = self.snapshot.clone();
+                    let stop = stop.clone();
+                    let bind = self.bind;
+                    self.tracker.spawn(async move {
+                        let _slot = slot;
+                        crate::http::serve_connection(stream, peer, bind, snapshot, stop).await;
+                    });
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::error!(bind = %self.bind, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        tracing::info!(bind = %self.bind, "listener closed");
+    }
+}
