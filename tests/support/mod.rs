@@ -1,0 +1,330 @@
+//! Test harness: real hyper backends on ephemeral loopback ports, a proxy
+//! started from a configuration file in a temporary directory, and keep-alive
+//! HTTP/1.1 clients. Nothing here fakes a socket.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cutover::server::{Handle, Server};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// A request as a backend saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub headers: HeaderMap,
+}
+
+/// A backend standing in for one cluster: answers every request with its name
+/// in the body and an `x-pool` header, and records what it saw.
+#[derive(Clone)]
+pub struct Backend {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicU64>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub connections: Arc<AtomicU64>,
+    stop: CancellationToken,
+}
+
+type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> futures_util::future::BoxFuture<'static, Response<BoxBody>>
+        + Send
+        + Sync,
+>;
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+pub fn full(text: impl Into<Bytes>) -> BoxBody {
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+impl Backend {
+    /// A backend that answers `name` to everything.
+    pub async fn start(name: &'static str) -> Self {
+        Self::with_handler(
+            name,
+            Arc::new(move |_req| Box::pin(async move { Response::new(full(name)) })),
+        )
+        .await
+    }
+
+    /// A backend whose responses come from `handler` (it still records and
+    /// adds `x-pool`).
+    pub async fn with_handler(name: &'static str, handler: Handler) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let backend = Self {
+            name,
+            addr,
+            hits: Arc::default(),
+            seen: Arc::default(),
+            connections: Arc::default(),
+            stop: CancellationToken::new(),
+        };
+        let b = backend.clone();
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                    () = b.stop.cancelled() => return,
+                };
+                b.connections.fetch_add(1, Ordering::Relaxed);
+                let b = b.clone();
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let b = b.clone();
+                        let handler = handler.clone();
+                        async move {
+                            b.hits.fetch_add(1, Ordering::Relaxed);
+                            b.seen.lock().unwrap().push(Seen {
+                                method: req.method().clone(),
+                                uri: req.uri().clone(),
+                                headers: req.headers().clone(),
+                            });
+                            let mut resp = handler(req).await;
+                            resp.headers_mut()
+                                .insert("x-pool", http::HeaderValue::from_static(b.name));
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        backend
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    pub fn last_seen(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a request")
+    }
+
+    /// Stops accepting (open connections finish on their own).
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// A proxy running in this process from a file in a temporary directory, with
+/// the file watcher on, as `cutover run` has it.
+pub struct Proxy {
+    pub handle: Handle,
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+    stop_watching: CancellationToken,
+}
+
+impl Proxy {
+    pub async fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cutover.toml");
+        std::fs::write(&path, config).unwrap();
+        Self::start_at(dir, path).await
+    }
+
+    pub async fn start_at(dir: tempfile::TempDir, path: PathBuf) -> Self {
+        let (server, handle) = Server::start_from_file(&path).unwrap();
+        let watcher = cutover::reload::FileWatcher::new(&path, handle.clone()).unwrap();
+        let stop_watching = CancellationToken::new();
+        tokio::spawn(watcher.run(stop_watching.clone()));
+        tokio::spawn(server.run());
+        Self {
+            handle,
+            path,
+            _dir: dir,
+            stop_watching,
+        }
+    }
+
+    /// Address of the listener named `web`.
+    pub fn addr(&self) -> SocketAddr {
+        self.handle.listener_addr("web").expect("listener web")
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.handle.status().generation
+    }
+
+    /// Rewrites the configuration file as an editor does: write a temporary
+    /// file beside it, then rename it over the original.
+    pub fn rewrite(&self, config: &str) {
+        let tmp = self.path.with_extension("toml.tmp");
+        std::fs::write(&tmp, config).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+    }
+
+    /// Waits (bounded) until the running generation reaches `generation`.
+    pub async fn wait_generation(&self, generation: u64) {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            self.handle.wait_for(|s| s.generation >= generation),
+        )
+        .await
+        .expect("reload within 10s");
+    }
+
+    /// Waits (bounded) until `n` reloads have failed.
+    pub async fn wait_failed_reloads(&self, n: u64) {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            self.handle.wait_for(|s| s.reloads_failed >= n),
+        )
+        .await
+        .expect("failed reload within 10s");
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop_watching.cancel();
+        self.handle.shutdown();
+    }
+}
+
+/// A config with one listener `web` on an ephemeral port and one default
+/// service `hello` with a blue and a green pool.
+pub fn blue_green(blue: &Backend, green: &Backend, wb: u32, wg: u32) -> String {
+    format!(
+        r#"
+[limits]
+header_read_timeout = "2s"
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+services = ["hello"]
+
+[[service]]
+name = "hello"
+
+  [[service.pool]]
+  name = "blue"
+  weight = {wb}
+  endpoints = ["{}"]
+
+  [[service.pool]]
+  name = "green"
+  weight = {wg}
+  endpoints = ["{}"]
+"#,
+        blue.addr, green.addr
+    )
+}
+
+/// One client keep-alive connection (HTTP/1.1) to `addr`.
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<BoxBody>,
+    addr: SocketAddr,
+}
+
+/// What a test reads off a response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn pool(&self) -> &str {
+        self.headers
+            .get("x-pool")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Self { sender, addr }
+    }
+
+    /// Sends a GET for `path` with `headers`; errors are returned, not
+    /// panicked on, so load tests can count them.
+    pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+        let mut req = Request::get(path)
+            .header("host", self.addr.to_string())
+            .body(Empty::new().map_err(|never| match never {}).boxed())
+            .unwrap();
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        self.send(req).await
+    }
+
+    pub async fn send(&mut self, req: Request<BoxBody>) -> Result<Reply, String> {
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let resp = self
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
+/// One GET on a fresh connection.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
+    let mut client = Client::connect(addr).await;
+    client.get(path, &[("host", host)]).await.unwrap()
+}
+
+/// Sends raw bytes on a fresh connection and reads until the proxy closes it
+/// (bounded by `limit`).
+pub async fn raw(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
