@@ -9,7 +9,8 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-pub use schema::{Config, Limits, Listener, Pool, Protocol, Runtime, Service};
+pub use schema::{Admin, Config, Limits, Listener, Pool, Protocol, Runtime, Service};
+pub use validate::MAX_WEIGHT;
 
 /// One thing wrong with a configuration file, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]

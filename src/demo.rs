@@ -16,11 +16,18 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-/// Starts a sample backend for `pool` on an ephemeral loopback port.
-pub async fn sample_backend(pool: &'static str) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+/// Starts a sample backend for `pool` on an ephemeral loopback port, served
+/// by `runtime`.
+pub fn sample_backend(
+    pool: &'static str,
+    runtime: &tokio::runtime::Handle,
+) -> std::io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move {
+    let _in_runtime = runtime.enter();
+    let listener = TcpListener::from_std(listener)?;
+    runtime.spawn(async move {
         loop {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -63,10 +70,21 @@ fn sample_page(pool: &'static str, req: &Request<Incoming>) -> Response<Full<Byt
 }
 
 /// The demo's configuration: blue takes all traffic, green none.
-pub fn config_text(port: u16, blue: SocketAddr, green: SocketAddr) -> String {
+pub fn config_text(
+    port: u16,
+    admin_port: u16,
+    state_file: &Path,
+    blue: SocketAddr,
+    green: SocketAddr,
+) -> String {
+    let state_file = state_file.display();
     format!(
         r#"# cutover demo configuration. Edit a weight and save: the proxy reloads
 # the file by itself, and the next request follows the new weights.
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+state_file = "{state_file}"   # weights set with `cutover ctl` survive a restart
 
 [[listener]]
 name = "web"
@@ -92,13 +110,14 @@ hosts = []                 # no hosts: the listener's default service
 }
 
 /// What the demo prints once everything is up.
-pub fn instructions(port: u16, path: &Path) -> String {
+pub fn instructions(port: u16, admin: SocketAddr, path: &Path) -> String {
     let file = path.display();
     format!(
         r#"
 cutover demo is running: blue and green sample backends behind the proxy.
 
   proxy   http://127.0.0.1:{port}/
+  admin   http://{admin}/v1/status   (metrics: http://{admin}/metrics)
   config  {file}
 
 Try it (in another terminal):
@@ -106,8 +125,15 @@ Try it (in another terminal):
   curl -s http://127.0.0.1:{port}/
   for i in $(seq 20); do curl -s http://127.0.0.1:{port}/ | head -1; done | sort | uniq -c
 
-Cut over to green: edit the config and swap the weights (blue 0, green 100),
-or in one command:
+Cut over to green with the admin API, and look:
+
+  cutover ctl --admin http://{admin} weights hello blue=0 green=100
+  cutover ctl --admin http://{admin} status
+  curl -s http://{admin}/metrics | grep cutover_requests_total
+
+(from a checkout: `cargo run --release -- ctl ...`). Roll back with
+blue=100 green=0. Or edit the config file and swap the weights there
+(a file change replaces an API override), in one command:
 
   sed -i -E 's/[0-9]+( +# blue)/0\1/; s/[0-9]+( +# green)/100\1/' {file}
 

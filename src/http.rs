@@ -11,6 +11,7 @@ mod headers;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
@@ -23,6 +24,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{ListenerMetrics, UpstreamErrorKind};
 use crate::snapshot::{Endpoint, Pool, Service, SharedSnapshot};
 use body::{Finish, ProxyBody};
 pub use guard::GuardLimits;
@@ -45,8 +47,10 @@ pub async fn serve_connection(
     peer: SocketAddr,
     bind: SocketAddr,
     snapshot: SharedSnapshot,
+    metrics: Arc<ListenerMetrics>,
     stop: CancellationToken,
 ) {
+    metrics.connections_active.inc();
     let limits = snapshot.load().limits.clone();
     let max_header_bytes = *limits.max_header_bytes.get_ref();
     let activity = Arc::new(ConnActivity::default());
@@ -94,31 +98,40 @@ pub async fn serve_connection(
         }
     };
     if let Some(status) = activity.rejected() {
+        metrics.rejected(status);
         tracing::info!(%peer, status = status.as_u16(), "rejected a bad request");
     } else if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
     }
+    metrics.connections_active.dec();
 }
 
 async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ProxyBody> {
+    let started = Instant::now();
     let finish = Finish::new(ctx.activity.clone());
     let service = {
         let snapshot = ctx.snapshot.load();
         let host = request_host(&req);
-        match snapshot.router(ctx.bind).and_then(|r| r.route(host)) {
+        let router = snapshot.router(ctx.bind);
+        match router.and_then(|r| r.route(host)) {
             Some(service) => service.clone(),
             None => {
+                if let Some(router) = router {
+                    router.metrics.rejected(StatusCode::NOT_FOUND);
+                }
                 return local(
                     StatusCode::NOT_FOUND,
                     "404 Not Found: no service for this host\n",
                     finish,
-                )
+                );
             }
         }
     };
     let pool = service.pick_pool();
     let endpoint = pool.pick_endpoint();
-    forward(req, ctx, &service, pool, endpoint, finish).await
+    let response = forward(req, ctx, &service, pool, endpoint, finish).await;
+    pool.metrics.response(response.status(), started.elapsed());
+    response
 }
 
 /// The host a request is for: the authority of an absolute URI (HTTP/2, or an
@@ -186,6 +199,11 @@ async fn forward(
         }
         Ok(Err(e)) => {
             let connect = e.is_connect();
+            pool.metrics.upstream_error(if connect {
+                UpstreamErrorKind::Connect
+            } else {
+                UpstreamErrorKind::Reset
+            });
             tracing::warn!(
                 service = %service.name,
                 pool = %pool.name,
@@ -201,6 +219,7 @@ async fn forward(
             local(StatusCode::BAD_GATEWAY, text, finish)
         }
         Err(_) => {
+            pool.metrics.upstream_error(UpstreamErrorKind::Timeout);
             tracing::warn!(
                 service = %service.name,
                 pool = %pool.name,

@@ -6,18 +6,23 @@
 //! `server` (publishes snapshots, owns listeners), `reload` (what triggers a
 //! reload). `demo` wires sample backends to a proxy for a first look.
 
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod http;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod reload;
 pub mod server;
 pub mod snapshot;
+pub mod state;
 pub mod upstream;
 
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
@@ -27,24 +32,81 @@ pub enum RunError {
     #[error(transparent)]
     Server(#[from] server::ServerError),
     #[error(transparent)]
+    Token(#[from] admin::TokenError),
+    #[error("admin API: cannot bind {addr}: {source}")]
+    AdminBind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
     Watch(#[from] reload::WatchError),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
 }
 
-/// Runs the proxy from the configuration file at `path` until SIGTERM/SIGINT:
-/// listeners, file watching, SIGHUP reloads, graceful shutdown. `on_start`
-/// sees the running server's handle once its listeners are bound.
-pub async fn run(path: &Path, on_start: impl FnOnce(&server::Handle)) -> Result<(), RunError> {
+/// What a caller learns once the proxy is up.
+pub struct Started<'a> {
+    pub handle: &'a server::Handle,
+    pub admin: SocketAddr,
+}
+
+/// Starts the admin API (and its rate sampler) on the current runtime for the
+/// server behind `handle`; both stop with `stop`. Returns the bound address.
+pub async fn start_admin(
+    handle: &server::Handle,
+    config: &config::Admin,
+    stop: CancellationToken,
+) -> Result<SocketAddr, RunError> {
+    let token = config
+        .token_file
+        .as_deref()
+        .map(admin::Token::load)
+        .transpose()?;
+    let listen = config.listen.get_ref();
+    let bind_err = |source| RunError::AdminBind {
+        addr: listen.clone(),
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(listen.as_str())
+        .await
+        .map_err(bind_err)?;
+    let addr = listener.local_addr().map_err(bind_err)?;
+    let admin = Arc::new(admin::Admin {
+        handle: handle.clone(),
+        token,
+        rates: admin::Rates::default(),
+    });
+    let sampler = admin.clone();
+    let (sampler_handle, sampler_stop) = (handle.clone(), stop.clone());
+    tokio::spawn(async move { sampler.rates.run(sampler_handle, sampler_stop).await });
+    tokio::spawn(admin::serve(listener, admin, stop));
+    tracing::info!(%addr, "admin API listening");
+    Ok(addr)
+}
+
+/// Runs the proxy from the configuration file at `path` until SIGTERM/SIGINT.
+/// Client connections are served on `options.data_plane`; the calling runtime
+/// runs the control plane: the server's command loop, the admin API, file
+/// watching and signals. `on_start` runs once everything is bound.
+pub async fn run(
+    path: &Path,
+    options: server::Options,
+    on_start: impl FnOnce(Started<'_>),
+) -> Result<(), RunError> {
     let signals = reload::Signals::install().map_err(RunError::Signals)?;
-    let (server, handle) = server::Server::start_from_file(path)?;
+    let (server, handle) = server::Server::start(path, options)?;
+    let admin_config = server.admin_config().clone();
     let watcher = reload::FileWatcher::new(path, handle.clone())?;
     let stop = CancellationToken::new();
+    let admin_addr = start_admin(&handle, &admin_config, stop.clone()).await?;
     tokio::spawn(watcher.run(stop.clone()));
-    let signal_task = tokio::spawn(signals.run(handle.clone()));
-    on_start(&handle);
+    tokio::spawn(signals.run(handle.clone()));
+    on_start(Started {
+        handle: &handle,
+        admin: admin_addr,
+    });
     server.run().await;
     stop.cancel();
-    signal_task.abort();
     Ok(())
 }

@@ -95,12 +95,22 @@ impl AcceptLoop {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    let Some(metrics) = self
+                        .snapshot
+                        .load()
+                        .router(self.bind)
+                        .map(|r| r.metrics.clone())
+                    else {
+                        // Removed by a reload that has not stopped this loop yet.
+                        break;
+                    };
                     let snapshot = self.snapshot.clone();
                     let stop = stop.clone();
                     let bind = self.bind;
                     self.tracker.spawn(async move {
                         let _slot = slot;
-                        crate::http::serve_connection(stream, peer, bind, snapshot, stop).await;
+                        crate::http::serve_connection(stream, peer, bind, snapshot, metrics, stop)
+                            .await;
                     });
                 }
                 Err(e) => {

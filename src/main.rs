@@ -1,4 +1,6 @@
-//! The `cutover` command line: run, check, demo.
+//! The `cutover` command line: run, check, demo, ctl.
+
+mod ctl;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,6 +30,9 @@ enum Command {
         /// Configuration file.
         #[arg(short, long, env = "CUTOVER_CONFIG", default_value = "cutover.toml")]
         config: PathBuf,
+        /// Start from the file's weights, ignoring overrides in the state file.
+        #[arg(long)]
+        ignore_state: bool,
     },
     /// Validate a configuration file: exit 0, or print every problem and exit 1.
     Check {
@@ -40,19 +45,30 @@ enum Command {
         /// Port of the proxy on 127.0.0.1.
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        /// Port of the admin API on 127.0.0.1.
+        #[arg(long, default_value_t = 9901)]
+        admin_port: u16,
     },
+    /// Talk to a running proxy's admin API.
+    Ctl(ctl::CtlArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Check { config } = &cli.command {
-        return check(config);
-    }
-    logging::init(cli.log_format);
     let result = match cli.command {
-        Command::Run { config } => run(&config),
-        Command::Demo { port } => demo(port),
-        Command::Check { .. } => unreachable!("handled above"),
+        Command::Check { config } => return check(&config),
+        Command::Ctl(args) => ctl::main(args),
+        Command::Run {
+            config,
+            ignore_state,
+        } => {
+            logging::init(cli.log_format);
+            run(&config, ignore_state)
+        }
+        Command::Demo { port, admin_port } => {
+            logging::init(cli.log_format);
+            demo(port, admin_port)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -78,37 +94,73 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+/// The data plane's runtime: `threads` workers, or one per core when 0.
+fn data_plane(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if threads > 0 {
         builder.worker_threads(threads);
     }
     builder
+        .thread_name("cutover-data")
         .enable_all()
         .build()
-        .context("cannot start the async runtime")
+        .context("cannot start the data-plane runtime")
 }
 
-fn run(path: &Path) -> anyhow::Result<()> {
+/// Runs `main` on a control-plane runtime on this thread, beside a data-plane
+/// runtime of its own threads, so a saturated data plane cannot starve the
+/// admin API, reloads or signals.
+fn with_runtimes(
+    threads: usize,
+    main: impl AsyncFnOnce(tokio::runtime::Handle) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let data = data_plane(threads)?;
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the control-plane runtime")?;
+    let result = control.block_on(main(data.handle().clone()));
+    data.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}
+
+fn run(path: &Path, ignore_state: bool) -> anyhow::Result<()> {
     // Read once up front for the thread count; the server reads it again.
     let (_, config) = cutover::config::read(path)?;
-    runtime(config.runtime.threads)?.block_on(cutover::run(path, |_| {}))?;
-    Ok(())
+    with_runtimes(config.runtime.threads, async |data_plane| {
+        let options = cutover::server::Options {
+            ignore_state,
+            data_plane,
+        };
+        cutover::run(path, options, |_| {}).await?;
+        Ok(())
+    })
 }
 
-fn demo(port: u16) -> anyhow::Result<()> {
-    runtime(0)?.block_on(async {
-        let blue = cutover::demo::sample_backend("blue").await?;
-        let green = cutover::demo::sample_backend("green").await?;
+fn demo(port: u16, admin_port: u16) -> anyhow::Result<()> {
+    with_runtimes(0, async |data_plane| {
+        let blue = cutover::demo::sample_backend("blue", &data_plane)?;
+        let green = cutover::demo::sample_backend("green", &data_plane)?;
         let dir = tempfile::Builder::new()
             .prefix("cutover-demo-")
             .tempdir()
             .context("cannot create a directory for the demo configuration")?;
         let path = dir.path().join("cutover.toml");
-        std::fs::write(&path, cutover::demo::config_text(port, blue, green))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        cutover::run(&path, |_| {
-            println!("{}", cutover::demo::instructions(port, &path));
+        let state = dir.path().join("state.json");
+        std::fs::write(
+            &path,
+            cutover::demo::config_text(port, admin_port, &state, blue, green),
+        )
+        .with_context(|| format!("cannot write {}", path.display()))?;
+        let options = cutover::server::Options {
+            ignore_state: false,
+            data_plane,
+        };
+        cutover::run(&path, options, |started| {
+            println!(
+                "{}",
+                cutover::demo::instructions(port, started.admin, &path)
+            );
         })
         .await?;
         Ok(())

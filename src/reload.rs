@@ -71,7 +71,7 @@ impl FileWatcher {
             }
             tokio::time::sleep(SETTLE).await;
             while self.events.try_recv().is_ok() {}
-            self.handle.reload(Trigger::FileChanged).await;
+            self.handle.request_reload(Trigger::FileChanged).await;
         }
     }
 }
@@ -100,7 +100,7 @@ impl Signals {
             tokio::select! {
                 _ = self.hangup.recv() => {
                     tracing::info!("SIGHUP: reloading the configuration");
-                    handle.reload(Trigger::Signal).await;
+                    handle.request_reload(Trigger::Signal).await;
                     continue;
                 }
                 _ = self.terminate.recv() => {}

@@ -1,24 +1,31 @@
-//! The control plane's core: owns the running configuration, the listening
-//! sockets and the upstream clients, and is the one place that publishes a new
-//! snapshot. A reload validates the whole file first; only a valid file changes
-//! anything. Unchanged listeners are never re-bound; added ones open before the
-//! new snapshot is published, removed ones close after it.
+//! The control plane's core: owns the running configuration, the weight
+//! overrides, the listening sockets and the upstream clients, and is the one
+//! place that publishes a new snapshot. Every change — a reload, an API weight
+//! change — arrives as a `Command` and is applied by this one task, in order.
+//! A reload validates the whole file first; only a valid file changes
+//! anything. Unchanged listeners are never re-bound; added ones open before
+//! the new snapshot is published, removed ones close after it.
 
-use std::collections::{BTreeMap, HashMap};
+mod status;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, ConfigError};
 use crate::listener::{self, AcceptLoop};
+use crate::metrics::Metrics;
 use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::state::{self, Overrides, StateError, Weights};
 use crate::upstream::Upstreams;
+pub use status::{ServiceView, Status};
 
 /// How long shutdown waits for in-flight requests before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -27,6 +34,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    State(#[from] StateError),
     #[error("listener {name:?}: cannot bind {addr}: {source}")]
     Bind {
         name: String,
@@ -36,6 +45,25 @@ pub enum ServerError {
     },
 }
 
+/// Why a requested change was refused; the admin API maps each to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("unknown service {0:?}")]
+    UnknownService(String),
+    #[error("service {service:?} has no pool {pool:?}")]
+    UnknownPool { service: String, pool: String },
+    #[error("every pool of service {0:?} would have weight 0, so it could serve nothing")]
+    AllZero(String),
+    #[error("read_only is set: the configuration file is the only source of truth")]
+    ReadOnly,
+    #[error("the change was not applied: {0}")]
+    Persist(#[source] StateError),
+    #[error("reload failed; the running configuration is unchanged: {0}")]
+    Reload(String),
+    #[error("the server is shutting down")]
+    Stopped,
+}
+
 /// Why the configuration is being read again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -43,27 +71,51 @@ pub enum Trigger {
     FileChanged,
     /// SIGHUP: always re-read.
     Signal,
+    /// `POST /v1/reload`: always re-read.
+    Api,
 }
 
-/// What the running server reports of itself.
-#[derive(Debug, Clone, Default)]
-pub struct Status {
-    pub generation: u64,
-    /// Bound address of each listener, by name.
-    pub listeners: BTreeMap<String, SocketAddr>,
-    /// The last failed reload's problems; cleared by a successful one.
-    pub last_reload_error: Option<String>,
-    pub reloads_failed: u64,
+enum Command {
+    Reload {
+        trigger: Trigger,
+        reply: Option<oneshot::Sender<Result<u64, ChangeError>>>,
+    },
+    SetWeights {
+        service: String,
+        weights: Weights,
+        reply: oneshot::Sender<Result<u64, ChangeError>>,
+    },
+}
+
+/// Start-up choices that do not come from the file.
+#[derive(Clone)]
+pub struct Options {
+    /// Start from the file's weights, ignoring the state file.
+    pub ignore_state: bool,
+    /// Runtime that serves client connections; listeners are registered with
+    /// it, whichever runtime the control plane runs on.
+    pub data_plane: tokio::runtime::Handle,
+}
+
+impl Options {
+    /// Data plane on the current runtime, state file honoured.
+    pub fn current() -> Self {
+        Self {
+            ignore_state: false,
+            data_plane: tokio::runtime::Handle::current(),
+        }
+    }
 }
 
 /// A cheap, cloneable view of a running server for callers outside it (the
-/// binary, tests, later the admin API).
+/// binary, the admin API, tests).
 #[derive(Clone)]
 pub struct Handle {
     snapshot: SharedSnapshot,
     status: watch::Receiver<Status>,
-    triggers: mpsc::Sender<Trigger>,
+    commands: mpsc::Sender<Command>,
     shutdown: CancellationToken,
+    pub metrics: Metrics,
 }
 
 impl Handle {
@@ -83,20 +135,63 @@ impl Handle {
     /// Waits until the status satisfies `done`.
     pub async fn wait_for(&self, done: impl Fn(&Status) -> bool) {
         let mut status = self.status.clone();
-        // The sender lives as long as the server; if it is gone, so is the wait.
-        let _ = status.wait_for(|s| done(s)).await;
+        // An error means the server is gone, and so is what was waited for.
+        _ = status.wait_for(|s| done(s)).await;
     }
 
-    /// Asks the server to re-read its configuration file.
-    pub async fn reload(&self, trigger: Trigger) {
-        if self.triggers.send(trigger).await.is_err() {
-            tracing::warn!("reload asked after the server stopped");
+    /// Re-reads the configuration file; returns the new generation once it
+    /// is in force.
+    pub async fn reload(&self, trigger: Trigger) -> Result<u64, ChangeError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Reload {
+            trigger,
+            reply: Some(reply),
+        })
+        .await?;
+        answer.await.map_err(|_| ChangeError::Stopped)?
+    }
+
+    /// Asks for a reload without waiting for its outcome.
+    pub async fn request_reload(&self, trigger: Trigger) {
+        if self
+            .send(Command::Reload {
+                trigger,
+                reply: None,
+            })
+            .await
+            .is_err()
+        {
+            tracing::debug!("reload asked after the server stopped");
         }
+    }
+
+    /// Overrides some of a service's pool weights (the others keep theirs);
+    /// returns the generation in force once the change is.
+    pub async fn set_weights(&self, service: &str, weights: Weights) -> Result<u64, ChangeError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::SetWeights {
+            service: service.to_owned(),
+            weights,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| ChangeError::Stopped)?
+    }
+
+    async fn send(&self, command: Command) -> Result<(), ChangeError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| ChangeError::Stopped)
     }
 
     /// Starts a graceful shutdown.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
     }
 }
 
@@ -110,65 +205,110 @@ pub struct Server {
     path: PathBuf,
     /// Text of the configuration in force, to skip reloads that change nothing.
     text: String,
+    config: Config,
+    overrides: Overrides,
+    /// When each service's weights in the file last changed (RFC 3339).
+    file_changed_at: HashMap<String, String>,
     snapshot: SharedSnapshot,
     upstreams: Upstreams,
+    metrics: Metrics,
     listeners: HashMap<SocketAddr, RunningListener>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     status: watch::Sender<Status>,
-    triggers: mpsc::Receiver<Trigger>,
+    commands: mpsc::Receiver<Command>,
+    data_plane: tokio::runtime::Handle,
 }
 
 impl Server {
-    /// Binds every listener of `config` (read from `path`) and publishes the
-    /// first snapshot. Nothing is left bound when it fails.
-    pub fn start(path: &Path, text: String, config: Config) -> Result<(Self, Handle), ServerError> {
-        let mut upstreams = Upstreams::default();
+    /// Loads `path`, restores overrides from the state file (unless told not
+    /// to, or read-only), binds every listener and publishes the first
+    /// snapshot. Nothing is left bound when it fails.
+    pub fn start(path: &Path, options: Options) -> Result<(Self, Handle), ServerError> {
+        let (text, config) = config::read(path)?;
+        let overrides = match &config.admin.state_file {
+            Some(file) if !options.ignore_state && !config.admin.read_only => {
+                let mut overrides = Overrides::load(file)?;
+                for service in overrides.reconcile(&config) {
+                    tracing::info!(
+                        service,
+                        "the file's weights changed since the saved override; the file wins"
+                    );
+                }
+                overrides
+            }
+            _ => Overrides::default(),
+        };
+        let metrics = Metrics::new();
         let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
             &config,
+            &overrides,
             1,
-            &mut upstreams,
+            &mut Upstreams::default(),
+            &metrics,
         )));
         let (status, status_rx) = watch::channel(Status::default());
-        let (triggers_tx, triggers) = mpsc::channel(16);
+        let (commands_tx, commands) = mpsc::channel(64);
         let shutdown = CancellationToken::new();
+        let now = now_rfc3339();
         let mut server = Self {
             path: path.to_path_buf(),
             text,
+            file_changed_at: config
+                .services
+                .iter()
+                .map(|s| (s.name.get_ref().clone(), now.clone()))
+                .collect(),
+            config,
+            overrides,
             snapshot: snapshot.clone(),
-            upstreams,
+            upstreams: Upstreams::default(),
+            metrics: metrics.clone(),
             listeners: HashMap::new(),
             tracker: TaskTracker::new(),
             shutdown: shutdown.clone(),
             status,
-            triggers,
+            commands,
+            data_plane: options.data_plane,
         };
+        let config = server.config.clone();
         server.open_listeners(&config)?;
-        server.status.send_modify(|s| s.generation = 1);
-        server.publish_listeners();
+        // Rebuilt so the upstream clients are kept for the next generation.
+        server.publish(1);
+        if !server.overrides.is_empty() {
+            tracing::info!("weight overrides restored from the state file");
+        }
         let handle = Handle {
             snapshot,
             status: status_rx,
-            triggers: triggers_tx,
+            commands: commands_tx,
             shutdown,
+            metrics,
         };
         Ok((server, handle))
     }
 
-    /// Loads `path` and starts a server from it.
-    pub fn start_from_file(path: &Path) -> Result<(Self, Handle), ServerError> {
-        let (text, config) = config::read(path)?;
-        Self::start(path, text, config)
+    /// The `[admin]` section the server started with.
+    pub fn admin_config(&self) -> &config::Admin {
+        &self.config.admin
     }
 
-    /// Serves until shutdown, reloading on every trigger; then stops accepting,
-    /// asks connections to close after their current request, and waits for
-    /// them (bounded).
+    /// Serves until shutdown, applying commands in order; then stops
+    /// accepting, asks connections to close after their current request, and
+    /// waits for them (bounded).
     pub async fn run(mut self) {
         loop {
             tokio::select! {
-                trigger = self.triggers.recv() => match trigger {
-                    Some(trigger) => self.reload(trigger),
+                command = self.commands.recv() => match command {
+                    Some(Command::Reload { trigger, reply }) => {
+                        let result = self.reload(trigger);
+                        if let Some(reply) = reply {
+                            _ = reply.send(result);
+                        }
+                    }
+                    Some(Command::SetWeights { service, weights, reply }) => {
+                        _ = reply.send(self.set_weights(&service, weights));
+                    }
                     None => break,
                 },
                 () = self.shutdown.cancelled() => break,
@@ -188,19 +328,19 @@ impl Server {
         }
     }
 
-    fn reload(&mut self, trigger: Trigger) {
+    fn reload(&mut self, trigger: Trigger) -> Result<u64, ChangeError> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) => {
-                self.reload_failed(format!(
+                return Err(self.reload_failed(format!(
                     "{}: cannot read the file: {e}",
                     self.path.display()
-                ));
-                return;
+                )))
             }
         };
+        let generation = self.snapshot.load().generation;
         if trigger == Trigger::FileChanged && text == self.text {
-            return;
+            return Ok(generation);
         }
         let config = match config::parse(&self.path, text.clone()) {
             Ok(config) => config,
@@ -208,44 +348,168 @@ impl Server {
                 for line in e.lines() {
                     tracing::error!("{line}");
                 }
-                self.reload_failed(e.to_string());
-                return;
+                return Err(self.reload_failed(e.to_string()));
             }
         };
         if let Err(e) = self.open_listeners(&config) {
-            self.reload_failed(e.to_string());
-            return;
+            return Err(self.reload_failed(e.to_string()));
         }
-        let generation = self.snapshot.load().generation + 1;
-        let snapshot = Snapshot::build(&config, generation, &mut self.upstreams);
-        // The one place a snapshot is published.
-        self.snapshot.store(Arc::new(snapshot));
-        self.close_removed_listeners(&config);
+        if config.runtime != self.config.runtime || config.admin.listen != self.config.admin.listen
+        {
+            tracing::warn!("[runtime] and [admin] listen take effect at the next start");
+        }
+        let now = now_rfc3339();
+        for service in &config.services {
+            let name = service.name.get_ref();
+            let before = self
+                .config
+                .services
+                .iter()
+                .find(|s| s.name.get_ref() == name);
+            if before.map(state::file_weights) != Some(state::file_weights(service)) {
+                self.file_changed_at.insert(name.clone(), now.clone());
+            }
+        }
+        let ended = self.overrides.reconcile(&config);
+        for service in &ended {
+            tracing::info!(
+                service,
+                "the file changed this service's weights; its API override ends"
+            );
+        }
+        self.config = config;
         self.text = text;
+        if !ended.is_empty() {
+            self.save_state();
+        }
+        self.publish(generation + 1);
+        self.close_removed_listeners();
+        self.metrics.config_reloads_success.inc();
+        tracing::info!(
+            generation = generation + 1,
+            ?trigger,
+            "configuration reloaded"
+        );
+        Ok(generation + 1)
+    }
+
+    fn reload_failed(&mut self, error: String) -> ChangeError {
+        tracing::error!("reload failed; the running configuration is unchanged: {error}");
+        self.metrics.config_reloads_failure.inc();
+        self.status.send_modify(|s| {
+            s.last_reload_error = Some(error.clone());
+            s.reloads_failed += 1;
+        });
+        ChangeError::Reload(error)
+    }
+
+    fn set_weights(&mut self, name: &str, weights: Weights) -> Result<u64, ChangeError> {
+        if self.config.admin.read_only {
+            return Err(ChangeError::ReadOnly);
+        }
+        let service = self
+            .config
+            .services
+            .iter()
+            .find(|s| s.name.get_ref() == name)
+            .ok_or_else(|| ChangeError::UnknownService(name.to_owned()))?;
+        let mut merged: Weights = service
+            .pools
+            .iter()
+            .map(|p| p.name.get_ref().clone())
+            .zip(self.overrides.effective(service))
+            .collect();
+        for (pool, weight) in weights {
+            match merged.get_mut(&pool) {
+                Some(w) => *w = weight,
+                None => {
+                    return Err(ChangeError::UnknownPool {
+                        service: name.to_owned(),
+                        pool,
+                    })
+                }
+            }
+        }
+        if merged.values().all(|w| *w == 0) {
+            return Err(ChangeError::AllZero(name.to_owned()));
+        }
+        let mut next = self.overrides.clone();
+        next.set(service, merged.clone());
+        if let Some(file) = &self.config.admin.state_file {
+            next.save(file).map_err(ChangeError::Persist)?;
+        }
+        self.overrides = next;
+        let generation = self.snapshot.load().generation + 1;
+        self.publish(generation);
+        tracing::info!(service = name, weights = ?merged, generation, "weights set through the admin API");
+        Ok(generation)
+    }
+
+    fn save_state(&self) {
+        if let Some(file) = &self.config.admin.state_file {
+            if let Err(e) = self.overrides.save(file) {
+                tracing::error!("{e}");
+            }
+        }
+    }
+
+    /// Builds the snapshot for the current configuration and overrides, and
+    /// publishes it: the one place a snapshot is stored.
+    fn publish(&mut self, generation: u64) {
+        let snapshot = Arc::new(Snapshot::build(
+            &self.config,
+            &self.overrides,
+            generation,
+            &mut self.upstreams,
+            &self.metrics,
+        ));
+        let kept: HashSet<(&str, &str)> = snapshot
+            .services
+            .iter()
+            .flat_map(|s| s.pools.iter().map(move |p| (&*s.name, &*p.name)))
+            .collect();
+        for pool in snapshot.services.iter().flat_map(|s| s.pools.iter()) {
+            pool.metrics.set_weight(pool.weight);
+        }
+        let previous = self.snapshot.swap(snapshot.clone());
+        for service in &previous.services {
+            for pool in service.pools.iter() {
+                if !kept.contains(&(&*service.name, &*pool.name)) {
+                    self.metrics.forget_pool(&service.name, &pool.name);
+                }
+            }
+        }
+        self.metrics.config_generation.set(generation as i64);
+        let services = status::services(&self.config, &self.overrides, &self.file_changed_at);
+        let listeners: BTreeMap<String, SocketAddr> = self
+            .listeners
+            .values()
+            .map(|l| (l.name.clone(), l.local))
+            .collect();
         self.status.send_modify(|s| {
             s.generation = generation;
             s.last_reload_error = None;
-        });
-        self.publish_listeners();
-        tracing::info!(generation, ?trigger, "configuration reloaded");
-    }
-
-    fn reload_failed(&mut self, error: String) {
-        tracing::error!("reload failed; the running configuration is unchanged: {error}");
-        self.status.send_modify(|s| {
-            s.last_reload_error = Some(error);
-            s.reloads_failed += 1;
+            s.services = services;
+            s.listeners = listeners;
+            s.read_only = self.config.admin.read_only;
+            s.config_file = self.path.clone();
         });
     }
 
     /// Binds the listeners of `config` not yet bound. All or nothing: on a
     /// failure the sockets bound by this call are closed again.
     fn open_listeners(&mut self, config: &Config) -> Result<(), ServerError> {
+        // Sockets register with the runtime current when they are made: the
+        // data plane's, so connections are driven by its threads.
+        let _data_plane = self.data_plane.enter();
         let mut opened = Vec::new();
         for l in &config.listeners {
             let addr: SocketAddr = l.bind.get_ref().parse().expect("validated bind");
             if let Some(running) = self.listeners.get_mut(&addr) {
-                running.name.clone_from(l.name.get_ref());
+                if running.name != *l.name.get_ref() {
+                    self.metrics.forget_listener(&running.name);
+                    running.name.clone_from(l.name.get_ref());
+                }
                 continue;
             }
             match listener::bind(addr) {
@@ -268,7 +532,7 @@ impl Server {
                 snapshot: self.snapshot.clone(),
                 tracker: self.tracker.clone(),
             };
-            tokio::spawn(accept.run(stop.clone()));
+            self.data_plane.spawn(accept.run(stop.clone()));
             tracing::info!(listener = %name, %local, "listening");
             self.listeners
                 .insert(addr, RunningListener { name, local, stop });
@@ -276,7 +540,10 @@ impl Server {
         Ok(())
     }
 
-    fn close_removed_listeners(&mut self, config: &Config) {
+    fn close_removed_listeners(&mut self) {
+        let config = &self.config;
+        let metrics = &self.metrics;
+        let mut removed = false;
         self.listeners.retain(|addr, running| {
             let kept = config
                 .listeners
@@ -285,17 +552,22 @@ impl Server {
             if !kept {
                 tracing::info!(listener = %running.name, local = %running.local, "closing removed listener");
                 running.stop.cancel();
+                metrics.forget_listener(&running.name);
+                removed = true;
             }
             kept
         });
+        if removed {
+            let listeners: BTreeMap<String, SocketAddr> = self
+                .listeners
+                .values()
+                .map(|l| (l.name.clone(), l.local))
+                .collect();
+            self.status.send_modify(|s| s.listeners = listeners);
+        }
     }
+}
 
-    fn publish_listeners(&self) {
-        let listeners = self
-            .listeners
-            .values()
-            .map(|l| (l.name.clone(), l.local))
-            .collect();
-        self.status.send_modify(|s| s.listeners = listeners);
-    }
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }

@@ -15,7 +15,9 @@ use http::HeaderValue;
 
 use crate::balance::{PickTable, RoundRobin};
 use crate::config::{Config, Limits};
-use crate::upstream::{UpstreamClient, Upstreams};
+use crate::metrics::{ListenerMetrics, Metrics, PoolMetrics};
+use crate::state::Overrides;
+use crate::upstream::{ClientSpec, UpstreamClient, Upstreams};
 
 /// The one place the data plane reads routing state from.
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
@@ -28,11 +30,15 @@ pub struct Snapshot {
     /// Host routing per listener, keyed by the listener's configured bind
     /// address, which is what identifies a listener across reloads.
     routers: Vec<(SocketAddr, Router)>,
+    /// Every service, in configuration order.
+    pub services: Vec<Arc<Service>>,
 }
 
 /// Host → service map of one listener.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Router {
+    pub name: Arc<str>,
+    pub metrics: Arc<ListenerMetrics>,
     exact: HashMap<Box<str>, Arc<Service>>,
     /// `*.suffix` entries as `.suffix`, longest first.
     wildcard: Vec<(Box<str>, Arc<Service>)>,
@@ -54,6 +60,7 @@ pub struct Pool {
     pub endpoints: Box<[Endpoint]>,
     /// Host header for this pool's requests, when the pool rewrites it.
     pub host: Option<HeaderValue>,
+    pub metrics: PoolMetrics,
     next: RoundRobin,
 }
 
@@ -67,58 +74,85 @@ pub struct Endpoint {
 
 impl Snapshot {
     /// Builds the routing state for a configuration that `config::parse`
-    /// accepted. Clients for endpoints already in `upstreams` are reused.
-    pub fn build(config: &Config, generation: u64, upstreams: &mut Upstreams) -> Self {
+    /// accepted, with the weights `overrides` give. Clients for endpoints
+    /// already in `upstreams` are reused; metric handles come from `metrics`.
+    pub fn build(
+        config: &Config,
+        overrides: &Overrides,
+        generation: u64,
+        upstreams: &mut Upstreams,
+        metrics: &Metrics,
+    ) -> Self {
         let mut clients = upstreams.next_generation();
-        let services: HashMap<&str, Arc<Service>> = config
+        let services: Vec<Arc<Service>> = config
             .services
             .iter()
             .map(|s| {
+                let service_name = s.name.get_ref().as_str();
+                let weights = overrides.effective(s);
                 let pools: Box<[Pool]> = s
                     .pools
                     .iter()
-                    .map(|p| Pool {
-                        name: p.name.get_ref().as_str().into(),
-                        weight: p.weight(),
-                        endpoints: p
-                            .endpoints
-                            .iter()
-                            .map(|e| {
-                                let address = e.get_ref().as_str();
-                                Endpoint {
-                                    address: address.into(),
-                                    authority: address
-                                        .parse()
-                                        .expect("validated endpoints are authorities"),
-                                    client: clients.client(address, s.connect_timeout),
-                                }
-                            })
-                            .collect(),
-                        host: p.host.as_ref().and_then(|h| h.get_ref().parse().ok()),
-                        next: RoundRobin::default(),
+                    .zip(&weights)
+                    .map(|(p, &weight)| {
+                        let pool_name = p.name.get_ref().as_str();
+                        let pool_metrics = metrics.pool(service_name, pool_name);
+                        Pool {
+                            name: pool_name.into(),
+                            weight,
+                            endpoints: p
+                                .endpoints
+                                .iter()
+                                .map(|e| {
+                                    let address = e.get_ref().as_str();
+                                    Endpoint {
+                                        address: address.into(),
+                                        authority: address
+                                            .parse()
+                                            .expect("validated endpoints are authorities"),
+                                        client: clients.client(ClientSpec {
+                                            service: service_name,
+                                            pool: pool_name,
+                                            address,
+                                            connect_timeout: s.connect_timeout,
+                                            connections: &pool_metrics.upstream_connections,
+                                        }),
+                                    }
+                                })
+                                .collect(),
+                            host: p.host.as_ref().and_then(|h| h.get_ref().parse().ok()),
+                            metrics: pool_metrics,
+                            next: RoundRobin::default(),
+                        }
                     })
                     .collect();
-                let weights: Vec<u32> = pools.iter().map(|p| p.weight).collect();
-                let service = Service {
-                    name: s.name.get_ref().as_str().into(),
+                Arc::new(Service {
+                    name: service_name.into(),
                     table: PickTable::new(&weights)
-                        .expect("validated services have a pool with weight > 0"),
+                        .expect("effective weights keep a pool above zero"),
                     pools,
                     request_timeout: s.request_timeout,
-                };
-                (s.name.get_ref().as_str(), Arc::new(service))
+                })
             })
             .collect();
         clients.finish();
+        let by_name: HashMap<&str, &Arc<Service>> =
+            services.iter().map(|s| (&*s.name, s)).collect();
 
         let routers = config
             .listeners
             .iter()
             .filter_map(|l| {
                 let bind: SocketAddr = l.bind.get_ref().parse().ok()?;
-                let mut router = Router::default();
+                let mut router = Router {
+                    name: l.name.get_ref().as_str().into(),
+                    metrics: Arc::new(metrics.listener(l.name.get_ref())),
+                    exact: HashMap::new(),
+                    wildcard: Vec::new(),
+                    default: None,
+                };
                 for name in l.services.get_ref() {
-                    let Some(service) = services.get(name.get_ref().as_str()) else {
+                    let Some(&service) = by_name.get(name.get_ref().as_str()) else {
                         continue;
                     };
                     let hosts = &config
@@ -151,7 +185,12 @@ impl Snapshot {
             generation,
             limits: config.limits.clone(),
             routers,
+            services,
         }
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Arc<Service>> {
+        self.services.iter().find(|s| &*s.name == name)
     }
 
     /// The host router of the listener configured with `bind`.

@@ -2,6 +2,7 @@
 //! every table rejects unknown keys. Fields whose position a validation message
 //! needs are `Spanned`. Defaults live here, next to the field they fill.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -14,6 +15,8 @@ pub struct Config {
     pub runtime: Runtime,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub admin: Admin,
     #[serde(default, rename = "listener")]
     pub listeners: Vec<Listener>,
     #[serde(default, rename = "service")]
@@ -53,6 +56,31 @@ impl Default for Limits {
             max_header_bytes: Spanned::new(0..0, 65_536),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The admin API's listener and how changes through it are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    pub listen: Spanned<String>,
+    /// File holding the bearer token every `/v1` call must present; required
+    /// unless `listen` is a loopback address.
+    pub token_file: Option<PathBuf>,
+    /// The file is the only source of truth: API changes are refused (409).
+    pub read_only: bool,
+    /// Where API overrides are kept so they survive a restart.
+    pub state_file: Option<PathBuf>,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            listen: Spanned::new(0..0, "127.0.0.1:9901".to_owned()),
+            token_file: None,
+            read_only: false,
+            state_file: None,
         }
     }
 }

@@ -16,6 +16,7 @@ pub const MAX_WEIGHT: i64 = 10_000;
 pub fn validate(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     check_limits(config, &mut problems);
+    check_admin(config, &mut problems);
     check_listeners(config, &mut problems);
     check_services(config, &mut problems);
     problems
@@ -55,6 +56,35 @@ fn check_limits(config: &Config, problems: &mut Vec<Problem>) {
                 config.runtime.threads
             ),
         });
+    }
+}
+
+fn check_admin(config: &Config, problems: &mut Vec<Problem>) {
+    let admin = &config.admin;
+    match admin.listen.get_ref().parse::<SocketAddr>() {
+        Ok(addr) => {
+            if !addr.ip().is_loopback() && admin.token_file.is_none() {
+                problems.push(Problem::at(
+                    admin.listen.span(),
+                    format!("[admin] listens on {addr}, which is not a loopback address, but has no token_file: anyone who can reach it could move traffic"),
+                ));
+            }
+            if config.listeners.iter().any(|l| {
+                l.bind.get_ref().parse::<SocketAddr>().ok() == Some(addr) && addr.port() != 0
+            }) {
+                problems.push(Problem::at(
+                    admin.listen.span(),
+                    format!("[admin] listen {addr} is also a listener's bind"),
+                ));
+            }
+        }
+        Err(_) => problems.push(Problem::at(
+            admin.listen.span(),
+            format!(
+                "[admin] listen {:?} is not an address and port, like \"127.0.0.1:9901\"",
+                admin.listen.get_ref()
+            ),
+        )),
     }
 }
 

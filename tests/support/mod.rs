@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cutover::server::{Handle, Server};
+use cutover::server::{Handle, Options, Server};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -140,6 +140,8 @@ impl Backend {
 pub struct Proxy {
     pub handle: Handle,
     pub path: PathBuf,
+    /// The admin API's address, when the test started it.
+    pub admin: Option<SocketAddr>,
     _dir: tempfile::TempDir,
     stop_watching: CancellationToken,
 }
@@ -153,17 +155,47 @@ impl Proxy {
     }
 
     pub async fn start_at(dir: tempfile::TempDir, path: PathBuf) -> Self {
-        let (server, handle) = Server::start_from_file(&path).unwrap();
-        let watcher = cutover::reload::FileWatcher::new(&path, handle.clone()).unwrap();
+        Self::try_start_at(dir, path, false).await.unwrap()
+    }
+
+    /// Starts the proxy and its admin API (the config must set
+    /// `[admin] listen`, normally to 127.0.0.1:0).
+    pub async fn with_admin(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cutover.toml");
+        std::fs::write(&path, config).unwrap();
+        Self::try_start_at(dir, path, true).await.unwrap()
+    }
+
+    /// Starts from an existing file; the error is what start-up refused.
+    pub async fn try_start_at(
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        admin: bool,
+    ) -> Result<Self, String> {
+        let (server, handle) =
+            Server::start(&path, Options::current()).map_err(|e| e.to_string())?;
         let stop_watching = CancellationToken::new();
+        let admin = if admin {
+            let config = server.admin_config().clone();
+            Some(
+                cutover::start_admin(&handle, &config, stop_watching.clone())
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            None
+        };
+        let watcher = cutover::reload::FileWatcher::new(&path, handle.clone()).unwrap();
         tokio::spawn(watcher.run(stop_watching.clone()));
         tokio::spawn(server.run());
-        Self {
+        Ok(Self {
             handle,
             path,
+            admin,
             _dir: dir,
             stop_watching,
-        }
+        })
     }
 
     /// Address of the listener named `web`.

@@ -1,0 +1,258 @@
+//! `cutover ctl`: a thin client of the admin API. Human-readable tables by
+//! default, the API's JSON with `--json`; an API error is printed as one line
+//! and exits 1.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Subcommand;
+use http::{header, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    /// Admin API base URL.
+    #[arg(long, env = "CUTOVER_ADMIN", default_value = "http://127.0.0.1:9901")]
+    admin: String,
+    /// File holding the admin bearer token.
+    #[arg(long, env = "CUTOVER_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlCommand {
+    /// Services, pools, weights, endpoints and traffic.
+    Status,
+    /// Set pool weights of a service: `weights hello blue=0 green=100`.
+    Weights {
+        service: String,
+        /// POOL=WEIGHT pairs; pools not named keep their weight.
+        #[arg(required = true, value_parser = parse_pair)]
+        weights: Vec<(String, u64)>,
+    },
+    /// Re-read the configuration file now.
+    Reload,
+}
+
+fn parse_pair(text: &str) -> Result<(String, u64), String> {
+    let (pool, weight) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not POOL=WEIGHT"))?;
+    let weight = weight
+        .parse()
+        .map_err(|_| format!("weight {weight:?} of pool {pool:?} is not a whole number"))?;
+    Ok((pool.to_owned(), weight))
+}
+
+pub fn main(args: CtlArgs) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run(args))
+}
+
+async fn run(args: CtlArgs) -> anyhow::Result<()> {
+    let token = match &args.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read token file {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let api = Api {
+        base: args.admin.trim_end_matches('/').to_owned(),
+        token,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+    };
+    match args.command {
+        CtlCommand::Status => {
+            let status = api.call(Method::GET, "/v1/status", None).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", render_status(&status));
+            }
+        }
+        CtlCommand::Weights { service, weights } => {
+            let body: serde_json::Map<String, Value> = weights
+                .into_iter()
+                .map(|(p, w)| (p, Value::from(w)))
+                .collect();
+            let path = format!("/v1/services/{service}/weights");
+            let reply = api
+                .call(Method::PUT, &path, Some(Value::Object(body)))
+                .await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&reply)?);
+            } else {
+                let weights = &reply["service"]["weights"]["effective"];
+                println!(
+                    "{service}: weights {} (generation {})",
+                    pairs(weights),
+                    reply["generation"]
+                );
+            }
+        }
+        CtlCommand::Reload => {
+            let reply = api.call(Method::POST, "/v1/reload", None).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&reply)?);
+            } else {
+                println!("reloaded: generation {}", reply["generation"]);
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Api {
+    base: String,
+    token: Option<String>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl Api {
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = Request::builder().method(method).uri(&url);
+        if let Some(token) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match body {
+            Some(value) => {
+                req = req.header(header::CONTENT_TYPE, "application/json");
+                Bytes::from(serde_json::to_vec(&value)?)
+            }
+            None => Bytes::new(),
+        };
+        let req = req
+            .body(Full::new(body))
+            .with_context(|| format!("{url:?} is not a valid admin URL"))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .with_context(|| format!("cannot reach the admin API at {}", self.base))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .with_context(|| format!("the admin API at {} broke off its answer", self.base))?
+            .to_bytes();
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let error = value["error"].as_str().unwrap_or("error");
+            let detail = value["detail"].as_str().unwrap_or("");
+            bail!("{} {error}: {detail}", status.as_u16());
+        }
+        Ok(value)
+    }
+}
+
+/// `{"blue":0,"green":100}` as `blue=0 green=100`.
+fn pairs(weights: &Value) -> String {
+    weights
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+fn render_status(status: &Value) -> String {
+    let mut out = format!(
+        "generation {}  config {}  {}\n",
+        status["generation"],
+        status["config_file"].as_str().unwrap_or("-"),
+        match status["last_reload_error"].as_str() {
+            Some(e) => format!("LAST RELOAD FAILED: {e}"),
+            None => "last reload ok".to_owned(),
+        }
+    );
+    if status["read_only"].as_bool() == Some(true) {
+        out.push_str("read-only: weights come from the file only\n");
+    }
+    let mut rows = vec![[
+        "SERVICE",
+        "POOL",
+        "FILE",
+        "WEIGHT",
+        "SET BY",
+        "REQ/S",
+        "REQUESTS",
+        "5XX",
+        "UPSTREAM CONNS",
+        "ENDPOINTS",
+    ]
+    .map(String::from)];
+    for service in status["services"].as_array().into_iter().flatten() {
+        let source = format!(
+            "{} {}",
+            service["override"]["source"].as_str().unwrap_or("-"),
+            service["override"]["set_at"].as_str().unwrap_or("")
+        );
+        for (i, pool) in service["pools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let endpoints: Vec<&str> = pool["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["address"].as_str())
+                .collect();
+            rows.push([
+                if i == 0 {
+                    service["name"].as_str().unwrap_or("")
+                } else {
+                    ""
+                }
+                .to_owned(),
+                pool["name"].as_str().unwrap_or("").to_owned(),
+                pool["file_weight"].to_string(),
+                pool["weight"].to_string(),
+                if i == 0 {
+                    source.clone()
+                } else {
+                    String::new()
+                },
+                format!("{:.1}", pool["requests_per_second"].as_f64().unwrap_or(0.0)),
+                pool["requests_total"].to_string(),
+                pool["errors_5xx_total"].to_string(),
+                pool["upstream_connections_active"].to_string(),
+                endpoints.join(","),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

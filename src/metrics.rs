@@ -1,0 +1,249 @@
+//! Prometheus metrics. One `Metrics` per server owns a registry and the metric
+//! families named in DESIGN.md; label values are resolved into handles when a
+//! snapshot is built (`PoolMetrics`, `ListenerMetrics`), so a request only
+//! touches atomics. This module defines and renders metrics; it decides
+//! nothing about routing.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Request latency buckets, in seconds: from a fast loopback hop to a slow
+/// cross-cluster request.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+const CODES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+/// Why an upstream request failed, as the `kind` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect = 0,
+    Timeout = 1,
+    Reset = 2,
+}
+
+const ERROR_KINDS: [&str; 3] = ["connect", "timeout", "reset"];
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    connections_active: IntGaugeVec,
+    upstream_connections_active: IntGaugeVec,
+    pool_weight: IntGaugeVec,
+    rejected: IntCounterVec,
+    pub config_reloads_success: IntCounter,
+    pub config_reloads_failure: IntCounter,
+    pub config_generation: IntGauge,
+}
+
+/// Handles for one pool of one service.
+#[derive(Debug, Clone)]
+pub struct PoolMetrics {
+    requests: [IntCounter; 4],
+    duration: Histogram,
+    errors: [IntCounter; 3],
+    pub upstream_connections: IntGauge,
+    weight: IntGauge,
+}
+
+/// Handles for one listener.
+#[derive(Debug, Clone)]
+pub struct ListenerMetrics {
+    pub connections_active: IntGauge,
+    /// Requests the proxy answered itself for bad input, by status.
+    rejected: IntCounterVec,
+    listener: String,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique and valid");
+    metric
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let reloads = counter(
+            "cutover_config_reloads_total",
+            "Configuration reloads, by result.",
+            &["result"],
+        );
+        Self {
+            requests: counter(
+                "cutover_requests_total",
+                "Requests answered, by service, pool and status class.",
+                &["service", "pool", "code"],
+            ),
+            duration: register(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "cutover_request_duration_seconds",
+                        "Time from a request's arrival to its upstream response headers.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["service", "pool"],
+                )
+                .expect("valid metric"),
+            ),
+            upstream_errors: counter(
+                "cutover_upstream_errors_total",
+                "Failed upstream requests, by kind: connect, timeout, reset.",
+                &["service", "pool", "kind"],
+            ),
+            connections_active: gauge(
+                "cutover_connections_active",
+                "Open client connections, by listener.",
+                &["listener"],
+            ),
+            upstream_connections_active: gauge(
+                "cutover_upstream_connections_active",
+                "Open connections to upstream endpoints, by service and pool.",
+                &["service", "pool"],
+            ),
+            pool_weight: gauge(
+                "cutover_pool_weight",
+                "Effective weight of each pool.",
+                &["service", "pool"],
+            ),
+            rejected: counter(
+                "cutover_rejected_requests_total",
+                "Requests the proxy answered itself without an upstream: malformed (400), no service for the host (404), too slow (408), too large (414, 431).",
+                &["listener", "code"],
+            ),
+            config_reloads_success: reloads.with_label_values(&["success"]),
+            config_reloads_failure: reloads.with_label_values(&["failure"]),
+            config_generation: register(
+                &registry,
+                IntGauge::new(
+                    "cutover_config_generation",
+                    "Generation of the routing state in force; increases with every change.",
+                )
+                .expect("valid metric"),
+            ),
+            registry,
+        }
+    }
+
+    pub fn pool(&self, service: &str, pool: &str) -> PoolMetrics {
+        PoolMetrics {
+            requests: CODES.map(|code| self.requests.with_label_values(&[service, pool, code])),
+            duration: self.duration.with_label_values(&[service, pool]),
+            errors: ERROR_KINDS.map(|kind| {
+                self.upstream_errors
+                    .with_label_values(&[service, pool, kind])
+            }),
+            upstream_connections: self
+                .upstream_connections_active
+                .with_label_values(&[service, pool]),
+            weight: self.pool_weight.with_label_values(&[service, pool]),
+        }
+    }
+
+    pub fn listener(&self, name: &str) -> ListenerMetrics {
+        ListenerMetrics {
+            connections_active: self.connections_active.with_label_values(&[name]),
+            rejected: self.rejected.clone(),
+            listener: name.to_owned(),
+        }
+    }
+
+    /// Drops the series of a pool that no longer exists.
+    pub fn forget_pool(&self, service: &str, pool: &str) {
+        for code in CODES {
+            _ = self.requests.remove_label_values(&[service, pool, code]);
+        }
+        for kind in ERROR_KINDS {
+            _ = self
+                .upstream_errors
+                .remove_label_values(&[service, pool, kind]);
+        }
+        for vec in [&self.upstream_connections_active, &self.pool_weight] {
+            _ = vec.remove_label_values(&[service, pool]);
+        }
+        _ = self.duration.remove_label_values(&[service, pool]);
+    }
+
+    /// Drops the series of a listener that no longer exists.
+    pub fn forget_listener(&self, name: &str) {
+        _ = self.connections_active.remove_label_values(&[name]);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("writing to a Vec cannot fail");
+        out
+    }
+}
+
+impl PoolMetrics {
+    #[inline]
+    pub fn response(&self, status: StatusCode, elapsed: Duration) {
+        let class = match status.as_u16() {
+            0..=299 => 0,
+            300..=399 => 1,
+            400..=499 => 2,
+            _ => 3,
+        };
+        self.requests[class].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    #[inline]
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.errors[kind as usize].inc();
+    }
+
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.set(i64::from(weight));
+    }
+
+    /// Requests answered so far (every class), and those answered 5xx.
+    pub fn totals(&self) -> (u64, u64) {
+        let all = self.requests.iter().map(IntCounter::get).sum();
+        (all, self.requests[3].get())
+    }
+}
+
+impl ListenerMetrics {
+    /// Counts a request the proxy answered itself. Off the hot path: only bad
+    /// input gets here, so resolving the label now is fine.
+    pub fn rejected(&self, status: StatusCode) {
+        self.rejected
+            .with_label_values(&[self.listener.as_str(), status.as_str()])
+            .inc();
+    }
+}

@@ -1,0 +1,70 @@
+//! What the server reports of itself after every change: generation, bound
+//! listeners, the last reload error, and per service the file's weights, the
+//! effective ones and the override behind them. Live traffic figures are not
+//! here; the admin API reads those from the snapshot's metric handles.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::state::{self, Overrides, Weights};
+
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub generation: u64,
+    pub config_file: PathBuf,
+    /// Bound address of each listener, by name.
+    pub listeners: BTreeMap<String, SocketAddr>,
+    /// The last failed reload's problems; cleared by a successful change.
+    pub last_reload_error: Option<String>,
+    pub reloads_failed: u64,
+    pub read_only: bool,
+    pub services: Vec<ServiceView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceView {
+    pub name: String,
+    /// Pool names in configuration order.
+    pub pools: Vec<String>,
+    pub file_weights: Weights,
+    pub effective_weights: Weights,
+    /// Whether an API override is in force.
+    pub override_active: bool,
+    /// Who set the weights in force: "api" or "file".
+    pub weights_source: &'static str,
+    /// When they were set, RFC 3339.
+    pub weights_set_at: String,
+}
+
+pub fn services(
+    config: &Config,
+    overrides: &Overrides,
+    file_changed_at: &HashMap<String, String>,
+) -> Vec<ServiceView> {
+    config
+        .services
+        .iter()
+        .map(|s| {
+            let name = s.name.get_ref().clone();
+            let pools: Vec<String> = s.pools.iter().map(|p| p.name.get_ref().clone()).collect();
+            let effective = pools.iter().cloned().zip(overrides.effective(s)).collect();
+            let over = overrides.get(&name);
+            ServiceView {
+                file_weights: state::file_weights(s),
+                effective_weights: effective,
+                override_active: over.is_some(),
+                weights_source: if over.is_some() { "api" } else { "file" },
+                weights_set_at: over
+                    .map(|o| o.set_at.clone())
+                    .or_else(|| file_changed_at.get(&name).cloned())
+                    .unwrap_or_default(),
+                name,
+                pools,
+            }
+        })
+        .collect()
+}

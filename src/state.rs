@@ -1,0 +1,186 @@
+//! Weight overrides set through the admin API, and the state file that keeps
+//! them across restarts. An override sits on top of the file's weights until
+//! the file's weights for that service change (the newest change wins). This
+//! module owns the override rules and the file format; it does not publish.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, Service};
+
+const VERSION: u32 = 1;
+
+/// A service's pool weights, by pool name.
+pub type Weights = BTreeMap<String, u32>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Override {
+    /// Every pool's weight while the override holds.
+    pub weights: Weights,
+    /// The file's weights when the override was set: when the file's differ
+    /// from these, the file has changed since and wins.
+    pub file_weights: Weights,
+    /// When it was set, RFC 3339.
+    pub set_at: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    version: u32,
+    #[serde(default)]
+    overrides: BTreeMap<String, Override>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state file {path}: cannot read it: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state file {path} is corrupt ({source}); fix or remove it, or start with --ignore-state to use the configuration file's weights")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("state file {path} has version {found}; this cutover reads version {VERSION}")]
+    Version { path: PathBuf, found: u32 },
+    #[error("state file {path}: cannot write it: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The overrides in force, by service name.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    by_service: BTreeMap<String, Override>,
+}
+
+/// The weights a service's pools have in the file.
+pub fn file_weights(service: &Service) -> Weights {
+    service
+        .pools
+        .iter()
+        .map(|p| (p.name.get_ref().clone(), p.weight()))
+        .collect()
+}
+
+impl Overrides {
+    /// Reads the state file; a missing file means no overrides. Anything else
+    /// unreadable is an error: starting without the overrides would silently
+    /// send traffic back to where the file points.
+    pub fn load(path: &Path) -> Result<Self, StateError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let state: StateFile =
+            serde_json::from_str(&text).map_err(|source| StateError::Corrupt {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if state.version != VERSION {
+            return Err(StateError::Version {
+                path: path.to_path_buf(),
+                found: state.version,
+            });
+        }
+        Ok(Self {
+            by_service: state.overrides,
+        })
+    }
+
+    /// Writes the state file atomically: a temporary file beside it, fsync,
+    /// rename over it, fsync the directory.
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        let write_err = |source| StateError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let state = StateFile {
+            version: VERSION,
+            overrides: self.by_service.clone(),
+        };
+        let text = serde_json::to_vec_pretty(&state).expect("state serializes");
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(write_err)?;
+        tmp.write_all(&text).map_err(write_err)?;
+        tmp.as_file().sync_all().map_err(write_err)?;
+        tmp.persist(path).map_err(|e| write_err(e.error))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(write_err)?;
+        Ok(())
+    }
+
+    pub fn get(&self, service: &str) -> Option<&Override> {
+        self.by_service.get(service)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_service.is_empty()
+    }
+
+    /// Sets `service`'s weights, as the newest change.
+    pub fn set(&mut self, service: &Service, weights: Weights) {
+        self.by_service.insert(
+            service.name.get_ref().clone(),
+            Override {
+                weights,
+                file_weights: file_weights(service),
+                set_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            },
+        );
+    }
+
+    /// Applies the rules after the file was (re)read: an override ends when its
+    /// service is gone, its pools changed, or the file's weights for it differ
+    /// from those it was set over. Returns the services whose override ended.
+    pub fn reconcile(&mut self, config: &Config) -> Vec<String> {
+        let mut ended = Vec::new();
+        self.by_service.retain(|name, o| {
+            let keep = config
+                .services
+                .iter()
+                .find(|s| s.name.get_ref() == name)
+                .is_some_and(|s| file_weights(s) == o.file_weights);
+            if !keep {
+                ended.push(name.clone());
+            }
+            keep
+        });
+        ended
+    }
+
+    /// The weights a service's pools take, in pool order.
+    pub fn effective(&self, service: &Service) -> Vec<u32> {
+        let o = self.by_service.get(service.name.get_ref());
+        service
+            .pools
+            .iter()
+            .map(|p| {
+                o.and_then(|o| o.weights.get(p.name.get_ref()).copied())
+                    .unwrap_or_else(|| p.weight())
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,566 @@
+//! The admin API end to end: a weight switch under load, auth, every bad
+//! input and its status, overrides against reloads and restarts, read-only
+//! mode, and metrics that agree with what the backends saw.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, StatusCode};
+use support::{full, get, Backend, Client, Proxy, Reply};
+
+/// The usual blue/green config with the admin API on an ephemeral port and
+/// `admin_extra` lines in `[admin]`.
+fn config(blue: &Backend, green: &Backend, wb: u32, wg: u32, admin_extra: &str) -> String {
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n{admin_extra}\n{}",
+        support::blue_green(blue, green, wb, wg)
+    )
+}
+
+/// One admin call on a fresh connection.
+async fn call(
+    admin: SocketAddr,
+    method: Method,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> Reply {
+    let mut client = Client::connect(admin).await;
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin");
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    client
+        .send(req.body(full(body.to_owned())).unwrap())
+        .await
+        .unwrap()
+}
+
+fn json(reply: &Reply) -> serde_json::Value {
+    serde_json::from_slice(&reply.body).unwrap_or_else(|e| panic!("{e}: {}", reply.text()))
+}
+
+async fn put_weights(admin: SocketAddr, body: &str) -> Reply {
+    call(admin, Method::PUT, "/v1/services/hello/weights", body, None).await
+}
+
+async fn effective(admin: SocketAddr) -> serde_json::Value {
+    let status = json(&call(admin, Method::GET, "/v1/status", "", None).await);
+    status["services"][0]["weights"]["effective"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn api_switch_under_load_loses_nothing_and_is_immediate() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "")).await;
+    let admin = proxy.admin.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let mut client = Client::connect(proxy.addr()).await;
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut log = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let outcome = match client.get("/", &[]).await {
+                    Ok(r) if r.status == StatusCode::OK => Ok(r.pool().to_owned()),
+                    Ok(r) => Err(r.status.to_string()),
+                    Err(e) => Err(e),
+                };
+                log.push((started, Instant::now(), outcome));
+            }
+            log
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reply = put_weights(admin, r#"{"blue": 0, "green": 100}"#).await;
+    let answered = Instant::now();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut logs = Vec::new();
+    for task in tasks {
+        logs.extend(task.await.unwrap());
+    }
+    let failed: Vec<_> = logs.iter().filter(|(_, _, o)| o.is_err()).collect();
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    for (started, _, outcome) in &logs {
+        if *started >= answered {
+            assert_eq!(
+                outcome.as_deref(),
+                Ok("green"),
+                "a request after the 200 saw the old weights"
+            );
+        }
+    }
+    let first_green = logs
+        .iter()
+        .filter(|(_, _, o)| o.as_deref() == Ok("green"))
+        .map(|(_, done, _)| *done)
+        .min()
+        .unwrap();
+    eprintln!(
+        "API switch under load: {} requests, 0 failed; first green response {:?} after the 200",
+        logs.len(),
+        first_green.saturating_duration_since(answered)
+    );
+}
+
+#[tokio::test]
+async fn v1_needs_the_bearer_token_and_probes_do_not() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let extra = format!("token_file = \"{}\"", token_file.display());
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, &extra)).await;
+    let admin = proxy.admin.unwrap();
+
+    for token in [
+        None,
+        Some("wrong-token!"),
+        Some("s3cret"),
+        Some("s3cret-token-and-more"),
+    ] {
+        let reply = call(admin, Method::GET, "/v1/status", "", token).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "token {token:?}");
+        assert_eq!(json(&reply)["error"], "unauthorized");
+        let reply = call(
+            admin,
+            Method::PUT,
+            "/v1/services/hello/weights",
+            r#"{"green": 100}"#,
+            token,
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        get(proxy.addr(), "x", "/").await.pool(),
+        "blue",
+        "an unauthorized call changed weights"
+    );
+    let ok = call(admin, Method::GET, "/v1/status", "", Some("s3cret-token")).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    for probe in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            call(admin, Method::GET, probe, "", None).await.status,
+            StatusCode::OK,
+            "{probe}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn token_file_problems_refuse_start() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let cases: [(&str, Option<(&str, u32)>, &str); 3] = [
+        ("missing", None, "cannot read"),
+        ("empty", Some(("  \n", 0o600)), "is empty"),
+        (
+            "exposed",
+            Some(("tok", 0o644)),
+            "can be read by other users",
+        ),
+    ];
+    for (name, file, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        if let Some((text, mode)) = file {
+            std::fs::write(&token_file, text).unwrap();
+            std::fs::set_permissions(
+                &token_file,
+                std::os::unix::fs::PermissionsExt::from_mode(mode),
+            )
+            .unwrap();
+        }
+        let path = dir.path().join("cutover.toml");
+        let extra = format!("token_file = \"{}\"", token_file.display());
+        std::fs::write(&path, config(&blue, &green, 100, 0, &extra)).unwrap();
+        let err = Proxy::try_start_at(dir, path, true)
+            .await
+            .err()
+            .expect(name);
+        assert!(
+            err.contains(expected) && err.contains("token"),
+            "{name}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_calls_get_their_status_and_change_nothing() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "")).await;
+    let admin = proxy.admin.unwrap();
+    let cases = [
+        ("{not json", StatusCode::BAD_REQUEST, "not valid JSON"),
+        ("[1, 2]", StatusCode::BAD_REQUEST, "JSON object"),
+        ("{}", StatusCode::BAD_REQUEST, "no weights"),
+        (
+            r#"{"purple": 100}"#,
+            StatusCode::BAD_REQUEST,
+            "no pool \"purple\"",
+        ),
+        (r#"{"blue": 0}"#, StatusCode::BAD_REQUEST, "weight 0"),
+        (r#"{"green": -5}"#, StatusCode::BAD_REQUEST, "-5"),
+        (r#"{"green": 2.5}"#, StatusCode::BAD_REQUEST, "2.5"),
+        (
+            r#"{"green": "100"}"#,
+            StatusCode::BAD_REQUEST,
+            "whole numbers",
+        ),
+        (r#"{"green": 10001}"#, StatusCode::BAD_REQUEST, "10001"),
+    ];
+    for (body, status, needle) in cases {
+        let reply = put_weights(admin, body).await;
+        assert_eq!(reply.status, status, "{body}: {}", reply.text());
+        let detail = json(&reply)["detail"].as_str().unwrap().to_owned();
+        assert!(detail.contains(needle), "{body}: {detail}");
+    }
+    let reply = call(
+        admin,
+        Method::PUT,
+        "/v1/services/nope/weights",
+        r#"{"blue": 1}"#,
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(json(&reply)["detail"].as_str().unwrap().contains("nope"));
+    assert_eq!(
+        call(admin, Method::GET, "/v1/nothing", "", None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(admin, Method::DELETE, "/v1/status", "", None)
+            .await
+            .status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(
+        effective(admin).await,
+        serde_json::json!({"blue": 100, "green": 0})
+    );
+    assert_eq!(proxy.generation(), 1, "a refused call published a snapshot");
+    assert_eq!(get(proxy.addr(), "x", "/").await.pool(), "blue");
+}
+
+#[tokio::test]
+async fn overrides_hold_until_the_file_changes_its_weights() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "")).await;
+    let admin = proxy.admin.unwrap();
+
+    assert_eq!(
+        put_weights(admin, r#"{"blue": 0, "green": 100}"#)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let status = json(&call(admin, Method::GET, "/v1/status", "", None).await);
+    let service = &status["services"][0];
+    assert_eq!(service["override"]["active"], true);
+    assert_eq!(service["override"]["source"], "api");
+    assert_eq!(
+        service["weights"]["file"],
+        serde_json::json!({"blue": 100, "green": 0})
+    );
+
+    // A reload that leaves the weights as they were keeps the override.
+    let same_weights = config(&blue, &green, 100, 0, "").replace(
+        "name = \"hello\"\n",
+        "name = \"hello\"\nrequest_timeout = \"30s\"\n",
+    );
+    proxy.rewrite(&same_weights);
+    proxy.wait_generation(3).await;
+    assert_eq!(
+        effective(admin).await,
+        serde_json::json!({"blue": 0, "green": 100})
+    );
+    assert_eq!(get(proxy.addr(), "x", "/").await.pool(), "green");
+
+    // One that changes them replaces it: the newest change wins.
+    proxy.rewrite(&config(&blue, &green, 100, 1, ""));
+    proxy.wait_generation(4).await;
+    let status = json(&call(admin, Method::GET, "/v1/status", "", None).await);
+    assert_eq!(status["services"][0]["override"]["active"], false);
+    assert_eq!(status["services"][0]["override"]["source"], "file");
+    assert_eq!(
+        effective(admin).await,
+        serde_json::json!({"blue": 100, "green": 1})
+    );
+}
+
+#[tokio::test]
+async fn overrides_survive_a_restart_and_ignore_state_skips_them() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let state_dir = tempfile::tempdir().unwrap();
+    let state = state_dir.path().join("state.json");
+    let extra = format!("state_file = \"{}\"", state.display());
+    let text = config(&blue, &green, 100, 0, &extra);
+
+    let first = Proxy::with_admin(&text).await;
+    assert_eq!(
+        put_weights(first.admin.unwrap(), r#"{"blue": 0, "green": 100}"#)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert!(state.exists());
+    drop(first);
+
+    let second = Proxy::with_admin(&text).await;
+    assert_eq!(
+        get(second.addr(), "x", "/").await.pool(),
+        "green",
+        "the override was lost"
+    );
+    let status = json(&call(second.admin.unwrap(), Method::GET, "/v1/status", "", None).await);
+    assert_eq!(status["services"][0]["override"]["active"], true);
+    drop(second);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cutover.toml");
+    std::fs::write(&path, &text).unwrap();
+    let (server, handle) = cutover::server::Server::start(
+        &path,
+        cutover::server::Options {
+            ignore_state: true,
+            data_plane: tokio::runtime::Handle::current(),
+        },
+    )
+    .unwrap();
+    let weights = handle.status().services[0].effective_weights.clone();
+    assert_eq!(weights["blue"], 100, "--ignore-state kept the override");
+    drop(server);
+}
+
+#[tokio::test]
+async fn a_corrupt_state_file_refuses_start() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    std::fs::write(&state, "{\"version\": 1, \"overrides\": {\"hello\": ").unwrap();
+    let path = dir.path().join("cutover.toml");
+    let extra = format!("state_file = \"{}\"", state.display());
+    std::fs::write(&path, config(&blue, &green, 100, 0, &extra)).unwrap();
+    let err = Proxy::try_start_at(dir, path, true)
+        .await
+        .err()
+        .expect("start refused");
+    assert!(
+        err.contains("state.json") && err.contains("corrupt"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn read_only_refuses_changes_with_409() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "read_only = true")).await;
+    let admin = proxy.admin.unwrap();
+    let reply = put_weights(admin, r#"{"blue": 0, "green": 100}"#).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT);
+    assert!(json(&reply)["detail"]
+        .as_str()
+        .unwrap()
+        .contains("read_only"));
+    assert_eq!(
+        effective(admin).await,
+        serde_json::json!({"blue": 100, "green": 0})
+    );
+    // Reload is still allowed: it reads the file, the source of truth.
+    assert_eq!(
+        call(admin, Method::POST, "/v1/reload", "", None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn reload_endpoint_reports_an_invalid_file() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "")).await;
+    let admin = proxy.admin.unwrap();
+    let reply = call(admin, Method::POST, "/v1/reload", "", None).await;
+    assert_eq!(json(&reply)["generation"], 2);
+    std::fs::write(&proxy.path, "[[listener]]\nname = 1\n").unwrap();
+    let reply = call(admin, Method::POST, "/v1/reload", "", None).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(
+        json(&reply)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cutover.toml:2:"),
+        "{}",
+        reply.text()
+    );
+    let status = json(&call(admin, Method::GET, "/v1/status", "", None).await);
+    assert!(status["last_reload_error"]
+        .as_str()
+        .unwrap()
+        .contains("cutover.toml:2:"));
+    assert_eq!(get(proxy.addr(), "x", "/").await.pool(), "blue");
+}
+
+/// Reads one sample from the exposition: `name{labels} value`.
+fn sample(text: &str, name: &str, labels: &str) -> f64 {
+    let prefix = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no sample {prefix}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn metrics_agree_with_what_the_backends_saw() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 70, 30, "")).await;
+    let admin = proxy.admin.unwrap();
+    let mut client = Client::connect(proxy.addr()).await;
+    for _ in 0..1000 {
+        assert_eq!(client.get("/", &[]).await.unwrap().status, StatusCode::OK);
+    }
+    let reply = call(admin, Method::GET, "/metrics", "", None).await;
+    assert!(reply.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = reply.text();
+    for (backend, pool) in [(&blue, "blue"), (&green, "green")] {
+        let labels = format!("code=\"2xx\",pool=\"{pool}\",service=\"hello\"");
+        assert_eq!(
+            sample(&text, "cutover_requests_total", &labels),
+            backend.hits() as f64
+        );
+        let labels = format!("pool=\"{pool}\",service=\"hello\"");
+        assert_eq!(
+            sample(&text, "cutover_request_duration_seconds_count", &labels),
+            backend.hits() as f64
+        );
+    }
+    assert_eq!(blue.hits(), 700);
+    assert_eq!(
+        sample(
+            &text,
+            "cutover_pool_weight",
+            "pool=\"green\",service=\"hello\""
+        ),
+        30.0
+    );
+    assert_eq!(
+        sample(&text, "cutover_connections_active", "listener=\"web\""),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "cutover_upstream_connections_active",
+            "pool=\"blue\",service=\"hello\""
+        ),
+        1.0
+    );
+    assert_eq!(sample(&text, "cutover_config_generation", ""), 1.0);
+    check_exposition(&text);
+
+    put_weights(admin, r#"{"blue": 0, "green": 100}"#).await;
+    let text = call(admin, Method::GET, "/metrics", "", None).await.text();
+    assert_eq!(
+        sample(
+            &text,
+            "cutover_pool_weight",
+            "pool=\"blue\",service=\"hello\""
+        ),
+        0.0
+    );
+}
+
+/// A strict reading of the text exposition format: every sample belongs to a
+/// family announced by HELP and TYPE, names and labels are well formed, and
+/// values parse.
+fn check_exposition(text: &str) {
+    let mut typed = std::collections::HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+            typed.insert(name.to_owned(), kind.to_owned());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "stray line {line:?}"
+        );
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
+        let family = ["_bucket", "_sum", "_count", ""]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|f| typed.contains_key(*f)))
+            .unwrap_or_else(|| panic!("sample without TYPE: {line}"));
+        if typed[family] == "counter" {
+            assert!(family.ends_with("_total"), "counter {family} lacks _total");
+        }
+        if let Some(labels) = series.strip_prefix(name).filter(|l| !l.is_empty()) {
+            assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+        }
+    }
+    assert!(typed.contains_key("cutover_requests_total"));
+}
+
+#[tokio::test]
+async fn readyz_turns_unready_when_shutdown_starts() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "")).await;
+    let admin = proxy.admin.unwrap();
+    assert_eq!(
+        call(admin, Method::GET, "/readyz", "", None).await.status,
+        StatusCode::OK
+    );
+    proxy.handle.shutdown();
+    // The admin API stays up while the data plane drains, and says so.
+    let reply = call(admin, Method::GET, "/readyz", "", None).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+}
