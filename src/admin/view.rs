@@ -4,6 +4,8 @@
 use serde_json::{json, Value};
 
 use super::Admin;
+use crate::server::ServiceView;
+use crate::snapshot::Snapshot;
 
 pub fn status(admin: &Admin) -> Value {
     let status = admin.handle.status();
@@ -11,9 +13,22 @@ pub fn status(admin: &Admin) -> Value {
     let services: Vec<Value> = status
         .services
         .iter()
-        .map(|view| {
-            let live = snapshot.service(&view.name);
-            let pools: Vec<Value> = view
+        .map(|view| service(admin, view, &snapshot))
+        .collect();
+    json!({
+        "generation": status.generation,
+        "config_file": status.config_file,
+        "read_only": status.read_only,
+        "last_reload_error": status.last_reload_error,
+        "listeners": status.listeners,
+        "services": services,
+    })
+}
+
+/// One service's part of the status.
+pub fn service(admin: &Admin, view: &ServiceView, snapshot: &Snapshot) -> Value {
+    let live = snapshot.service(&view.name);
+    let pools: Vec<Value> = view
                 .pools
                 .iter()
                 .map(|name| {
@@ -35,24 +50,14 @@ pub fn status(admin: &Admin) -> Value {
                     })
                 })
                 .collect();
-            json!({
-                "name": view.name,
-                "weights": { "file": view.file_weights, "effective": view.effective_weights },
-                "override": {
-                    "active": view.override_active,
-                    "source": view.weights_source,
-                    "set_at": view.weights_set_at,
-                },
-                "pools": pools,
-            })
-        })
-        .collect();
     json!({
-        "generation": status.generation,
-        "config_file": status.config_file,
-        "read_only": status.read_only,
-        "last_reload_error": status.last_reload_error,
-        "listeners": status.listeners,
-        "services": services,
+        "name": view.name,
+        "weights": { "file": view.file_weights, "effective": view.effective_weights },
+        "override": {
+            "active": view.override_active,
+            "source": view.weights_source,
+            "set_at": view.weights_set_at,
+        },
+        "pools": pools,
     })
 }
