@@ -97,7 +97,18 @@ pub async fn serve_connection(
             conn.await
         }
     };
-    if let Some(status) = activity.rejected() {
+    // The guard answered most bad requests itself; a malformed request that
+    // was pipelined behind a good one is answered by hyper (same status, no
+    // body) and is counted here.
+    let parse_error = result.as_ref().err().and_then(|e| {
+        let e = e.downcast_ref::<hyper::Error>()?;
+        if e.is_parse_too_large() {
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        } else {
+            e.is_parse().then_some(StatusCode::BAD_REQUEST)
+        }
+    });
+    if let Some(status) = activity.rejected().or(parse_error) {
         metrics.rejected(status);
         tracing::info!(%peer, status = status.as_u16(), "rejected a bad request");
     } else if let Err(e) = result {

@@ -170,7 +170,9 @@ async fn v1_needs_the_bearer_token_and_probes_do_not() {
 async fn token_file_problems_refuse_start() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let cases: [(&str, Option<(&str, u32)>, &str); 3] = [
+    /// Name, the token file's text and mode (or no file), and the refusal.
+    type Case = (&'static str, Option<(&'static str, u32)>, &'static str);
+    let cases: [Case; 3] = [
         ("missing", None, "cannot read"),
         ("empty", Some(("  \n", 0o600)), "is empty"),
         (
@@ -626,4 +628,41 @@ async fn exposition_passes_promtool() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test]
+async fn requests_the_proxy_answers_itself_are_counted() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let text = config(&blue, &green, 100, 0, "").replace(
+        "header_read_timeout = \"2s\"",
+        "header_read_timeout = \"200ms\"\nmax_header_bytes = 2048",
+    );
+    let proxy = Proxy::with_admin(&text).await;
+    let limit = Duration::from_secs(5);
+    assert!(support::raw(proxy.addr(), b"GARBAGE\r\n\r\n", limit)
+        .await
+        .starts_with("HTTP/1.1 400"));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(4096)
+    );
+    assert!(support::raw(proxy.addr(), big.as_bytes(), limit)
+        .await
+        .starts_with("HTTP/1.1 431"));
+    assert!(support::raw(proxy.addr(), b"GET / HTTP/1.1\r\n", limit)
+        .await
+        .starts_with("HTTP/1.1 408"));
+    let text = call(proxy.admin.unwrap(), Method::GET, "/metrics", "", None)
+        .await
+        .text();
+    for code in ["400", "408", "431"] {
+        let labels = format!("code=\"{code}\",listener=\"web\"");
+        assert_eq!(
+            sample(&text, "cutover_rejected_requests_total", &labels),
+            1.0,
+            "{code}"
+        );
+    }
+    assert_eq!(blue.hits(), 0);
 }
