@@ -9,8 +9,10 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-pub use schema::{Admin, Config, Limits, Listener, Pool, Protocol, Runtime, Service};
-pub use validate::MAX_WEIGHT;
+pub use schema::{
+    Admin, Config, Health, HealthKind, Limits, Listener, Outlier, Pool, Protocol, Runtime, Service,
+};
+pub use validate::{MAX_RETRIES, MAX_WEIGHT};
 
 /// One thing wrong with a configuration file, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -16,7 +16,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
 use http::uri::{PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -25,7 +26,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{ListenerMetrics, UpstreamErrorKind};
-use crate::snapshot::{Endpoint, Pool, Service, SharedSnapshot};
+use crate::snapshot::{Endpoint, Pool, Service, SharedSnapshot, Tried};
+use crate::upstream::{SendError, UpBody};
 use body::{Finish, ProxyBody};
 pub use guard::GuardLimits;
 use guard::{ConnActivity, Guarded};
@@ -138,11 +140,7 @@ async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ProxyBody> {
             }
         }
     };
-    let pool = service.pick_pool();
-    let endpoint = pool.pick_endpoint();
-    let response = forward(req, ctx, &service, pool, endpoint, finish).await;
-    pool.metrics.response(response.status(), started.elapsed());
-    response
+    forward(req, ctx, &service, finish, started).await
 }
 
 /// The host a request is for: the authority of an absolute URI (HTTP/2, or an
@@ -154,14 +152,36 @@ fn request_host(req: &Request<Incoming>) -> Option<&str> {
         .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
 }
 
+/// Methods whose requests may be sent twice (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// How many times a request that was never sent (a pooled connection the
+/// upstream had closed) is tried again on a fresh one, beyond `retries`.
+const UNSENT_RESENDS: u32 = 2;
+
+/// Forwards a request to the service, retrying on another endpoint when it
+/// could not be sent, or when it was reset before the response headers and
+/// is idempotent without a body; bounded by `retries` and `request_timeout`.
 async fn forward(
     req: Request<Incoming>,
     ctx: &ConnCtx,
     service: &Service,
-    pool: &Pool,
-    endpoint: &Endpoint,
     finish: Finish,
+    started: Instant,
 ) -> Response<ProxyBody> {
+    let Some((mut pool_at, mut endpoint_at)) = service.pick() else {
+        service.metrics.unavailable.inc();
+        return local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "503 Service Unavailable: no healthy upstream endpoint\n",
+            finish,
+        );
+    };
     let (mut parts, body) = req.into_parts();
     let original_host = match parts.uri.authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
@@ -175,76 +195,167 @@ async fn forward(
         original_host.clone(),
         parts.version,
     );
-    match (&pool.host, original_host) {
-        (Some(rewrite), _) => {
-            parts.headers.insert(HOST, rewrite.clone());
-        }
-        (None, Some(host)) => {
-            parts.headers.insert(HOST, host);
-        }
-        (None, None) => {}
+    parts.version = Version::HTTP_11;
+    let body = if body.is_end_stream() {
+        UpBody::Empty
+    } else {
+        UpBody::Stream(body)
+    };
+    // What a resend after a reset needs; kept only when one is allowed.
+    let spare =
+        (service.retries > 0 && matches!(body, UpBody::Empty) && is_idempotent(&parts.method))
+            .then(|| {
+                (
+                    parts.method.clone(),
+                    parts.uri.clone(),
+                    parts.headers.clone(),
+                )
+            });
+    let mut req = Request::from_parts(parts, body);
+    let deadline = tokio::time::Instant::from_std(started + service.request_timeout);
+    let mut tried = Tried::default();
+    let mut resends = 0;
+    loop {
+        let pool = &service.pools[pool_at];
+        let endpoint = &pool.endpoints[endpoint_at];
+        tried.push(pool_at, endpoint_at);
+        aim(&mut req, pool, endpoint, original_host.as_ref());
+
+        let conn = match tokio::time::timeout_at(deadline, endpoint.conns.checkout()).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(e),
+            Err(_) => return timed_out(service, pool, endpoint, started, finish),
+        };
+        let failure = match conn {
+            Err(e) => {
+                pool.metrics.upstream_error(UpstreamErrorKind::Connect);
+                eject_on_failure(service, pool, endpoint);
+                tracing::warn!(service = %service.name, pool = %pool.name, error = %e, "upstream connect failed");
+                "502 Bad Gateway: the upstream could not be reached\n"
+            }
+            Ok(conn) => match tokio::time::timeout_at(deadline, conn.send(req)).await {
+                Ok(Ok(response)) => {
+                    if response.status().is_server_error() {
+                        eject_on_failure(service, pool, endpoint);
+                    } else {
+                        endpoint.health.record_success();
+                    }
+                    pool.metrics.response(response.status(), started.elapsed());
+                    let (mut parts, body) = response.into_parts();
+                    headers::strip_hop_by_hop(&mut parts.headers);
+                    parts
+                        .headers
+                        .append(http::header::VIA, headers::via(parts.version));
+                    return Response::from_parts(parts, ProxyBody::upstream(body, finish));
+                }
+                Ok(Err(SendError {
+                    unsent: Some(unsent),
+                    error,
+                })) if resends < UNSENT_RESENDS => {
+                    // A pooled connection closed under us; nothing was sent.
+                    tracing::debug!(endpoint = %endpoint.address, %error, "resending on a fresh connection");
+                    resends += 1;
+                    req = unsent;
+                    tried.pop();
+                    continue;
+                }
+                Ok(Err(SendError { error, .. })) => {
+                    pool.metrics.upstream_error(UpstreamErrorKind::Reset);
+                    eject_on_failure(service, pool, endpoint);
+                    tracing::warn!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address,
+                        error = %ErrorChain(&error), "upstream request failed");
+                    // Only a bodiless idempotent request can be sent again.
+                    let Some((method, uri, headers)) = spare.clone() else {
+                        return bad_gateway(
+                            pool,
+                            started,
+                            "502 Bad Gateway: the upstream connection failed\n",
+                            finish,
+                        );
+                    };
+                    req = Request::new(UpBody::Empty);
+                    *req.method_mut() = method;
+                    *req.uri_mut() = uri;
+                    *req.headers_mut() = headers;
+                    "502 Bad Gateway: the upstream connection failed\n"
+                }
+                Err(_) => return timed_out(service, pool, endpoint, started, finish),
+            },
+        };
+        let next = (tried.len() <= service.retries as usize)
+            .then(|| service.pick_retry(pool_at, &tried))
+            .flatten();
+        let Some(next) = next else {
+            return bad_gateway(pool, started, failure, finish);
+        };
+        pool.metrics.retry();
+        (pool_at, endpoint_at) = next;
     }
-    let mut uri = parts.uri.into_parts();
+}
+
+/// Points a request at an endpoint: its URI's authority, and the Host the
+/// pool wants (its rewrite, else the client's).
+fn aim(
+    req: &mut Request<UpBody>,
+    pool: &Pool,
+    endpoint: &Endpoint,
+    original_host: Option<&HeaderValue>,
+) {
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut uri = http::uri::Parts::default();
     uri.scheme = Some(Scheme::HTTP);
     uri.authority = Some(endpoint.authority.clone());
-    if uri.path_and_query.is_none() {
-        uri.path_and_query = Some(PathAndQuery::from_static("/"));
+    uri.path_and_query = Some(path);
+    *req.uri_mut() = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+    if let Some(host) = pool.host.as_ref().or(original_host) {
+        req.headers_mut().insert(HOST, host.clone());
     }
-    parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
-    parts.version = Version::HTTP_11;
-    let upstream_req = Request::from_parts(parts, body);
+}
 
-    let sent = tokio::time::timeout(
-        service.request_timeout,
-        endpoint.client.request(upstream_req),
-    )
-    .await;
-    match sent {
-        Ok(Ok(response)) => {
-            let (mut parts, body) = response.into_parts();
-            headers::strip_hop_by_hop(&mut parts.headers);
-            parts
-                .headers
-                .append(http::header::VIA, headers::via(parts.version));
-            Response::from_parts(parts, ProxyBody::upstream(body, finish))
-        }
-        Ok(Err(e)) => {
-            let connect = e.is_connect();
-            pool.metrics.upstream_error(if connect {
-                UpstreamErrorKind::Connect
-            } else {
-                UpstreamErrorKind::Reset
-            });
-            tracing::warn!(
-                service = %service.name,
-                pool = %pool.name,
-                endpoint = %endpoint.address,
-                error = %ErrorChain(&e),
-                "upstream request failed"
-            );
-            let text = if connect {
-                "502 Bad Gateway: the upstream could not be reached\n"
-            } else {
-                "502 Bad Gateway: the upstream connection failed\n"
-            };
-            local(StatusCode::BAD_GATEWAY, text, finish)
-        }
-        Err(_) => {
-            pool.metrics.upstream_error(UpstreamErrorKind::Timeout);
-            tracing::warn!(
-                service = %service.name,
-                pool = %pool.name,
-                endpoint = %endpoint.address,
-                timeout = ?service.request_timeout,
-                "upstream did not answer in time"
-            );
-            local(
-                StatusCode::GATEWAY_TIMEOUT,
-                "504 Gateway Timeout: the upstream did not answer in time\n",
-                finish,
-            )
-        }
+fn eject_on_failure(service: &Service, pool: &Pool, endpoint: &Endpoint) {
+    if let Some(length) = endpoint.health.record_failure(&service.outlier) {
+        tracing::warn!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address,
+            ejection = ?length, "endpoint failed repeatedly: ejected");
     }
+}
+
+fn bad_gateway(
+    pool: &Pool,
+    started: Instant,
+    text: &'static str,
+    finish: Finish,
+) -> Response<ProxyBody> {
+    pool.metrics
+        .response(StatusCode::BAD_GATEWAY, started.elapsed());
+    local(StatusCode::BAD_GATEWAY, text, finish)
+}
+
+fn timed_out(
+    service: &Service,
+    pool: &Pool,
+    endpoint: &Endpoint,
+    started: Instant,
+    finish: Finish,
+) -> Response<ProxyBody> {
+    pool.metrics.upstream_error(UpstreamErrorKind::Timeout);
+    pool.metrics
+        .response(StatusCode::GATEWAY_TIMEOUT, started.elapsed());
+    tracing::warn!(
+        service = %service.name,
+        pool = %pool.name,
+        endpoint = %endpoint.address,
+        timeout = ?service.request_timeout,
+        "upstream did not answer in time"
+    );
+    local(
+        StatusCode::GATEWAY_TIMEOUT,
+        "504 Gateway Timeout: the upstream did not answer in time\n",
+        finish,
+    )
 }
 
 /// A proxy-made response with a short text body.

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod http;
 pub mod listener;
 pub mod logging;
@@ -95,7 +96,7 @@ pub async fn run(
     on_start: impl FnOnce(Started<'_>),
 ) -> Result<(), RunError> {
     let signals = reload::Signals::install().map_err(RunError::Signals)?;
-    let (server, handle) = server::Server::start(path, options)?;
+    let (server, handle) = server::Server::start(path, options).await?;
     let admin_config = server.admin_config().clone();
     let watcher = reload::FileWatcher::new(path, handle.clone())?;
     let stop = CancellationToken::new();

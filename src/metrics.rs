@@ -41,6 +41,11 @@ pub struct Metrics {
     upstream_connections_active: IntGaugeVec,
     pool_weight: IntGaugeVec,
     rejected: IntCounterVec,
+    retries: IntCounterVec,
+    endpoint_healthy: IntGaugeVec,
+    health_checks: IntCounterVec,
+    failovers: IntCounterVec,
+    unavailable: IntCounterVec,
     pub config_reloads_success: IntCounter,
     pub config_reloads_failure: IntCounter,
     pub config_generation: IntGauge,
@@ -54,6 +59,24 @@ pub struct PoolMetrics {
     errors: [IntCounter; 3],
     pub upstream_connections: IntGauge,
     weight: IntGauge,
+    retries: IntCounter,
+}
+
+/// Handles for one endpoint of one pool.
+#[derive(Debug, Clone)]
+pub struct EndpointMetrics {
+    healthy: IntGauge,
+    /// Active checks: passed, failed.
+    checks: [IntCounter; 2],
+}
+
+/// Handles for one service.
+#[derive(Debug, Clone)]
+pub struct ServiceMetrics {
+    /// Times traffic moved to a weight-0 pool because the weighted ones died.
+    pub failovers: IntCounter,
+    /// Requests answered 503 because no endpoint was healthy.
+    pub unavailable: IntCounter,
 }
 
 /// Handles for one listener.
@@ -141,6 +164,31 @@ impl Metrics {
                 "Requests the proxy answered itself without an upstream: malformed (400), no service for the host (404), too slow (408), too large (414, 431).",
                 &["listener", "code"],
             ),
+            retries: counter(
+                "cutover_retries_total",
+                "Further attempts made for requests, by the pool that failed them.",
+                &["service", "pool"],
+            ),
+            endpoint_healthy: gauge(
+                "cutover_endpoint_healthy",
+                "1 when the endpoint's active checks pass, else 0.",
+                &["service", "pool", "endpoint"],
+            ),
+            health_checks: counter(
+                "cutover_health_checks_total",
+                "Active health checks, by result: success, failure.",
+                &["service", "pool", "endpoint", "result"],
+            ),
+            failovers: counter(
+                "cutover_failovers_total",
+                "Times a service's traffic moved to a weight-0 pool because every weighted pool was down.",
+                &["service"],
+            ),
+            unavailable: counter(
+                "cutover_no_healthy_endpoint_total",
+                "Requests answered 503 because no endpoint of the service was healthy.",
+                &["service"],
+            ),
             config_reloads_success: reloads.with_label_values(&["success"]),
             config_reloads_failure: reloads.with_label_values(&["failure"]),
             config_generation: register(
@@ -167,6 +215,37 @@ impl Metrics {
                 .upstream_connections_active
                 .with_label_values(&[service, pool]),
             weight: self.pool_weight.with_label_values(&[service, pool]),
+            retries: self.retries.with_label_values(&[service, pool]),
+        }
+    }
+
+    pub fn endpoint(&self, service: &str, pool: &str, endpoint: &str) -> EndpointMetrics {
+        let labels = [service, pool, endpoint];
+        EndpointMetrics {
+            healthy: self.endpoint_healthy.with_label_values(&labels),
+            checks: ["success", "failure"].map(|result| {
+                self.health_checks
+                    .with_label_values(&[service, pool, endpoint, result])
+            }),
+        }
+    }
+
+    pub fn service(&self, service: &str) -> ServiceMetrics {
+        ServiceMetrics {
+            failovers: self.failovers.with_label_values(&[service]),
+            unavailable: self.unavailable.with_label_values(&[service]),
+        }
+    }
+
+    /// Drops the series of an endpoint that no longer exists in a pool.
+    pub fn forget_endpoint(&self, service: &str, pool: &str, endpoint: &str) {
+        _ = self
+            .endpoint_healthy
+            .remove_label_values(&[service, pool, endpoint]);
+        for result in ["success", "failure"] {
+            _ = self
+                .health_checks
+                .remove_label_values(&[service, pool, endpoint, result]);
         }
     }
 
@@ -192,6 +271,7 @@ impl Metrics {
             _ = vec.remove_label_values(&[service, pool]);
         }
         _ = self.duration.remove_label_values(&[service, pool]);
+        _ = self.retries.remove_label_values(&[service, pool]);
     }
 
     /// Drops the series of a listener that no longer exists.
@@ -227,6 +307,11 @@ impl PoolMetrics {
         self.errors[kind as usize].inc();
     }
 
+    #[inline]
+    pub fn retry(&self) {
+        self.retries.inc();
+    }
+
     pub fn set_weight(&self, weight: u32) {
         self.weight.set(i64::from(weight));
     }
@@ -235,6 +320,16 @@ impl PoolMetrics {
     pub fn totals(&self) -> (u64, u64) {
         let all = self.requests.iter().map(IntCounter::get).sum();
         (all, self.requests[3].get())
+    }
+}
+
+impl EndpointMetrics {
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.set(i64::from(healthy));
+    }
+
+    pub fn check(&self, passed: bool) {
+        self.checks[usize::from(!passed)].inc();
     }
 }
 

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, ConfigError};
+use crate::health::HealthChecks;
 use crate::listener::{self, AcceptLoop};
 use crate::metrics::Metrics;
 use crate::snapshot::{SharedSnapshot, Snapshot};
@@ -211,6 +212,7 @@ pub struct Server {
     file_changed_at: HashMap<String, String>,
     snapshot: SharedSnapshot,
     upstreams: Upstreams,
+    checks: HealthChecks,
     metrics: Metrics,
     listeners: HashMap<SocketAddr, RunningListener>,
     tracker: TaskTracker,
@@ -224,7 +226,7 @@ impl Server {
     /// Loads `path`, restores overrides from the state file (unless told not
     /// to, or read-only), binds every listener and publishes the first
     /// snapshot. Nothing is left bound when it fails.
-    pub fn start(path: &Path, options: Options) -> Result<(Self, Handle), ServerError> {
+    pub async fn start(path: &Path, options: Options) -> Result<(Self, Handle), ServerError> {
         let (text, config) = config::read(path)?;
         let overrides = match &config.admin.state_file {
             Some(file) if !options.ignore_state && !config.admin.read_only => {
@@ -240,13 +242,7 @@ impl Server {
             _ => Overrides::default(),
         };
         let metrics = Metrics::new();
-        let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
-            &config,
-            &overrides,
-            1,
-            &mut Upstreams::default(),
-            &metrics,
-        )));
+        let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
         let (status, status_rx) = watch::channel(Status::default());
         let (commands_tx, commands) = mpsc::channel(64);
         let shutdown = CancellationToken::new();
@@ -263,6 +259,7 @@ impl Server {
             overrides,
             snapshot: snapshot.clone(),
             upstreams: Upstreams::default(),
+            checks: HealthChecks::default(),
             metrics: metrics.clone(),
             listeners: HashMap::new(),
             tracker: TaskTracker::new(),
@@ -271,10 +268,16 @@ impl Server {
             commands,
             data_plane: options.data_plane,
         };
-        let config = server.config.clone();
-        server.open_listeners(&config)?;
-        // Rebuilt so the upstream clients are kept for the next generation.
         server.publish(1);
+        let config = server.config.clone();
+        if let Err(e) = server.open_listeners(&config) {
+            server.checks.stop();
+            return Err(e);
+        }
+        server.publish_listeners();
+        // Ready means the first health round has run: wait for it, bounded.
+        let limit = server.checks.longest_timeout() + Duration::from_secs(1);
+        server.checks.first_round(limit).await;
         if !server.overrides.is_empty() {
             tracing::info!("weight overrides restored from the state file");
         }
@@ -315,6 +318,7 @@ impl Server {
             }
         }
         self.shutdown.cancel();
+        self.checks.stop();
         self.tracker.close();
         tracing::info!("shutting down: waiting for open connections to finish");
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
@@ -384,6 +388,7 @@ impl Server {
         }
         self.publish(generation + 1);
         self.close_removed_listeners();
+        self.publish_listeners();
         self.metrics.config_reloads_success.inc();
         tracing::info!(
             generation = generation + 1,
@@ -461,6 +466,7 @@ impl Server {
             &self.overrides,
             generation,
             &mut self.upstreams,
+            &mut self.checks,
             &self.metrics,
         ));
         let kept: HashSet<(&str, &str)> = snapshot
@@ -481,16 +487,10 @@ impl Server {
         }
         self.metrics.config_generation.set(generation as i64);
         let services = status::services(&self.config, &self.overrides, &self.file_changed_at);
-        let listeners: BTreeMap<String, SocketAddr> = self
-            .listeners
-            .values()
-            .map(|l| (l.name.clone(), l.local))
-            .collect();
         self.status.send_modify(|s| {
             s.generation = generation;
             s.last_reload_error = None;
             s.services = services;
-            s.listeners = listeners;
             s.read_only = self.config.admin.read_only;
             s.config_file = self.path.clone();
         });
@@ -558,13 +558,17 @@ impl Server {
             kept
         });
         if removed {
-            let listeners: BTreeMap<String, SocketAddr> = self
-                .listeners
-                .values()
-                .map(|l| (l.name.clone(), l.local))
-                .collect();
-            self.status.send_modify(|s| s.listeners = listeners);
+            self.publish_listeners();
         }
+    }
+
+    fn publish_listeners(&self) {
+        let listeners: BTreeMap<String, SocketAddr> = self
+            .listeners
+            .values()
+            .map(|l| (l.name.clone(), l.local))
+            .collect();
+        self.status.send_modify(|s| s.listeners = listeners);
     }
 }
 

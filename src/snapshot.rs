@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,10 +15,11 @@ use http::uri::Authority;
 use http::HeaderValue;
 
 use crate::balance::{PickTable, RoundRobin};
-use crate::config::{Config, Limits};
-use crate::metrics::{ListenerMetrics, Metrics, PoolMetrics};
+use crate::config::{Config, Limits, Outlier};
+use crate::health::{EndpointHealth, HealthChecks};
+use crate::metrics::{ListenerMetrics, Metrics, PoolMetrics, ServiceMetrics};
 use crate::state::Overrides;
-use crate::upstream::{ClientSpec, UpstreamClient, Upstreams};
+use crate::upstream::{EndpointConns, EndpointSpec, Upstreams};
 
 /// The one place the data plane reads routing state from.
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
@@ -51,6 +53,69 @@ pub struct Service {
     pub pools: Box<[Pool]>,
     table: PickTable,
     pub request_timeout: Duration,
+    pub retries: u32,
+    failover: bool,
+    pub outlier: Outlier,
+    pub metrics: ServiceMetrics,
+    /// How the service is serving, to log and count transitions once.
+    mode: AtomicU8,
+}
+
+/// How a service is serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    /// From its weighted pools.
+    Normal = 0,
+    /// From a weight-0 pool, every weighted pool being down.
+    Failover = 1,
+    /// Not at all: no endpoint is healthy.
+    Down = 2,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Normal => "normal",
+            Mode::Failover => "failover",
+            Mode::Down => "down",
+        }
+    }
+}
+
+/// Endpoints a request has tried, as (pool, endpoint) indexes.
+#[derive(Debug, Default)]
+pub struct Tried {
+    items: [(u8, u16); 1 + crate::config::MAX_RETRIES as usize],
+    len: usize,
+}
+
+impl Tried {
+    pub fn push(&mut self, pool: usize, endpoint: usize) {
+        if self.len < self.items.len() {
+            self.items[self.len] = (pool as u8, endpoint as u16);
+            self.len += 1;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Forgets the last endpoint pushed.
+    pub fn pop(&mut self) {
+        self.len = self.len.saturating_sub(1);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn contains(&self, pool: usize, endpoint: usize) -> bool {
+        self.items[..self.len]
+            .iter()
+            .any(|&(p, e)| usize::from(p) == pool && usize::from(e) == endpoint)
+    }
 }
 
 #[derive(Debug)]
@@ -69,10 +134,21 @@ pub struct Endpoint {
     /// As written in the configuration, `host:port`.
     pub address: Arc<str>,
     pub authority: Authority,
-    pub client: UpstreamClient,
+    pub conns: Arc<EndpointConns>,
+    pub health: Arc<EndpointHealth>,
 }
 
 impl Snapshot {
+    /// Routes nothing: what the data plane sees before the first publish.
+    pub fn empty() -> Self {
+        Self {
+            generation: 0,
+            limits: Limits::default(),
+            routers: Vec::new(),
+            services: Vec::new(),
+        }
+    }
+
     /// Builds the routing state for a configuration that `config::parse`
     /// accepted, with the weights `overrides` give. Clients for endpoints
     /// already in `upstreams` are reused; metric handles come from `metrics`.
@@ -81,9 +157,11 @@ impl Snapshot {
         overrides: &Overrides,
         generation: u64,
         upstreams: &mut Upstreams,
+        checks: &mut HealthChecks,
         metrics: &Metrics,
     ) -> Self {
         let mut clients = upstreams.next_generation();
+        let mut health = checks.next_generation();
         let services: Vec<Arc<Service>> = config
             .services
             .iter()
@@ -110,13 +188,19 @@ impl Snapshot {
                                         authority: address
                                             .parse()
                                             .expect("validated endpoints are authorities"),
-                                        client: clients.client(ClientSpec {
+                                        conns: clients.endpoint(EndpointSpec {
                                             service: service_name,
                                             pool: pool_name,
                                             address,
                                             connect_timeout: s.connect_timeout,
                                             connections: &pool_metrics.upstream_connections,
                                         }),
+                                        health: health.endpoint(
+                                            address,
+                                            &s.health,
+                                            p.host.as_ref().map(|h| h.get_ref().as_str()),
+                                            metrics.endpoint(service_name, pool_name, address),
+                                        ),
                                     }
                                 })
                                 .collect(),
@@ -132,10 +216,16 @@ impl Snapshot {
                         .expect("effective weights keep a pool above zero"),
                     pools,
                     request_timeout: s.request_timeout,
+                    retries: *s.retries.get_ref(),
+                    failover: s.failover,
+                    outlier: s.outlier.clone(),
+                    metrics: metrics.service(service_name),
+                    mode: AtomicU8::new(Mode::Normal as u8),
                 })
             })
             .collect();
         clients.finish();
+        health.finish();
         let by_name: HashMap<&str, &Arc<Service>> =
             services.iter().map(|s| (&*s.name, s)).collect();
 
@@ -242,18 +332,97 @@ fn strip_port(host: &str) -> &str {
 }
 
 impl Service {
-    /// The pool that serves the next request, by weight.
+    /// The (pool, endpoint) that serves a request's first attempt: a pool by
+    /// weight, then a usable endpoint of it round-robin. A pool with no usable
+    /// endpoint passes its turn to the other weighted pools, then (failover)
+    /// to the weight-0 ones. `None` when nothing is usable.
     #[inline]
-    pub fn pick_pool(&self) -> &Pool {
-        &self.pools[self.table.pick()]
+    pub fn pick(&self) -> Option<(usize, usize)> {
+        let pool = self.table.pick();
+        if let Some(endpoint) = self.pools[pool].pick_endpoint(pool, &Tried::default()) {
+            self.set_mode(Mode::Normal);
+            return Some((pool, endpoint));
+        }
+        self.pick_other(pool, &Tried::default())
+    }
+
+    /// The (pool, endpoint) for a retry after `pool` failed: another usable
+    /// endpoint of the same pool not tried yet, else of another pool.
+    pub fn pick_retry(&self, pool: usize, tried: &Tried) -> Option<(usize, usize)> {
+        if let Some(endpoint) = self.pools[pool].pick_endpoint(pool, tried) {
+            return Some((pool, endpoint));
+        }
+        self.pick_other(pool, tried)
+    }
+
+    fn pick_other(&self, from: usize, tried: &Tried) -> Option<(usize, usize)> {
+        let n = self.pools.len();
+        let others = (1..n).map(|i| (from + i) % n);
+        let weighted = others.clone().filter(|&i| self.pools[i].weight > 0);
+        for pool in weighted {
+            if let Some(endpoint) = self.pools[pool].pick_endpoint(pool, tried) {
+                self.set_mode(Mode::Normal);
+                return Some((pool, endpoint));
+            }
+        }
+        if self.failover {
+            let standby = (0..n).filter(|&i| self.pools[i].weight == 0);
+            for pool in standby {
+                if let Some(endpoint) = self.pools[pool].pick_endpoint(pool, tried) {
+                    self.set_mode(Mode::Failover);
+                    return Some((pool, endpoint));
+                }
+            }
+        }
+        if tried.is_empty() {
+            self.set_mode(Mode::Down);
+        }
+        None
+    }
+
+    pub fn mode(&self) -> Mode {
+        match self.mode.load(Ordering::Relaxed) {
+            0 => Mode::Normal,
+            1 => Mode::Failover,
+            _ => Mode::Down,
+        }
+    }
+
+    /// Records how the service serves; logs and counts a change once.
+    #[inline]
+    fn set_mode(&self, mode: Mode) {
+        if self.mode.load(Ordering::Relaxed) == mode as u8 {
+            return;
+        }
+        let before = self.mode.swap(mode as u8, Ordering::Relaxed);
+        if before == mode as u8 {
+            return;
+        }
+        match mode {
+            Mode::Normal => {
+                tracing::info!(service = %self.name, "serving from the weighted pools again")
+            }
+            Mode::Failover => {
+                self.metrics.failovers.inc();
+                tracing::warn!(service = %self.name, "every weighted pool is down: failing over to a weight-0 pool");
+            }
+            Mode::Down => {
+                tracing::error!(service = %self.name, "no healthy endpoint: answering 503")
+            }
+        }
     }
 }
 
 impl Pool {
-    /// The endpoint that serves the next request of this pool, round-robin.
+    /// A usable endpoint of this pool (index `me` in its service) not in
+    /// `tried`, round-robin.
     #[inline]
-    pub fn pick_endpoint(&self) -> &Endpoint {
-        &self.endpoints[self.next.next(self.endpoints.len())]
+    fn pick_endpoint(&self, me: usize, tried: &Tried) -> Option<usize> {
+        let n = self.endpoints.len();
+        let start = self.next.next(n);
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| self.endpoints[i].health.usable() && !tried.contains(me, i))
     }
 }
 

@@ -353,6 +353,7 @@ async fn overrides_survive_a_restart_and_ignore_state_skips_them() {
             data_plane: tokio::runtime::Handle::current(),
         },
     )
+    .await
     .unwrap();
     let weights = handle.status().services[0].effective_weights.clone();
     assert_eq!(weights["blue"], 100, "--ignore-state kept the override");

@@ -222,8 +222,14 @@ async fn unreachable_upstream_is_502() {
         .local_addr()
         .unwrap();
     let blue = Backend::start("blue").await;
-    let config =
-        blue_green(&blue, &blue, 100, 0).replacen(&blue.addr.to_string(), &closed.to_string(), 1);
+    // No active checks and no failover, so the request really tries the
+    // dead endpoint (with them, see tests/health.rs).
+    let config = blue_green(&blue, &blue, 100, 0)
+        .replacen(&blue.addr.to_string(), &closed.to_string(), 1)
+        .replace(
+            "name = \"hello\"\n",
+            "name = \"hello\"\nfailover = false\n[service.health]\nkind = \"none\"\n",
+        );
     let proxy = Proxy::start(&config).await;
     let reply = get(proxy.addr(), "x", "/").await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);

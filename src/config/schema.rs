@@ -119,8 +119,89 @@ pub struct Service {
     /// Time allowed until the upstream's response headers; past it, 504.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Further attempts for a request that could not be sent, or that was
+    /// reset before its response headers when it is idempotent and bodiless.
+    #[serde(default = "default_retries")]
+    pub retries: Spanned<u32>,
+    /// When every endpoint of the weighted pools is down, use any healthy pool.
+    #[serde(default = "default_true")]
+    pub failover: bool,
     #[serde(default, rename = "pool")]
     pub pools: Vec<Pool>,
+    #[serde(default)]
+    pub health: Health,
+    #[serde(default)]
+    pub outlier: Outlier,
+}
+
+fn default_retries() -> Spanned<u32> {
+    Spanned::new(0..0, 2)
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Active health checks of a service's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    pub kind: HealthKind,
+    /// Path of the HTTP check.
+    pub path: Spanned<String>,
+    /// Statuses that pass an HTTP check: "200-399", "200", "200,204".
+    pub expect: Spanned<String>,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub healthy_threshold: Spanned<u32>,
+    pub unhealthy_threshold: Spanned<u32>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            kind: HealthKind::Tcp,
+            path: Spanned::new(0..0, "/healthz".to_owned()),
+            expect: Spanned::new(0..0, "200-399".to_owned()),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: Spanned::new(0..0, 2),
+            unhealthy_threshold: Spanned::new(0..0, 3),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthKind {
+    /// GET `path`; healthy when the status is in `expect`.
+    Http,
+    /// Healthy when a TCP connection opens.
+    Tcp,
+    /// No active checks: healthy unless passively ejected.
+    None,
+}
+
+/// Passive ejection: endpoints failing in a row are taken out for a while.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Outlier {
+    /// Connect failures or 5xx in a row that eject an endpoint; 0 disables.
+    pub consecutive_failures: u32,
+    /// First ejection's length; each repeated ejection lasts longer.
+    #[serde(with = "humantime_serde")]
+    pub base_ejection: Duration,
+}
+
+impl Default for Outlier {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(10),
+        }
+    }
 }
 
 fn default_connect_timeout() -> Duration {

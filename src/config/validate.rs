@@ -215,6 +215,53 @@ fn check_services(config: &Config, problems: &mut Vec<Problem>) {
             }
         }
         check_pools(service, problems);
+        check_health(service, problems);
+    }
+}
+
+/// Most attempts a request may make beyond its first.
+pub const MAX_RETRIES: u32 = 10;
+
+fn check_health(service: &super::Service, problems: &mut Vec<Problem>) {
+    let name = service.name.get_ref();
+    if *service.retries.get_ref() > MAX_RETRIES {
+        problems.push(Problem::at(
+            service.retries.span(),
+            format!(
+                "retries is {}; at most {MAX_RETRIES}",
+                service.retries.get_ref()
+            ),
+        ));
+    }
+    let health = &service.health;
+    if !health.path.get_ref().starts_with('/') {
+        problems.push(Problem::at(
+            health.path.span(),
+            format!("health path {:?} must start with /", health.path.get_ref()),
+        ));
+    }
+    if let Err(why) = crate::health::Expect::parse(health.expect.get_ref()) {
+        problems.push(Problem::at(health.expect.span(), why));
+    }
+    for threshold in [&health.healthy_threshold, &health.unhealthy_threshold] {
+        if *threshold.get_ref() == 0 {
+            problems.push(Problem::at(
+                threshold.span(),
+                "thresholds must be at least 1",
+            ));
+        }
+    }
+    for (key, value) in [
+        ("health interval", health.interval),
+        ("health timeout", health.timeout),
+        ("outlier base_ejection", service.outlier.base_ejection),
+    ] {
+        if value.is_zero() {
+            problems.push(Problem::at(
+                service.name.span(),
+                format!("service {name:?}: {key} must be longer than 0s"),
+            ));
+        }
     }
 }
 

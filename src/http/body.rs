@@ -7,11 +7,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use super::guard::ConnActivity;
+use crate::upstream::PooledBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-
-use super::guard::ConnActivity;
 
 pub struct ProxyBody {
     kind: Kind,
@@ -19,7 +18,7 @@ pub struct ProxyBody {
 }
 
 enum Kind {
-    Upstream(Incoming),
+    Upstream(PooledBody),
     Local(Option<Bytes>),
 }
 
@@ -39,7 +38,7 @@ impl Drop for Finish {
 }
 
 impl ProxyBody {
-    pub fn upstream(body: Incoming, finish: Finish) -> Self {
+    pub fn upstream(body: PooledBody, finish: Finish) -> Self {
         Self {
             kind: Kind::Upstream(body),
             _finish: finish,

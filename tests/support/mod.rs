@@ -173,8 +173,9 @@ impl Proxy {
         path: PathBuf,
         admin: bool,
     ) -> Result<Self, String> {
-        let (server, handle) =
-            Server::start(&path, Options::current()).map_err(|e| e.to_string())?;
+        let (server, handle) = Server::start(&path, Options::current())
+            .await
+            .map_err(|e| e.to_string())?;
         let stop_watching = CancellationToken::new();
         let admin = if admin {
             let config = server.admin_config().clone();

@@ -1,0 +1,289 @@
+//! One endpoint's upstream HTTP/1.1 connections: connect (with the service's
+//! connect timeout), keep idle connections for reuse, count every open one in
+//! the pool's gauge, and close the idle ones on demand. Connecting is a step
+//! of its own, so a request that could not be sent is still in hand and can be
+//! retried elsewhere.
+//!
+//! Hand-written over `hyper::client::conn::http1` rather than hyper-util's
+//! pooled client because that client neither returns an unsent request on a
+//! connect failure nor lets one endpoint's idle connections be closed.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use prometheus::IntGauge;
+use tokio::net::TcpStream;
+
+/// How long an unused upstream connection is kept open for reuse.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// Idle connections kept per endpoint; more are closed when returned.
+const MAX_IDLE: usize = 256;
+
+/// The body sent upstream: the client's, streamed, or none. A request with
+/// no body can be rebuilt and sent again.
+pub enum UpBody {
+    Stream(Incoming),
+    Empty,
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpBody::Stream(body) => Pin::new(body).poll_frame(cx),
+            UpBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Stream(body) => body.is_end_stream(),
+            UpBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Stream(body) => body.size_hint(),
+            UpBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {address} timed out after {timeout:?}")]
+    Timeout {
+        address: Arc<str>,
+        timeout: Duration,
+    },
+    #[error("connect to {address} failed: {source}")]
+    Io {
+        address: Arc<str>,
+        #[source]
+        source: io::Error,
+    },
+    #[error("HTTP/1.1 handshake with {address} failed: {source}")]
+    Handshake {
+        address: Arc<str>,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+struct Idle {
+    sender: SendRequest<UpBody>,
+    since: Instant,
+}
+
+/// The connections of one endpoint, as one pool of one service uses it.
+pub struct EndpointConns {
+    address: Arc<str>,
+    connect_timeout: Duration,
+    idle: Mutex<Vec<Idle>>,
+    /// Open connections of the endpoint's pool (shared by its endpoints).
+    open: IntGauge,
+}
+
+impl std::fmt::Debug for EndpointConns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointConns")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EndpointConns {
+    pub fn new(address: Arc<str>, connect_timeout: Duration, open: IntGauge) -> Self {
+        Self {
+            address,
+            connect_timeout,
+            idle: Mutex::new(Vec::new()),
+            open,
+        }
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// A ready connection: the most recently used idle one, or a new one.
+    pub async fn checkout(self: &Arc<Self>) -> Result<Conn, ConnectError> {
+        loop {
+            let idle = {
+                let mut idle = self.idle.lock().expect("idle lock");
+                idle.pop()
+            };
+            let Some(Idle { mut sender, since }) = idle else {
+                break;
+            };
+            if sender.is_closed() || since.elapsed() > IDLE_TIMEOUT {
+                continue;
+            }
+            // Usually ready at once; an error means the upstream closed it.
+            if sender.ready().await.is_ok() {
+                return Ok(Conn {
+                    sender,
+                    owner: self.clone(),
+                    reused: true,
+                });
+            }
+        }
+        self.connect().await
+    }
+
+    async fn connect(self: &Arc<Self>) -> Result<Conn, ConnectError> {
+        let address = &*self.address;
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(source)) => {
+                    return Err(ConnectError::Io {
+                        address: self.address.clone(),
+                        source,
+                    })
+                }
+                Err(_) => {
+                    return Err(ConnectError::Timeout {
+                        address: self.address.clone(),
+                        timeout: self.connect_timeout,
+                    })
+                }
+            };
+        // Best effort: a socket without TCP_NODELAY is slower, not broken.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(address, error = %e, "cannot set TCP_NODELAY");
+        }
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ConnectError::Handshake {
+                address: self.address.clone(),
+                source,
+            })?;
+        let open = self.open.clone();
+        open.inc();
+        let address = self.address.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%address, error = %e, "upstream connection ended with an error");
+            }
+            open.dec();
+        });
+        Ok(Conn {
+            sender,
+            owner: self.clone(),
+            reused: false,
+        })
+    }
+
+    fn put_back(&self, sender: SendRequest<UpBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("idle lock");
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes every idle connection now.
+    pub fn close_idle(&self) {
+        self.idle.lock().expect("idle lock").clear();
+    }
+}
+
+/// A connection checked out for one request.
+pub struct Conn {
+    sender: SendRequest<UpBody>,
+    owner: Arc<EndpointConns>,
+    /// Whether it served a request before: a reused connection the upstream
+    /// closed meanwhile fails without the request having been sent.
+    pub reused: bool,
+}
+
+/// A failed send: the error, and the request when it was never sent.
+pub struct SendError {
+    pub error: hyper::Error,
+    pub unsent: Option<Request<UpBody>>,
+}
+
+impl Conn {
+    /// Sends the request; the response body returns the connection to its
+    /// endpoint's idle list once read to the end.
+    pub async fn send(mut self, req: Request<UpBody>) -> Result<Response<PooledBody>, SendError> {
+        match self.sender.try_send_request(req).await {
+            Ok(response) => Ok(response.map(|body| PooledBody {
+                body,
+                conn: Some((self.sender, self.owner)),
+            })),
+            Err(mut e) => Err(SendError {
+                unsent: e.take_message(),
+                error: e.into_error(),
+            }),
+        }
+    }
+}
+
+/// An upstream response body that hands its connection back for reuse when
+/// it ends; dropped early, it takes the connection down with it.
+pub struct PooledBody {
+    body: Incoming,
+    conn: Option<(SendRequest<UpBody>, Arc<EndpointConns>)>,
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        if frame.is_none() {
+            if let Some((sender, owner)) = self.conn.take() {
+                owner.put_back(sender);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // hyper does not poll a body it knows is empty (Content-Length: 0, a
+        // HEAD response): the connection is reusable all the same.
+        if let Some((sender, owner)) = self.conn.take() {
+            if self.body.is_end_stream() {
+                owner.put_back(sender);
+            }
+        }
+    }
+}
