@@ -162,6 +162,25 @@ impl Api {
     }
 }
 
+/// An endpoint as `address up`, or `address DOWN (last error, since T)`.
+fn endpoint_cell(e: &Value) -> String {
+    let address = e["address"].as_str().unwrap_or("?");
+    if let Some(seconds) = e["ejected_for_seconds"].as_f64() {
+        return format!("{address} EJECTED ({seconds:.0}s left)");
+    }
+    if e["healthy"].as_bool() == Some(true) {
+        return format!("{address} up");
+    }
+    if e["checked"].as_bool() == Some(false) {
+        return format!("{address} unchecked");
+    }
+    format!(
+        "{address} DOWN ({}, since {})",
+        e["last_error"].as_str().unwrap_or("failing checks"),
+        e["since"].as_str().unwrap_or("?")
+    )
+}
+
 /// `{"blue":0,"green":100}` as `blue=0 green=100`.
 fn pairs(weights: &Value) -> String {
     weights
@@ -202,6 +221,17 @@ fn render_status(status: &Value) -> String {
     ]
     .map(String::from)];
     for service in status["services"].as_array().into_iter().flatten() {
+        if let Some(serving @ ("failover" | "down")) = service["serving"].as_str() {
+            out.push_str(&format!(
+                "service {}: {}\n",
+                service["name"].as_str().unwrap_or(""),
+                if serving == "down" {
+                    "DOWN: no healthy endpoint, answering 503"
+                } else {
+                    "FAILOVER: every weighted pool is down, serving from a weight-0 pool"
+                }
+            ));
+        }
         let source = format!(
             "{} {}",
             service["override"]["source"].as_str().unwrap_or("-"),
@@ -213,11 +243,11 @@ fn render_status(status: &Value) -> String {
             .flatten()
             .enumerate()
         {
-            let endpoints: Vec<&str> = pool["endpoints"]
+            let endpoints: Vec<String> = pool["endpoints"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|e| e["address"].as_str())
+                .map(endpoint_cell)
                 .collect();
             rows.push([
                 if i == 0 {
@@ -238,7 +268,7 @@ fn render_status(status: &Value) -> String {
                 pool["requests_total"].to_string(),
                 pool["errors_5xx_total"].to_string(),
                 pool["upstream_connections_active"].to_string(),
-                endpoints.join(","),
+                endpoints.join(", "),
             ]);
         }
     }

@@ -55,7 +55,7 @@ pub async fn serve_connection(
     metrics.connections_active.inc();
     let limits = snapshot.load().limits.clone();
     let max_header_bytes = *limits.max_header_bytes.get_ref();
-    let activity = Arc::new(ConnActivity::default());
+    let activity = Arc::new(ConnActivity::new(metrics.clone()));
     let io = Guarded::new(
         stream,
         GuardLimits {
@@ -82,6 +82,7 @@ pub async fn serve_connection(
     builder
         .http1()
         .timer(TokioTimer::new())
+        .header_read_timeout(None)
         // The guard enforces max_header_bytes with a proper reply; hyper's own
         // limit sits above it as a backstop.
         .max_buf_size(max_header_bytes.max(8192) + 16 * 1024)
@@ -110,7 +111,9 @@ pub async fn serve_connection(
             e.is_parse().then_some(StatusCode::BAD_REQUEST)
         }
     });
-    if let Some(status) = activity.rejected().or(parse_error) {
+    if let Some(status) = activity.rejected() {
+        tracing::info!(%peer, status = status.as_u16(), "rejected a bad request");
+    } else if let Some(status) = parse_error {
         metrics.rejected(status);
         tracing::info!(%peer, status = status.as_u16(), "rejected a bad request");
     } else if let Err(e) = result {

@@ -73,7 +73,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            match e.downcast_ref::<cutover::config::ConfigError>() {
+                Some(config) => config.lines().iter().for_each(|l| eprintln!("error: {l}")),
+                None => eprintln!("error: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }

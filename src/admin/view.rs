@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use super::Admin;
 use crate::server::ServiceView;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Endpoint, Snapshot};
 
 pub fn status(admin: &Admin) -> Value {
     let status = admin.handle.status();
@@ -41,7 +41,7 @@ pub fn service(admin: &Admin, view: &ServiceView, snapshot: &Snapshot) -> Value 
                         "endpoints": pool.map_or_else(Vec::new, |p| p
                             .endpoints
                             .iter()
-                            .map(|e| json!({ "address": &*e.address }))
+                            .map(endpoint)
                             .collect()),
                         "requests_total": requests,
                         "errors_5xx_total": errors,
@@ -52,6 +52,7 @@ pub fn service(admin: &Admin, view: &ServiceView, snapshot: &Snapshot) -> Value 
                 .collect();
     json!({
         "name": view.name,
+        "serving": live.map_or("down", |s| s.mode().as_str()),
         "weights": { "file": view.file_weights, "effective": view.effective_weights },
         "override": {
             "active": view.override_active,
@@ -59,5 +60,19 @@ pub fn service(admin: &Admin, view: &ServiceView, snapshot: &Snapshot) -> Value 
             "set_at": view.weights_set_at,
         },
         "pools": pools,
+    })
+}
+
+fn endpoint(e: &Endpoint) -> Value {
+    let detail = e.health.detail();
+    json!({
+        "address": &*e.address,
+        "healthy": e.health.healthy(),
+        "checked": detail.checked,
+        "ejected_for_seconds": e.health.ejected_for().map(|d| d.as_secs_f64()),
+        "last_error": detail.last_error,
+        "since": humantime::format_rfc3339_seconds(detail.since).to_string(),
+        "consecutive_passes": detail.consecutive_passes,
+        "consecutive_failures": detail.consecutive_failures,
     })
 }

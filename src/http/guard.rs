@@ -19,18 +19,34 @@ use std::time::Duration;
 
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::metrics::ListenerMetrics;
 use tokio::time::{Instant, Sleep};
 
 /// Shared between the guard and the request service of one connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnActivity {
+    /// Where rejections are counted, the moment they happen.
+    metrics: Arc<ListenerMetrics>,
     started: AtomicU64,
     finished: AtomicU64,
     /// Status of the request the guard rejected, 0 if none.
     rejected: AtomicU16,
+    /// The guard's reader while a request is served, woken when it ends.
+    reader: std::sync::Mutex<Option<std::task::Waker>>,
 }
 
 impl ConnActivity {
+    pub fn new(metrics: Arc<ListenerMetrics>) -> Self {
+        Self {
+            metrics,
+            started: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            rejected: AtomicU16::new(0),
+            reader: std::sync::Mutex::new(None),
+        }
+    }
+
     /// Called by the service when hyper hands it a request.
     pub fn request_started(&self) {
         self.started.fetch_add(1, Ordering::Relaxed);
@@ -39,6 +55,9 @@ impl ConnActivity {
     /// Called when a response has been written out (its body dropped).
     pub fn request_finished(&self) {
         self.finished.fetch_add(1, Ordering::Release);
+        if let Some(waker) = self.reader.lock().expect("reader lock").take() {
+            waker.wake();
+        }
     }
 
     /// The status the guard answered a bad request with, if it did.
@@ -66,7 +85,15 @@ enum Phase {
     Busy,
     /// HTTP/2: hyper's own connection management applies.
     Passthrough,
+    /// A rejected request was answered and the write side shut: the rest of
+    /// what the client sends is read and dropped for a moment, so closing
+    /// with unread data does not reset the connection and destroy the reply.
+    Closing(io::ErrorKind),
 }
+
+/// How long and how much a rejected connection is drained before it closes.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
 
 pub struct Guarded<S> {
     inner: S,
@@ -81,6 +108,10 @@ pub struct Guarded<S> {
     /// Consecutive line feeds seen (carriage returns ignored); two end a head.
     newlines: u8,
     first_read: bool,
+    line: [u8; 18],
+    line_len: usize,
+    has_body: bool,
+    held: Vec<u8>,
     /// A proxy-made reply replacing hyper's bodiless one: bytes and how many are
     /// written. While set, hyper's writes are discarded.
     reply: Option<(Vec<u8>, usize)>,
@@ -98,6 +129,10 @@ impl<S> Guarded<S> {
             head_bytes: 0,
             newlines: 0,
             first_read: true,
+            line: [0; 18],
+            line_len: 0,
+            has_body: false,
+            held: Vec::new(),
             reply: None,
         }
     }
@@ -105,7 +140,7 @@ impl<S> Guarded<S> {
     /// Follows the service's progress: a dispatched request makes the
     /// connection busy; once every request has finished it is idle again.
     fn refresh(&mut self) {
-        if self.phase == Phase::Passthrough {
+        if matches!(self.phase, Phase::Passthrough | Phase::Closing(_)) {
             return;
         }
         let started = self.activity.started.load(Ordering::Relaxed);
@@ -121,46 +156,68 @@ impl<S> Guarded<S> {
     }
 
     /// Accounts for bytes just read while no request is being served.
-    fn on_read(&mut self, bytes: &[u8]) -> Result<(), StatusCode> {
+    fn on_read(&mut self, bytes: &[u8]) -> Result<Option<usize>, StatusCode> {
         if std::mem::take(&mut self.first_read) && bytes.starts_with(b"PRI ") {
             self.phase = Phase::Passthrough;
-            return Ok(());
+            return Ok(None);
         }
         match self.phase {
             Phase::Idle => {
                 self.phase = Phase::Head;
                 self.head_bytes = 0;
                 self.newlines = 0;
+                self.line_len = 0;
+                self.has_body = false;
                 let deadline = Instant::now() + self.limits.header_read_timeout;
                 self.timer.as_mut().reset(deadline);
             }
             Phase::Head => {}
-            Phase::AwaitDispatch | Phase::Busy | Phase::Passthrough => return Ok(()),
+            Phase::AwaitDispatch | Phase::Busy | Phase::Passthrough | Phase::Closing(_) => {
+                return Ok(None)
+            }
         }
-        for &b in bytes {
+        let mut end = None;
+        for (i, &b) in bytes.iter().enumerate() {
             self.head_bytes += 1;
             match b {
                 b'\n' => {
+                    let line = &self.line[..self.line_len];
+                    if line.starts_with(b"content-length:")
+                        || line.starts_with(b"transfer-encoding:")
+                    {
+                        self.has_body = true;
+                    }
+                    self.line_len = 0;
                     self.newlines += 1;
                     if self.newlines == 2 {
                         self.phase = Phase::AwaitDispatch;
+                        if !self.has_body {
+                            end = Some(i + 1);
+                        }
                         break;
                     }
                 }
                 b'\r' => {}
-                _ => self.newlines = 0,
+                _ => {
+                    self.newlines = 0;
+                    if self.line_len < self.line.len() {
+                        self.line[self.line_len] = b.to_ascii_lowercase();
+                        self.line_len += 1;
+                    }
+                }
             }
         }
         if self.head_bytes > self.limits.max_header_bytes {
             return Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
         }
-        Ok(())
+        Ok(end)
     }
 
     fn reject(&mut self, status: StatusCode) -> Vec<u8> {
         self.activity
             .rejected
             .store(status.as_u16(), Ordering::Relaxed);
+        self.activity.metrics.rejected(status);
         let detail = match status {
             StatusCode::REQUEST_TIMEOUT => format!(
                 "the request head did not arrive within {:?}",
@@ -188,7 +245,7 @@ impl<S> Guarded<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> Guarded<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
     /// Writes what is left of a proxy-made reply; ready once all of it is out.
     fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some((bytes, written)) = &mut self.reply {
@@ -204,16 +261,52 @@ impl<S: AsyncWrite + Unpin> Guarded<S> {
         Poll::Ready(Ok(()))
     }
 
-    /// Sends a reply from inside a read: a best-effort single write, since the
-    /// connection is closed right after and a client this slow or this broken
-    /// has an empty send buffer.
-    fn send_now(&mut self, cx: &mut Context<'_>, status: StatusCode) {
+    /// Answers a rejected request from inside a read — a best-effort single
+    /// write, as a client this slow or this broken has an empty send buffer —
+    /// then shuts the write side and lingers before failing the read.
+    fn reject_now(
+        &mut self,
+        cx: &mut Context<'_>,
+        status: StatusCode,
+        kind: io::ErrorKind,
+    ) -> Poll<io::Result<()>> {
         let reply = self.reject(status);
         if let Poll::Ready(Ok(n)) = Pin::new(&mut self.inner).poll_write(cx, &reply) {
             if n < reply.len() {
                 tracing::debug!(%status, "reply to a rejected request was cut short");
             }
         }
+        // Pending or failed, the reply is as out as it will get.
+        _ = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.phase = Phase::Closing(kind);
+        self.head_bytes = 0;
+        self.timer.as_mut().reset(Instant::now() + LINGER);
+        self.poll_linger(cx, kind)
+    }
+
+    /// Reads and drops what the client still sends, until it closes, the
+    /// linger time passes, or enough was dropped; then fails with `kind`.
+    fn poll_linger(&mut self, cx: &mut Context<'_>, kind: io::ErrorKind) -> Poll<io::Result<()>> {
+        let mut scratch = [0u8; 4096];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    self.head_bytes += buf.filled().len();
+                    if self.head_bytes > LINGER_BYTES {
+                        break;
+                    }
+                }
+                Poll::Ready(_) => break,
+                Poll::Pending => {
+                    if self.timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    break;
+                }
+            }
+        }
+        Poll::Ready(Err(io::Error::new(kind, "request rejected")))
     }
 }
 
@@ -224,21 +317,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Phase::Closing(kind) = this.phase {
+            return this.poll_linger(cx, kind);
+        }
         this.refresh();
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+        let polled = if this.held.is_empty() {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        } else if this.phase == Phase::Idle {
+            let n = this.held.len().min(buf.remaining());
+            buf.put_slice(&this.held[..n]);
+            this.held.drain(..n);
+            Poll::Ready(Ok(()))
+        } else {
+            *this.activity.reader.lock().expect("reader lock") = Some(cx.waker().clone());
+            this.refresh();
+            if this.phase == Phase::Idle {
+                cx.waker().wake_by_ref();
+            }
+            return Poll::Pending;
+        };
+        match polled {
             Poll::Ready(Ok(())) => {
-                if let Err(status) = this.on_read(&buf.filled()[before..]) {
-                    this.send_now(cx, status);
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "request head too large",
-                    )));
+                match this.on_read(&buf.filled()[before..]) {
+                    Err(status) => {
+                        buf.set_filled(before);
+                        return this.reject_now(cx, status, io::ErrorKind::InvalidData);
+                    }
+                    Ok(Some(end)) if before + end < buf.filled().len() => {
+                        let mut held = buf.filled()[before + end..].to_vec();
+                        held.append(&mut this.held);
+                        this.held = held;
+                        buf.set_filled(before + end);
+                    }
+                    Ok(_) => {}
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
+                if this.phase == Phase::Busy {
+                    *this.activity.reader.lock().expect("reader lock") = Some(cx.waker().clone());
+                    // The request may have ended before the waker was stored.
+                    this.refresh();
+                }
                 let timed = matches!(this.phase, Phase::Idle | Phase::Head | Phase::AwaitDispatch);
                 if timed && this.timer.as_mut().poll(cx).is_ready() {
                     if this.phase == Phase::Idle {
@@ -246,11 +368,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
                         // had closed, which hyper handles quietly.
                         return Poll::Ready(Ok(()));
                     }
-                    this.send_now(cx, StatusCode::REQUEST_TIMEOUT);
-                    return Poll::Ready(Err(io::Error::new(
+                    return this.reject_now(
+                        cx,
+                        StatusCode::REQUEST_TIMEOUT,
                         io::ErrorKind::TimedOut,
-                        "request head timed out",
-                    )));
+                    );
                 }
                 Poll::Pending
             }

@@ -38,7 +38,9 @@ pub struct Backend {
     pub hits: Arc<AtomicU64>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub connections: Arc<AtomicU64>,
-    stop: CancellationToken,
+    handler: Handler,
+    /// Cancelled to kill the backend: stop accepting and drop every connection.
+    alive: Arc<Mutex<CancellationToken>>,
 }
 
 type Handler = Arc<
@@ -68,16 +70,22 @@ impl Backend {
     /// adds `x-pool`).
     pub async fn with_handler(name: &'static str, handler: Handler) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let backend = Self {
             name,
-            addr,
+            addr: listener.local_addr().unwrap(),
             hits: Arc::default(),
             seen: Arc::default(),
             connections: Arc::default(),
-            stop: CancellationToken::new(),
+            handler,
+            alive: Arc::new(Mutex::new(CancellationToken::new())),
         };
-        let b = backend.clone();
+        backend.serve(listener);
+        backend
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let b = self.clone();
+        let alive = self.alive.lock().unwrap().clone();
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
@@ -85,15 +93,14 @@ impl Backend {
                         Ok((stream, _)) => stream,
                         Err(_) => continue,
                     },
-                    () = b.stop.cancelled() => return,
+                    () = alive.cancelled() => return,
                 };
                 b.connections.fetch_add(1, Ordering::Relaxed);
                 let b = b.clone();
-                let handler = handler.clone();
+                let alive = alive.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let b = b.clone();
-                        let handler = handler.clone();
                         async move {
                             b.hits.fetch_add(1, Ordering::Relaxed);
                             b.seen.lock().unwrap().push(Seen {
@@ -101,19 +108,22 @@ impl Backend {
                                 uri: req.uri().clone(),
                                 headers: req.headers().clone(),
                             });
-                            let mut resp = handler(req).await;
+                            let mut resp = (b.handler)(req).await;
                             resp.headers_mut()
                                 .insert("x-pool", http::HeaderValue::from_static(b.name));
                             Ok::<_, Infallible>(resp)
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        // Killed: the connection is dropped, its socket closed.
+                        () = alive.cancelled() => {}
+                    }
                 });
             }
         });
-        backend
     }
 
     pub fn hits(&self) -> u64 {
@@ -129,9 +139,17 @@ impl Backend {
             .expect("a request")
     }
 
-    /// Stops accepting (open connections finish on their own).
-    pub fn stop(&self) {
-        self.stop.cancel();
+    /// Stops accepting and closes every open connection, as a process that
+    /// died would.
+    pub fn kill(&self) {
+        self.alive.lock().unwrap().cancel();
+    }
+
+    /// Starts serving again on the same address after `kill`.
+    pub async fn revive(&self) {
+        *self.alive.lock().unwrap() = CancellationToken::new();
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
     }
 }
 
