@@ -285,7 +285,7 @@ async fn resetting_upstream() -> (String, Arc<std::sync::atomic::AtomicU64>) {
                     if head_done && (got.starts_with(b"GET") || got.ends_with(b"payload")) {
                         counter.fetch_add(1, Ordering::Relaxed);
                         // Reset rather than close: SO_LINGER 0.
-                        let _ = stream.set_linger(Some(Duration::ZERO));
+                        let _ = stream.set_zero_linger();
                         return;
                     }
                 }
