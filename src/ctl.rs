@@ -162,23 +162,25 @@ impl Api {
     }
 }
 
-/// An endpoint as `address up`, or `address DOWN (last error, since T)`.
+/// An endpoint as `address up`, or `address DOWN (last error, since T)`,
+/// with any passive ejection after it.
 fn endpoint_cell(e: &Value) -> String {
     let address = e["address"].as_str().unwrap_or("?");
+    let mut cell = if e["healthy"].as_bool() == Some(true) {
+        format!("{address} up")
+    } else if e["checked"].as_bool() == Some(false) {
+        format!("{address} unchecked")
+    } else {
+        format!(
+            "{address} DOWN ({}, since {})",
+            e["last_error"].as_str().unwrap_or("failing checks"),
+            e["since"].as_str().unwrap_or("?")
+        )
+    };
     if let Some(seconds) = e["ejected_for_seconds"].as_f64() {
-        return format!("{address} EJECTED ({seconds:.0}s left)");
+        cell.push_str(&format!(" EJECTED {seconds:.0}s more"));
     }
-    if e["healthy"].as_bool() == Some(true) {
-        return format!("{address} up");
-    }
-    if e["checked"].as_bool() == Some(false) {
-        return format!("{address} unchecked");
-    }
-    format!(
-        "{address} DOWN ({}, since {})",
-        e["last_error"].as_str().unwrap_or("failing checks"),
-        e["since"].as_str().unwrap_or("?")
-    )
+    cell
 }
 
 /// `{"blue":0,"green":100}` as `blue=0 green=100`.

@@ -4,8 +4,10 @@
 //! the request's host, like a hello-world app deployed to each cluster.
 
 use std::convert::Infallible;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, Request, Response};
@@ -14,45 +16,74 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 
-/// Starts a sample backend for `pool` on an ephemeral loopback port, served
-/// by `runtime`.
-pub fn sample_backend(
-    pool: &'static str,
-    runtime: &tokio::runtime::Handle,
-) -> std::io::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
-    let _in_runtime = runtime.enter();
-    let listener = TcpListener::from_std(listener)?;
-    runtime.spawn(async move {
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(pool, error = %e, "sample backend accept failed");
-                    continue;
-                }
-            };
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<Incoming>| async move {
-                    Ok::<_, Infallible>(sample_page(pool, &req))
-                });
-                if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(pool, error = %e, "sample backend connection error");
-                }
+/// Serves the sample page for `pool` on an ephemeral loopback port, first
+/// printing `listening ADDR` on stdout; runs until the process is killed.
+/// The demo runs each sample backend as such a process of its own, so an
+/// operator can kill one and watch the proxy route around it.
+pub async fn serve_sample(pool: Arc<str>) -> std::io::Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    println!("listening {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(%pool, error = %e, "sample backend accept failed");
+                continue;
+            }
+        };
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let page = sample_page(&pool, &req);
+                async move { Ok::<_, Infallible>(page) }
             });
-        }
-    });
-    Ok(addr)
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "sample backend connection error");
+            }
+        });
+    }
 }
 
-fn sample_page(pool: &'static str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// A sample backend running as a child process of this one; killed with it.
+pub struct SampleProcess {
+    pub addr: SocketAddr,
+    pub pid: u32,
+    _child: tokio::process::Child,
+}
+
+/// Starts `cutover sample-backend --pool POOL` and waits for its address.
+pub async fn spawn_sample(pool: &str) -> std::io::Result<SampleProcess> {
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["sample-backend", "--pool", pool])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("no stdout"))?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).await?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("sample backend said {line:?}")))?;
+    Ok(SampleProcess {
+        addr,
+        pid: child.id().unwrap_or_default(),
+        _child: child,
+    })
+}
+
+fn sample_page(pool: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let host = req
         .headers()
         .get(header::HOST)
@@ -96,6 +127,11 @@ services = ["hello"]
 name = "hello"
 hosts = []                 # no hosts: the listener's default service
 
+  [service.health]
+  kind = "http"            # GET /healthz on every endpoint
+  path = "/healthz"
+  interval = "1s"
+
   [[service.pool]]
   name = "blue"            # the cluster on the current Kubernetes version
   weight = 100             # blue
@@ -110,8 +146,15 @@ hosts = []                 # no hosts: the listener's default service
 }
 
 /// What the demo prints once everything is up.
-pub fn instructions(port: u16, admin: SocketAddr, path: &Path) -> String {
+pub fn instructions(
+    port: u16,
+    admin: SocketAddr,
+    path: &Path,
+    blue: &SampleProcess,
+    green: &SampleProcess,
+) -> String {
     let file = path.display();
+    let (blue_pid, green_pid) = (blue.pid, green.pid);
     format!(
         r#"
 cutover demo is running: blue and green sample backends behind the proxy.
@@ -140,6 +183,14 @@ blue=100 green=0. Or edit the config file and swap the weights there
 then run the curl loop again: every request now says "hello from green".
 Roll back with the numbers swapped; split 90/10 with 90 and 10. A file with a mistake is
 refused with its line and column in this log; the proxy keeps the old weights.
+
+Watch it survive a cluster dying: split 50/50 (weights hello blue=50
+green=50), keep the curl loop running, and kill green's process:
+
+  kill {green_pid}          # green; blue is {blue_pid}
+
+Not one request fails: those green cannot take are retried on blue, the
+health checks mark green down, and `cutover ctl ... status` shows why.
 
 Stop with Ctrl-C.
 "#

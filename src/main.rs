@@ -51,6 +51,12 @@ enum Command {
     },
     /// Talk to a running proxy's admin API.
     Ctl(ctl::CtlArgs),
+    /// A sample backend for the demo (run by `demo`).
+    #[command(hide = true)]
+    SampleBackend {
+        #[arg(long)]
+        pool: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +64,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => return check(&config),
         Command::Ctl(args) => ctl::main(args),
+        Command::SampleBackend { pool } => {
+            logging::init(cli.log_format);
+            sample_backend(pool)
+        }
         Command::Run {
             config,
             ignore_state,
@@ -142,8 +152,12 @@ fn run(path: &Path, ignore_state: bool) -> anyhow::Result<()> {
 
 fn demo(port: u16, admin_port: u16) -> anyhow::Result<()> {
     with_runtimes(0, async |data_plane| {
-        let blue = cutover::demo::sample_backend("blue", &data_plane)?;
-        let green = cutover::demo::sample_backend("green", &data_plane)?;
+        let blue = cutover::demo::spawn_sample("blue")
+            .await
+            .context("cannot start the blue sample backend")?;
+        let green = cutover::demo::spawn_sample("green")
+            .await
+            .context("cannot start the green sample backend")?;
         let dir = tempfile::Builder::new()
             .prefix("cutover-demo-")
             .tempdir()
@@ -152,7 +166,7 @@ fn demo(port: u16, admin_port: u16) -> anyhow::Result<()> {
         let state = dir.path().join("state.json");
         std::fs::write(
             &path,
-            cutover::demo::config_text(port, admin_port, &state, blue, green),
+            cutover::demo::config_text(port, admin_port, &state, blue.addr, green.addr),
         )
         .with_context(|| format!("cannot write {}", path.display()))?;
         let options = cutover::server::Options {
@@ -162,10 +176,19 @@ fn demo(port: u16, admin_port: u16) -> anyhow::Result<()> {
         cutover::run(&path, options, |started| {
             println!(
                 "{}",
-                cutover::demo::instructions(port, started.admin, &path)
+                cutover::demo::instructions(port, started.admin, &path, &blue, &green)
             );
         })
         .await?;
         Ok(())
     })
+}
+
+fn sample_backend(pool: String) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(cutover::demo::serve_sample(pool.into()))
+        .context("sample backend failed")
 }
