@@ -36,6 +36,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/metrics"),
     ("GET", "/v1/status"),
     ("PUT", "/v1/services/{svc}/weights"),
+    ("PUT", "/v1/services/{svc}/pools/{pool}/state"),
+    (
+        "PUT",
+        "/v1/services/{svc}/pools/{pool}/endpoints/{ep}/state",
+    ),
     ("POST", "/v1/reload"),
 ];
 
@@ -49,6 +54,11 @@ enum Route<'a> {
     Metrics,
     Status,
     Weights(&'a str),
+    State {
+        service: &'a str,
+        pool: &'a str,
+        endpoint: Option<&'a str>,
+    },
     Reload,
 }
 
@@ -61,6 +71,22 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, StatusCode> {
         ["metrics"] => (Route::Metrics, Method::GET),
         ["v1", "status"] => (Route::Status, Method::GET),
         ["v1", "services", svc, "weights"] if !svc.is_empty() => (Route::Weights(svc), Method::PUT),
+        ["v1", "services", service, "pools", pool, "state"] => (
+            Route::State {
+                service,
+                pool,
+                endpoint: None,
+            },
+            Method::PUT,
+        ),
+        ["v1", "services", service, "pools", pool, "endpoints", endpoint, "state"] => (
+            Route::State {
+                service,
+                pool,
+                endpoint: Some(endpoint),
+            },
+            Method::PUT,
+        ),
         ["v1", "reload"] => (Route::Reload, Method::POST),
         _ => return Err(StatusCode::NOT_FOUND),
     };
@@ -159,7 +185,22 @@ async fn handle(req: Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> 
             .body(Full::new(Bytes::from(admin.handle.metrics.render())))
             .expect("static headers are valid"),
         Route::Status => json_response(StatusCode::OK, &view::status(admin)),
-        Route::Weights(svc) => set_weights(req, svc, admin).await,
+        Route::Weights(svc) => set_weights(req, &decode(svc), admin).await,
+        Route::State {
+            service,
+            pool,
+            endpoint,
+        } => {
+            let endpoint = endpoint.map(decode);
+            set_state(
+                req,
+                &decode(service),
+                &decode(pool),
+                endpoint.as_deref(),
+                admin,
+            )
+            .await
+        }
         Route::Reload => match admin.handle.reload(Trigger::Api).await {
             Ok(generation) => json_response(StatusCode::OK, &json!({ "generation": generation })),
             Err(e) => change_error(e),
@@ -171,15 +212,9 @@ async fn set_weights(req: Request<Incoming>, svc: &str, admin: &Admin) -> Respon
     if admin.handle.status().services.iter().all(|s| s.name != svc) {
         return change_error(ChangeError::UnknownService(svc.to_owned()));
     }
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "unreadable body",
-                format!("the body could not be read (at most {MAX_BODY} bytes): {e}"),
-            )
-        }
+    let body = match read_body(req).await {
+        Ok(body) => body,
+        Err(response) => return response,
     };
     let weights = match parse_weights(&body) {
         Ok(weights) => weights,
@@ -198,6 +233,76 @@ async fn set_weights(req: Request<Incoming>, svc: &str, admin: &Admin) -> Respon
                 StatusCode::OK,
                 &json!({ "generation": generation, "service": service }),
             )
+        }
+        Err(e) => change_error(e),
+    }
+}
+
+/// A path segment, percent-decoded (an IPv6 endpoint arrives as %5B..%5D).
+fn decode(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(body) => Ok(body.to_bytes()),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "unreadable body",
+            format!("the body could not be read (at most {MAX_BODY} bytes): {e}"),
+        )),
+    }
+}
+
+async fn set_state(
+    req: Request<Incoming>,
+    service: &str,
+    pool: &str,
+    endpoint: Option<&str>,
+    admin: &Admin,
+) -> Response<Full<Bytes>> {
+    let body = match read_body(req).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let drain = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(v) => match v.get("state").and_then(|s| s.as_str()) {
+            Some("drain") => true,
+            Some("ready") => false,
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad state",
+                    format!(
+                        r#"the body must be {{"state": "ready"}} or {{"state": "drain"}}, not {v}"#
+                    ),
+                )
+            }
+        },
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad state",
+                format!("the body is not valid JSON: {e}"),
+            )
+        }
+    };
+    match admin.handle.set_drain(service, pool, endpoint, drain).await {
+        Ok(generation) => json_response(
+            StatusCode::OK,
+            &json!({
+                "generation": generation,
+                "service": service,
+                "pool": pool,
+                "endpoint": endpoint,
+                "state": if drain { "drain" } else { "ready" },
+            }),
+        ),
+        // In the path, an unknown pool is a missing resource.
+        Err(e @ ChangeError::UnknownPool { .. }) => {
+            error(StatusCode::NOT_FOUND, "unknown pool", e.to_string())
         }
         Err(e) => change_error(e),
     }
@@ -230,6 +335,8 @@ fn change_error(e: ChangeError) -> Response<Full<Bytes>> {
     let (status, short) = match &e {
         ChangeError::UnknownService(_) => (StatusCode::NOT_FOUND, "unknown service"),
         ChangeError::UnknownPool { .. } => (StatusCode::BAD_REQUEST, "unknown pool"),
+        ChangeError::UnknownEndpoint { .. } => (StatusCode::NOT_FOUND, "unknown endpoint"),
+        ChangeError::LastPool { .. } => (StatusCode::CONFLICT, "last pool in rotation"),
         ChangeError::AllZero(_) => (StatusCode::BAD_REQUEST, "all weights zero"),
         ChangeError::ReadOnly => (StatusCode::CONFLICT, "read-only"),
         ChangeError::Reload(_) => (StatusCode::BAD_REQUEST, "invalid configuration"),
@@ -268,7 +375,10 @@ mod tests {
     #[test]
     fn every_listed_route_resolves_and_other_methods_are_refused() {
         for (method, template) in ROUTES {
-            let path = template.replace("{svc}", "hello");
+            let path = template
+                .replace("{svc}", "hello")
+                .replace("{pool}", "blue")
+                .replace("{ep}", "10.0.0.10:80");
             let method: Method = method.parse().unwrap();
             assert!(route(&method, &path).is_ok(), "{method} {path}");
             for other in [Method::GET, Method::PUT, Method::POST, Method::DELETE] {

@@ -39,6 +39,12 @@ enum CtlCommand {
         #[arg(required = true, value_parser = parse_pair)]
         weights: Vec<(String, u64)>,
     },
+    /// Take a pool (`drain hello blue`) or one endpoint
+    /// (`drain hello blue/10.0.0.10:80`) out of rotation; in-flight work
+    /// finishes within the service's drain_timeout.
+    Drain { service: String, target: String },
+    /// Put a drained pool or endpoint back in rotation.
+    Undrain { service: String, target: String },
     /// Re-read the configuration file now.
     Reload,
 }
@@ -76,6 +82,7 @@ async fn run(args: CtlArgs) -> anyhow::Result<()> {
         token,
         client: Client::builder(TokioExecutor::new()).build_http(),
     };
+    let draining = matches!(args.command, CtlCommand::Drain { .. });
     match args.command {
         CtlCommand::Status => {
             let status = api.call(Method::GET, "/v1/status", None).await?;
@@ -101,6 +108,41 @@ async fn run(args: CtlArgs) -> anyhow::Result<()> {
                 println!(
                     "{service}: weights {} (generation {})",
                     pairs(weights),
+                    reply["generation"]
+                );
+            }
+        }
+        CtlCommand::Drain { service, target } | CtlCommand::Undrain { service, target } => {
+            let state = if draining { "drain" } else { "ready" };
+            let enc = |s: &str| {
+                percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+            };
+            let path = match target.split_once('/') {
+                Some((pool, endpoint)) => format!(
+                    "/v1/services/{}/pools/{}/endpoints/{}/state",
+                    enc(&service),
+                    enc(pool),
+                    enc(endpoint)
+                ),
+                None => format!(
+                    "/v1/services/{}/pools/{}/state",
+                    enc(&service),
+                    enc(&target)
+                ),
+            };
+            let body = serde_json::json!({ "state": state });
+            let reply = api.call(Method::PUT, &path, Some(body)).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&reply)?);
+            } else {
+                println!(
+                    "{service} {target}: {} (generation {})",
+                    if state == "drain" {
+                        "draining"
+                    } else {
+                        "ready"
+                    },
                     reply["generation"]
                 );
             }
@@ -274,6 +316,7 @@ fn render_status(status: &Value) -> String {
             ]);
         }
     }
+    let notes = rotation_notes(status);
     let widths: Vec<usize> = (0..rows[0].len())
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
@@ -285,6 +328,39 @@ fn render_status(status: &Value) -> String {
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+    }
+    out.push_str(&notes);
+    out
+}
+
+/// One line per pool out of rotation: draining, or safe to remove.
+fn rotation_notes(status: &Value) -> String {
+    let mut out = String::new();
+    for service in status["services"].as_array().into_iter().flatten() {
+        for pool in service["pools"].as_array().into_iter().flatten() {
+            if pool["in_rotation"].as_bool() != Some(false) {
+                continue;
+            }
+            let name = format!(
+                "{}/{}",
+                service["name"].as_str().unwrap_or(""),
+                pool["name"].as_str().unwrap_or("")
+            );
+            let idle = match pool["last_served"].as_str() {
+                Some(t) => format!("idle since {t}"),
+                None => "never served".to_owned(),
+            };
+            if pool["safe_to_remove"].as_bool() == Some(true) {
+                out.push_str(&format!("{name}: drained, {idle} — safe to remove\n"));
+            } else {
+                out.push_str(&format!(
+                    "{name}: draining — {} in flight, {} upstream connections, last served {}; not yet safe to remove\n",
+                    pool["in_flight"],
+                    pool["upstream_connections_active"],
+                    pool["last_served"].as_str().unwrap_or("never"),
+                ));
+            }
+        }
     }
     out
 }

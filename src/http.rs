@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::{ListenerMetrics, UpstreamErrorKind};
 use crate::snapshot::{Endpoint, Pool, Service, SharedSnapshot, Tried};
@@ -40,6 +41,8 @@ struct ConnCtx {
     /// The client's IP as an `X-Forwarded-For` entry, formatted once.
     client_ip: HeaderValue,
     activity: Arc<ConnActivity>,
+    /// Tunnels are tracked with connections, so shutdown waits for them.
+    tracker: TaskTracker,
 }
 
 /// Serves one accepted client connection until it closes, or until `stop`
@@ -51,6 +54,7 @@ pub async fn serve_connection(
     snapshot: SharedSnapshot,
     metrics: Arc<ListenerMetrics>,
     stop: CancellationToken,
+    tracker: TaskTracker,
 ) {
     metrics.connections_active.inc();
     let limits = snapshot.load().limits.clone();
@@ -71,6 +75,7 @@ pub async fn serve_connection(
         client_ip: HeaderValue::try_from(peer.ip().to_string())
             .expect("an IP address is a valid header value"),
         activity: activity.clone(),
+        tracker,
     });
     let service = service_fn(move |req| {
         ctx.activity.request_started();
@@ -91,7 +96,7 @@ pub async fn serve_connection(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -185,6 +190,11 @@ async fn forward(
             finish,
         );
     };
+    let mut req = req;
+    // An HTTP/1.1 upgrade (WebSocket) is forwarded and, on a 101, the two
+    // connections are joined.
+    let upgrade = headers::upgrade_of(&req).cloned();
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let original_host = match parts.uri.authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
@@ -198,6 +208,9 @@ async fn forward(
         original_host.clone(),
         parts.version,
     );
+    if let Some(protocol) = &upgrade {
+        headers::ask_upgrade(&mut parts.headers, protocol.clone());
+    }
     parts.version = Version::HTTP_11;
     let body = if body.is_end_stream() {
         UpBody::Empty
@@ -223,6 +236,7 @@ async fn forward(
         let endpoint = &pool.endpoints[endpoint_at];
         tried.push(pool_at, endpoint_at);
         aim(&mut req, pool, endpoint, original_host.as_ref());
+        let work = pool.activity.start();
 
         let conn = match tokio::time::timeout_at(deadline, endpoint.conns.checkout()).await {
             Ok(Ok(conn)) => Ok(conn),
@@ -244,12 +258,20 @@ async fn forward(
                         endpoint.health.record_success();
                     }
                     pool.metrics.response(response.status(), started.elapsed());
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        if let (Some(client), Some(protocol)) = (client_upgrade, &upgrade) {
+                            return join_upgrade(
+                                ctx, pool, endpoint, client, response, protocol, finish,
+                            );
+                        }
+                    }
                     let (mut parts, body) = response.into_parts();
                     headers::strip_hop_by_hop(&mut parts.headers);
                     parts
                         .headers
                         .append(http::header::VIA, headers::via(parts.version));
-                    return Response::from_parts(parts, ProxyBody::upstream(body, finish));
+                    let body = ProxyBody::upstream(body, finish, work);
+                    return Response::from_parts(parts, body);
                 }
                 Ok(Err(SendError {
                     unsent: Some(unsent),
@@ -294,6 +316,55 @@ async fn forward(
         pool.metrics.retry();
         (pool_at, endpoint_at) = next;
     }
+}
+
+/// Answers a 101 from upstream: the client gets the 101, and once both sides
+/// have switched, a tunnel task joins them. The tunnel counts as work on the
+/// pool, and ends at the endpoint's drain deadline if it is still open then.
+fn join_upgrade(
+    ctx: &ConnCtx,
+    pool: &Pool,
+    endpoint: &Endpoint,
+    client: hyper::upgrade::OnUpgrade,
+    mut response: Response<crate::upstream::PooledBody>,
+    protocol: &HeaderValue,
+    finish: Finish,
+) -> Response<ProxyBody> {
+    let upstream = hyper::upgrade::on(&mut response);
+    // From here the client connection carries the tunnel's bytes, not HTTP.
+    ctx.activity.upgraded();
+    let work = pool.activity.start();
+    let kill = endpoint.conns.kill_token();
+    let address = endpoint.address.clone();
+    ctx.tracker.spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(sides) => sides,
+            Err(e) => {
+                tracing::debug!(endpoint = %address, error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        tokio::select! {
+            result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                if let Err(e) = result {
+                    tracing::debug!(endpoint = %address, error = %e, "tunnel ended with an error");
+                }
+            }
+            () = kill.cancelled() => {
+                tracing::info!(endpoint = %address, "tunnel closed at its pool's drain deadline");
+            }
+        }
+        drop(work);
+    });
+    let (mut parts, _) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::ask_upgrade(&mut parts.headers, protocol.clone());
+    parts
+        .headers
+        .append(http::header::VIA, headers::via(parts.version));
+    Response::from_parts(parts, ProxyBody::local(Bytes::new(), finish))
 }
 
 /// Points a request at an endpoint: its URI's authority, and the Host the

@@ -107,10 +107,13 @@ impl AcceptLoop {
                     let snapshot = self.snapshot.clone();
                     let stop = stop.clone();
                     let bind = self.bind;
+                    let tracker = self.tracker.clone();
                     self.tracker.spawn(async move {
                         let _slot = slot;
-                        crate::http::serve_connection(stream, peer, bind, snapshot, metrics, stop)
-                            .await;
+                        crate::http::serve_connection(
+                            stream, peer, bind, snapshot, metrics, stop, tracker,
+                        )
+                        .await;
                     });
                 }
                 Err(e) => {

@@ -42,6 +42,7 @@ pub struct Metrics {
     pool_weight: IntGaugeVec,
     rejected: IntCounterVec,
     retries: IntCounterVec,
+    drain_closed: IntCounterVec,
     endpoint_healthy: IntGaugeVec,
     health_checks: IntCounterVec,
     failovers: IntCounterVec,
@@ -60,6 +61,8 @@ pub struct PoolMetrics {
     pub upstream_connections: IntGauge,
     weight: IntGauge,
     retries: IntCounter,
+    /// Work still in flight when a drain deadline closed it.
+    pub drain_closed: IntCounter,
 }
 
 /// Handles for one endpoint of one pool.
@@ -169,6 +172,11 @@ impl Metrics {
                 "Further attempts made for requests, by the pool that failed them.",
                 &["service", "pool"],
             ),
+            drain_closed: counter(
+                "cutover_drain_closed_total",
+                "Requests and tunnels still in flight on a pool when its drain deadline closed them.",
+                &["service", "pool"],
+            ),
             endpoint_healthy: gauge(
                 "cutover_endpoint_healthy",
                 "1 when the endpoint's active checks pass, else 0.",
@@ -216,6 +224,7 @@ impl Metrics {
                 .with_label_values(&[service, pool]),
             weight: self.pool_weight.with_label_values(&[service, pool]),
             retries: self.retries.with_label_values(&[service, pool]),
+            drain_closed: self.drain_closed.with_label_values(&[service, pool]),
         }
     }
 
@@ -272,6 +281,7 @@ impl Metrics {
         }
         _ = self.duration.remove_label_values(&[service, pool]);
         _ = self.retries.remove_label_values(&[service, pool]);
+        _ = self.drain_closed.remove_label_values(&[service, pool]);
     }
 
     /// Drops the series of a listener that no longer exists.

@@ -20,16 +20,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, ConfigError};
+use crate::drain::{Activities, Drains};
 use crate::health::HealthChecks;
 use crate::listener::{self, AcceptLoop};
 use crate::metrics::Metrics;
-use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::snapshot::{Inputs, SharedSnapshot, Snapshot};
 use crate::state::{self, Overrides, StateError, Weights};
 use crate::upstream::Upstreams;
 pub use status::{ServiceView, Status};
-
-/// How long shutdown waits for in-flight requests before giving up on them.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -53,6 +51,14 @@ pub enum ChangeError {
     UnknownService(String),
     #[error("service {service:?} has no pool {pool:?}")]
     UnknownPool { service: String, pool: String },
+    #[error("pool {pool:?} of service {service:?} has no endpoint {endpoint:?}")]
+    UnknownEndpoint {
+        service: String,
+        pool: String,
+        endpoint: String,
+    },
+    #[error("draining pool {pool:?} would leave service {service:?} with no pool in rotation; set another pool's weight above 0 first")]
+    LastPool { service: String, pool: String },
     #[error("every pool of service {0:?} would have weight 0, so it could serve nothing")]
     AllZero(String),
     #[error("read_only is set: the configuration file is the only source of truth")]
@@ -84,6 +90,13 @@ enum Command {
     SetWeights {
         service: String,
         weights: Weights,
+        reply: oneshot::Sender<Result<u64, ChangeError>>,
+    },
+    SetDrain {
+        service: String,
+        pool: String,
+        endpoint: Option<String>,
+        drain: bool,
         reply: oneshot::Sender<Result<u64, ChangeError>>,
     },
 }
@@ -179,6 +192,27 @@ impl Handle {
         answer.await.map_err(|_| ChangeError::Stopped)?
     }
 
+    /// Sets a pool, or one endpoint of it, to drain (`drain`) or back to
+    /// ready; returns the generation in force once the change is.
+    pub async fn set_drain(
+        &self,
+        service: &str,
+        pool: &str,
+        endpoint: Option<&str>,
+        drain: bool,
+    ) -> Result<u64, ChangeError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::SetDrain {
+            service: service.to_owned(),
+            pool: pool.to_owned(),
+            endpoint: endpoint.map(str::to_owned),
+            drain,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| ChangeError::Stopped)?
+    }
+
     async fn send(&self, command: Command) -> Result<(), ChangeError> {
         self.commands
             .send(command)
@@ -213,6 +247,8 @@ pub struct Server {
     snapshot: SharedSnapshot,
     upstreams: Upstreams,
     checks: HealthChecks,
+    activities: Activities,
+    drains: Drains,
     metrics: Metrics,
     listeners: HashMap<SocketAddr, RunningListener>,
     tracker: TaskTracker,
@@ -260,6 +296,8 @@ impl Server {
             snapshot: snapshot.clone(),
             upstreams: Upstreams::default(),
             checks: HealthChecks::default(),
+            activities: Activities::default(),
+            drains: Drains::default(),
             metrics: metrics.clone(),
             listeners: HashMap::new(),
             tracker: TaskTracker::new(),
@@ -312,6 +350,9 @@ impl Server {
                     Some(Command::SetWeights { service, weights, reply }) => {
                         _ = reply.send(self.set_weights(&service, weights));
                     }
+                    Some(Command::SetDrain { service, pool, endpoint, drain, reply }) => {
+                        _ = reply.send(self.set_drain(&service, &pool, endpoint.as_deref(), drain));
+                    }
                     None => break,
                 },
                 () = self.shutdown.cancelled() => break,
@@ -319,9 +360,21 @@ impl Server {
         }
         self.shutdown.cancel();
         self.checks.stop();
+        self.drains.stop();
         self.tracker.close();
-        tracing::info!("shutting down: waiting for open connections to finish");
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+        // In-flight work may finish within the largest drain_timeout.
+        let grace = self
+            .config
+            .services
+            .iter()
+            .map(|s| s.drain_timeout)
+            .max()
+            .unwrap_or_default();
+        tracing::info!(
+            ?grace,
+            "shutting down: waiting for open connections to finish"
+        );
+        if tokio::time::timeout(grace, self.tracker.wait())
             .await
             .is_err()
         {
@@ -450,6 +503,76 @@ impl Server {
         Ok(generation)
     }
 
+    fn set_drain(
+        &mut self,
+        name: &str,
+        pool: &str,
+        endpoint: Option<&str>,
+        drain: bool,
+    ) -> Result<u64, ChangeError> {
+        if self.config.admin.read_only {
+            return Err(ChangeError::ReadOnly);
+        }
+        let service = self
+            .config
+            .services
+            .iter()
+            .find(|s| s.name.get_ref() == name)
+            .ok_or_else(|| ChangeError::UnknownService(name.to_owned()))?;
+        let pool_config = service
+            .pools
+            .iter()
+            .find(|p| p.name.get_ref() == pool)
+            .ok_or_else(|| ChangeError::UnknownPool {
+                service: name.to_owned(),
+                pool: pool.to_owned(),
+            })?;
+        if let Some(endpoint) = endpoint {
+            if !pool_config
+                .endpoints
+                .iter()
+                .any(|e| e.get_ref() == endpoint)
+            {
+                return Err(ChangeError::UnknownEndpoint {
+                    service: name.to_owned(),
+                    pool: pool.to_owned(),
+                    endpoint: endpoint.to_owned(),
+                });
+            }
+        }
+        let mut next = self.overrides.clone();
+        next.set_drained(name, state::drain_key(pool, endpoint), drain);
+        if drain && endpoint.is_none() {
+            let weights = next.effective(service);
+            let any_left = service
+                .pools
+                .iter()
+                .zip(weights)
+                .any(|(p, w)| w > 0 && !next.is_drained(name, p.name.get_ref(), None));
+            if !any_left {
+                return Err(ChangeError::LastPool {
+                    service: name.to_owned(),
+                    pool: pool.to_owned(),
+                });
+            }
+        }
+        if let Some(file) = &self.config.admin.state_file {
+            next.save(file).map_err(ChangeError::Persist)?;
+        }
+        self.overrides = next;
+        let generation = self.snapshot.load().generation + 1;
+        self.publish(generation);
+        tracing::info!(
+            service = name,
+            pool,
+            endpoint,
+            state = if drain { "drain" } else { "ready" },
+            generation,
+            "rotation changed through the admin API"
+        );
+        Ok(generation)
+    }
+
     fn save_state(&self) {
         if let Some(file) = &self.config.admin.state_file {
             if let Err(e) = self.overrides.save(file) {
@@ -463,11 +586,14 @@ impl Server {
     fn publish(&mut self, generation: u64) {
         let snapshot = Arc::new(Snapshot::build(
             &self.config,
-            &self.overrides,
             generation,
-            &mut self.upstreams,
-            &mut self.checks,
-            &self.metrics,
+            Inputs {
+                overrides: &self.overrides,
+                upstreams: &mut self.upstreams,
+                checks: &mut self.checks,
+                activities: &mut self.activities,
+                metrics: &self.metrics,
+            },
         ));
         let kept: HashSet<(&str, &str)> = snapshot
             .services
@@ -478,13 +604,28 @@ impl Server {
             pool.metrics.set_weight(pool.weight);
         }
         let previous = self.snapshot.swap(snapshot.clone());
+        self.drains.update(&previous, &snapshot);
         for service in &previous.services {
             for pool in service.pools.iter() {
-                if !kept.contains(&(&*service.name, &*pool.name)) {
+                let key = (&*service.name, &*pool.name);
+                if !kept.contains(&key) {
                     self.metrics.forget_pool(&service.name, &pool.name);
+                }
+                for endpoint in pool.endpoints.iter() {
+                    let stays = snapshot.service(&service.name).is_some_and(|s| {
+                        s.pools.iter().any(|p| {
+                            p.name == pool.name
+                                && p.endpoints.iter().any(|e| e.address == endpoint.address)
+                        })
+                    });
+                    if !stays {
+                        self.metrics
+                            .forget_endpoint(&service.name, &pool.name, &endpoint.address);
+                    }
                 }
             }
         }
+        self.activities.retain(|s, p| kept.contains(&(s, p)));
         self.metrics.config_generation.set(generation as i64);
         let services = status::services(&self.config, &self.overrides, &self.file_changed_at);
         self.status.send_modify(|s| {

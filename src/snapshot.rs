@@ -16,6 +16,7 @@ use http::HeaderValue;
 
 use crate::balance::{PickTable, RoundRobin};
 use crate::config::{Config, Limits, Outlier};
+use crate::drain::{Activities, Activity};
 use crate::health::{EndpointHealth, HealthChecks};
 use crate::metrics::{ListenerMetrics, Metrics, PoolMetrics, ServiceMetrics};
 use crate::state::Overrides;
@@ -36,6 +37,16 @@ pub struct Snapshot {
     pub services: Vec<Arc<Service>>,
 }
 
+/// What a snapshot is built from besides the configuration: the override
+/// rules, and the long-lived parts it reuses from the previous snapshot.
+pub struct Inputs<'a> {
+    pub overrides: &'a Overrides,
+    pub upstreams: &'a mut Upstreams,
+    pub checks: &'a mut HealthChecks,
+    pub activities: &'a mut Activities,
+    pub metrics: &'a Metrics,
+}
+
 /// Host → service map of one listener.
 #[derive(Debug)]
 pub struct Router {
@@ -51,8 +62,11 @@ pub struct Router {
 pub struct Service {
     pub name: Arc<str>,
     pub pools: Box<[Pool]>,
-    table: PickTable,
+    /// Picks among the pools in rotation; `None` when none is (all drained).
+    table: Option<PickTable>,
     pub request_timeout: Duration,
+    /// How long work on a pool or endpoint leaving rotation may finish.
+    pub drain_timeout: Duration,
     pub retries: u32,
     failover: bool,
     pub outlier: Outlier,
@@ -123,9 +137,12 @@ pub struct Pool {
     pub name: Arc<str>,
     pub weight: u32,
     pub endpoints: Box<[Endpoint]>,
+    /// Set to drain: takes no new work, whatever its weight.
+    pub draining: bool,
     /// Host header for this pool's requests, when the pool rewrites it.
     pub host: Option<HeaderValue>,
     pub metrics: PoolMetrics,
+    pub activity: Arc<Activity>,
     next: RoundRobin,
 }
 
@@ -136,6 +153,8 @@ pub struct Endpoint {
     pub authority: Authority,
     pub conns: Arc<EndpointConns>,
     pub health: Arc<EndpointHealth>,
+    /// Set to drain: takes no new work.
+    pub draining: bool,
 }
 
 impl Snapshot {
@@ -150,82 +169,90 @@ impl Snapshot {
     }
 
     /// Builds the routing state for a configuration that `config::parse`
-    /// accepted, with the weights `overrides` give. Clients for endpoints
-    /// already in `upstreams` are reused; metric handles come from `metrics`.
-    pub fn build(
-        config: &Config,
-        overrides: &Overrides,
-        generation: u64,
-        upstreams: &mut Upstreams,
-        checks: &mut HealthChecks,
-        metrics: &Metrics,
-    ) -> Self {
-        let mut clients = upstreams.next_generation();
-        let mut health = checks.next_generation();
+    /// accepted, with the weights and drains `inputs.overrides` give.
+    /// Connections, health checkers and activity records of endpoints that
+    /// stay are reused; metric handles come from `inputs.metrics`.
+    pub fn build(config: &Config, generation: u64, inputs: Inputs<'_>) -> Self {
+        let mut clients = inputs.upstreams.next_generation();
+        let mut health = inputs.checks.next_generation();
         let services: Vec<Arc<Service>> = config
             .services
             .iter()
             .map(|s| {
                 let service_name = s.name.get_ref().as_str();
-                let weights = overrides.effective(s);
+                let weights = inputs.overrides.effective(s);
                 let pools: Box<[Pool]> = s
                     .pools
                     .iter()
                     .zip(&weights)
                     .map(|(p, &weight)| {
                         let pool_name = p.name.get_ref().as_str();
-                        let pool_metrics = metrics.pool(service_name, pool_name);
+                        let pool_metrics = inputs.metrics.pool(service_name, pool_name);
+                        let host = p.host.as_ref().map(|h| h.get_ref().as_str());
+                        let endpoints = p
+                            .endpoints
+                            .iter()
+                            .map(|e| {
+                                let address = e.get_ref().as_str();
+                                Endpoint {
+                                    address: address.into(),
+                                    authority: address
+                                        .parse()
+                                        .expect("validated endpoints are authorities"),
+                                    conns: clients.endpoint(EndpointSpec {
+                                        service: service_name,
+                                        pool: pool_name,
+                                        address,
+                                        connect_timeout: s.connect_timeout,
+                                        connections: &pool_metrics.upstream_connections,
+                                    }),
+                                    health: health.endpoint(
+                                        address,
+                                        &s.health,
+                                        host,
+                                        inputs.metrics.endpoint(service_name, pool_name, address),
+                                    ),
+                                    draining: inputs.overrides.is_drained(
+                                        service_name,
+                                        pool_name,
+                                        Some(address),
+                                    ),
+                                }
+                            })
+                            .collect();
                         Pool {
                             name: pool_name.into(),
                             weight,
-                            endpoints: p
-                                .endpoints
-                                .iter()
-                                .map(|e| {
-                                    let address = e.get_ref().as_str();
-                                    Endpoint {
-                                        address: address.into(),
-                                        authority: address
-                                            .parse()
-                                            .expect("validated endpoints are authorities"),
-                                        conns: clients.endpoint(EndpointSpec {
-                                            service: service_name,
-                                            pool: pool_name,
-                                            address,
-                                            connect_timeout: s.connect_timeout,
-                                            connections: &pool_metrics.upstream_connections,
-                                        }),
-                                        health: health.endpoint(
-                                            address,
-                                            &s.health,
-                                            p.host.as_ref().map(|h| h.get_ref().as_str()),
-                                            metrics.endpoint(service_name, pool_name, address),
-                                        ),
-                                    }
-                                })
-                                .collect(),
-                            host: p.host.as_ref().and_then(|h| h.get_ref().parse().ok()),
+                            draining: inputs.overrides.is_drained(service_name, pool_name, None),
+                            endpoints,
+                            host: host.and_then(|h| h.parse().ok()),
                             metrics: pool_metrics,
+                            activity: inputs.activities.get(service_name, pool_name),
                             next: RoundRobin::default(),
                         }
                     })
                     .collect();
+                let in_rotation: Vec<u32> = pools
+                    .iter()
+                    .map(|p| if p.draining { 0 } else { p.weight })
+                    .collect();
                 Arc::new(Service {
                     name: service_name.into(),
-                    table: PickTable::new(&weights)
-                        .expect("effective weights keep a pool above zero"),
+                    table: PickTable::new(&in_rotation),
                     pools,
                     request_timeout: s.request_timeout,
+                    drain_timeout: s.drain_timeout,
                     retries: *s.retries.get_ref(),
                     failover: s.failover,
                     outlier: s.outlier.clone(),
-                    metrics: metrics.service(service_name),
+                    metrics: inputs.metrics.service(service_name),
                     mode: AtomicU8::new(Mode::Normal as u8),
                 })
             })
             .collect();
         clients.finish();
         health.finish();
+        let metrics = inputs.metrics;
         let by_name: HashMap<&str, &Arc<Service>> =
             services.iter().map(|s| (&*s.name, s)).collect();
 
@@ -338,7 +365,10 @@ impl Service {
     /// to the weight-0 ones. `None` when nothing is usable.
     #[inline]
     pub fn pick(&self) -> Option<(usize, usize)> {
-        let pool = self.table.pick();
+        let Some(table) = &self.table else {
+            return self.pick_other(0, &Tried::default());
+        };
+        let pool = table.pick();
         if let Some(endpoint) = self.pools[pool].pick_endpoint(pool, &Tried::default()) {
             self.set_mode(Mode::Normal);
             return Some((pool, endpoint));
@@ -358,7 +388,7 @@ impl Service {
     fn pick_other(&self, from: usize, tried: &Tried) -> Option<(usize, usize)> {
         let n = self.pools.len();
         let others = (1..n).map(|i| (from + i) % n);
-        let weighted = others.clone().filter(|&i| self.pools[i].weight > 0);
+        let weighted = others.clone().filter(|&i| self.pools[i].in_rotation());
         for pool in weighted {
             if let Some(endpoint) = self.pools[pool].pick_endpoint(pool, tried) {
                 self.set_mode(Mode::Normal);
@@ -366,7 +396,7 @@ impl Service {
             }
         }
         if self.failover {
-            let standby = (0..n).filter(|&i| self.pools[i].weight == 0);
+            let standby = (0..n).filter(|&i| self.pools[i].weight == 0 && !self.pools[i].draining);
             for pool in standby {
                 if let Some(endpoint) = self.pools[pool].pick_endpoint(pool, tried) {
                     self.set_mode(Mode::Failover);
@@ -414,15 +444,21 @@ impl Service {
 }
 
 impl Pool {
+    /// Whether the pool takes its share of new work.
+    pub fn in_rotation(&self) -> bool {
+        self.weight > 0 && !self.draining
+    }
+
     /// A usable endpoint of this pool (index `me` in its service) not in
     /// `tried`, round-robin.
     #[inline]
     fn pick_endpoint(&self, me: usize, tried: &Tried) -> Option<usize> {
         let n = self.endpoints.len();
         let start = self.next.next(n);
-        (0..n)
-            .map(|i| (start + i) % n)
-            .find(|&i| self.endpoints[i].health.usable() && !tried.contains(me, i))
+        (0..n).map(|i| (start + i) % n).find(|&i| {
+            let endpoint = &self.endpoints[i];
+            !endpoint.draining && endpoint.health.usable() && !tried.contains(me, i)
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 //! the file's weights for that service change (the newest change wins). This
 //! module owns the override rules and the file format; it does not publish.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -34,6 +34,10 @@ struct StateFile {
     version: u32,
     #[serde(default)]
     overrides: BTreeMap<String, Override>,
+    /// Per service, the pools ("blue") and endpoints ("blue/10.0.0.10:80")
+    /// set to drain.
+    #[serde(default)]
+    drained: BTreeMap<String, BTreeSet<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +68,15 @@ pub enum StateError {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     by_service: BTreeMap<String, Override>,
+    drained: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// A drain target within a service: `pool`, or `pool/endpoint`.
+pub fn drain_key(pool: &str, endpoint: Option<&str>) -> String {
+    match endpoint {
+        Some(endpoint) => format!("{pool}/{endpoint}"),
+        None => pool.to_owned(),
+    }
 }
 
 /// The weights a service's pools have in the file.
@@ -103,6 +116,7 @@ impl Overrides {
         }
         Ok(Self {
             by_service: state.overrides,
+            drained: state.drained,
         })
     }
 
@@ -116,6 +130,7 @@ impl Overrides {
         let state = StateFile {
             version: VERSION,
             overrides: self.by_service.clone(),
+            drained: self.drained.clone(),
         };
         let text = serde_json::to_vec_pretty(&state).expect("state serializes");
         let dir = match path.parent() {
@@ -137,7 +152,27 @@ impl Overrides {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_service.is_empty()
+        self.by_service.is_empty() && self.drained.is_empty()
+    }
+
+    /// Whether a pool (or one endpoint of it) is set to drain.
+    pub fn is_drained(&self, service: &str, pool: &str, endpoint: Option<&str>) -> bool {
+        self.drained
+            .get(service)
+            .is_some_and(|set| set.contains(&drain_key(pool, endpoint)))
+    }
+
+    /// Sets a pool or endpoint to drain, or back to ready.
+    pub fn set_drained(&mut self, service: &str, key: String, drain: bool) {
+        let set = self.drained.entry(service.to_owned()).or_default();
+        if drain {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+        if set.is_empty() {
+            self.drained.remove(service);
+        }
     }
 
     /// Sets `service`'s weights, as the newest change.
@@ -167,6 +202,22 @@ impl Overrides {
                 ended.push(name.clone());
             }
             keep
+        });
+        // Drain settings last as long as what they name exists.
+        self.drained.retain(|name, set| {
+            let Some(service) = config.services.iter().find(|s| s.name.get_ref() == name) else {
+                return false;
+            };
+            set.retain(|key| {
+                let (pool, endpoint) = key
+                    .split_once('/')
+                    .map_or((key.as_str(), None), |(p, e)| (p, Some(e)));
+                service.pools.iter().any(|p| {
+                    p.name.get_ref() == pool
+                        && endpoint.is_none_or(|e| p.endpoints.iter().any(|x| x.get_ref() == e))
+                })
+            });
+            !set.is_empty()
         });
         ended
     }

@@ -5,7 +5,9 @@ use serde_json::{json, Value};
 
 use super::Admin;
 use crate::server::ServiceView;
-use crate::snapshot::{Endpoint, Snapshot};
+use std::time::SystemTime;
+
+use crate::snapshot::{Endpoint, Pool, Service, Snapshot};
 
 pub fn status(admin: &Admin) -> Value {
     let status = admin.handle.status();
@@ -29,27 +31,24 @@ pub fn status(admin: &Admin) -> Value {
 pub fn service(admin: &Admin, view: &ServiceView, snapshot: &Snapshot) -> Value {
     let live = snapshot.service(&view.name);
     let pools: Vec<Value> = view
-                .pools
-                .iter()
-                .map(|name| {
-                    let pool = live.and_then(|s| s.pools.iter().find(|p| &*p.name == name));
-                    let (requests, errors) = pool.map_or((0, 0), |p| p.metrics.totals());
-                    json!({
-                        "name": name,
-                        "weight": view.effective_weights.get(name),
-                        "file_weight": view.file_weights.get(name),
-                        "endpoints": pool.map_or_else(Vec::new, |p| p
-                            .endpoints
-                            .iter()
-                            .map(endpoint)
-                            .collect()),
-                        "requests_total": requests,
-                        "errors_5xx_total": errors,
-                        "requests_per_second": (admin.rates.get(&view.name, name) * 10.0).round() / 10.0,
-                        "upstream_connections_active": pool.map_or(0, |p| p.metrics.upstream_connections.get()),
-                    })
-                })
-                .collect();
+        .pools
+        .iter()
+        .map(|name| {
+            let found =
+                live.and_then(|s| s.pools.iter().find(|p| &*p.name == name).map(|p| (s, p)));
+            let rate = (admin.rates.get(&view.name, name) * 10.0).round() / 10.0;
+            let mut value = json!({
+                "name": name,
+                "weight": view.effective_weights.get(name),
+                "file_weight": view.file_weights.get(name),
+                "requests_per_second": rate,
+            });
+            if let Some((service, pool)) = found {
+                pool_live(&mut value, service, pool);
+            }
+            value
+        })
+        .collect();
     json!({
         "name": view.name,
         "serving": live.map_or("down", |s| s.mode().as_str()),
@@ -63,10 +62,40 @@ pub fn service(admin: &Admin, view: &ServiceView, snapshot: &Snapshot) -> Value 
     })
 }
 
+/// What a pool holds and serves now, and whether it can be removed.
+fn pool_live(value: &mut Value, service: &Service, pool: &Pool) {
+    let (requests, errors) = pool.metrics.totals();
+    let connections = pool.metrics.upstream_connections.get();
+    let in_flight = pool.activity.in_flight();
+    let last_served = pool.activity.last_served();
+    let quiet_for = last_served.and_then(|t| SystemTime::now().duration_since(t).ok());
+    // Out of rotation, holding nothing, and silent for a whole drain window.
+    let safe_to_remove = !pool.in_rotation()
+        && in_flight == 0
+        && connections == 0
+        && quiet_for.is_none_or(|quiet| quiet >= service.drain_timeout);
+    let extra = json!({
+        "state": if pool.draining { "drain" } else { "ready" },
+        "in_rotation": pool.in_rotation(),
+        "endpoints": pool.endpoints.iter().map(endpoint).collect::<Vec<_>>(),
+        "requests_total": requests,
+        "errors_5xx_total": errors,
+        "in_flight": in_flight,
+        "upstream_connections_active": connections,
+        "last_served": last_served.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+        "drain_timeout_seconds": service.drain_timeout.as_secs_f64(),
+        "safe_to_remove": safe_to_remove,
+    });
+    if let (Value::Object(into), Value::Object(from)) = (value, extra) {
+        into.extend(from);
+    }
+}
+
 fn endpoint(e: &Endpoint) -> Value {
     let detail = e.health.detail();
     json!({
         "address": &*e.address,
+        "state": if e.draining { "drain" } else { "ready" },
         "healthy": e.health.healthy(),
         "checked": detail.checked,
         "ejected_for_seconds": e.health.ejected_for().map(|d| d.as_secs_f64()),

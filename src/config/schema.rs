@@ -119,6 +119,10 @@ pub struct Service {
     /// Time allowed until the upstream's response headers; past it, 504.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// How long in-flight work on a pool or endpoint leaving rotation may
+    /// finish before it is closed.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
     /// Further attempts for a request that could not be sent, or that was
     /// reset before its response headers when it is idempotent and bodiless.
     #[serde(default = "default_retries")]
@@ -206,6 +210,10 @@ impl Default for Outlier {
 
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(2)
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_request_timeout() -> Duration {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use super::guard::ConnActivity;
+use crate::drain::Work;
 use crate::upstream::PooledBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -15,6 +16,8 @@ use http_body::{Body, Frame, SizeHint};
 pub struct ProxyBody {
     kind: Kind,
     _finish: Finish,
+    /// The request's work on its pool, done when the body is.
+    _work: Option<Work>,
 }
 
 enum Kind {
@@ -38,10 +41,11 @@ impl Drop for Finish {
 }
 
 impl ProxyBody {
-    pub fn upstream(body: PooledBody, finish: Finish) -> Self {
+    pub fn upstream(body: PooledBody, finish: Finish, work: Work) -> Self {
         Self {
             kind: Kind::Upstream(body),
             _finish: finish,
+            _work: Some(work),
         }
     }
 
@@ -49,6 +53,7 @@ impl ProxyBody {
         Self {
             kind: Kind::Local(Some(text.into())),
             _finish: finish,
+            _work: None,
         }
     }
 }

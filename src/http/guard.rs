@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -32,6 +32,8 @@ pub struct ConnActivity {
     finished: AtomicU64,
     /// Status of the request the guard rejected, 0 if none.
     rejected: AtomicU16,
+    /// The connection was upgraded: it carries a tunnel, not requests.
+    upgraded: AtomicBool,
     /// The guard's reader while a request is served, woken when it ends.
     reader: std::sync::Mutex<Option<std::task::Waker>>,
 }
@@ -43,6 +45,7 @@ impl ConnActivity {
             started: AtomicU64::new(0),
             finished: AtomicU64::new(0),
             rejected: AtomicU16::new(0),
+            upgraded: AtomicBool::new(false),
             reader: std::sync::Mutex::new(None),
         }
     }
@@ -58,6 +61,11 @@ impl ConnActivity {
         if let Some(waker) = self.reader.lock().expect("reader lock").take() {
             waker.wake();
         }
+    }
+
+    /// Called before a 101 goes out: the guard stops watching the connection.
+    pub fn upgraded(&self) {
+        self.upgraded.store(true, Ordering::Release);
     }
 
     /// The status the guard answered a bad request with, if it did.
@@ -141,6 +149,10 @@ impl<S> Guarded<S> {
     /// connection busy; once every request has finished it is idle again.
     fn refresh(&mut self) {
         if matches!(self.phase, Phase::Passthrough | Phase::Closing(_)) {
+            return;
+        }
+        if self.activity.upgraded.load(Ordering::Acquire) {
+            self.phase = Phase::Passthrough;
             return;
         }
         let started = self.activity.started.load(Ordering::Relaxed);

@@ -51,6 +51,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
+/// The protocol an HTTP/1.1 request asks to switch to (its `Upgrade` header),
+/// when its `Connection` header names `upgrade`.
+pub fn upgrade_of<B>(req: &http::Request<B>) -> Option<&HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| req.headers().get(header::UPGRADE)).flatten()
+}
+
+/// Puts back the two headers an upgrade needs on its hop.
+pub fn ask_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
 /// `Via` value for a message received with `version`.
 pub fn via(version: Version) -> HeaderValue {
     HeaderValue::from_static(match version {

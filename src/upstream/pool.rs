@@ -22,6 +22,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use prometheus::IntGauge;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 /// How long an unused upstream connection is kept open for reuse.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
@@ -98,6 +99,9 @@ pub struct EndpointConns {
     idle: Mutex<Vec<Idle>>,
     /// Open connections of the endpoint's pool (shared by its endpoints).
     open: IntGauge,
+    /// Cancelled to close every connection made so far, busy or not (a drain
+    /// deadline); replaced so later connections are unaffected.
+    kill: Mutex<CancellationToken>,
 }
 
 impl std::fmt::Debug for EndpointConns {
@@ -115,6 +119,7 @@ impl EndpointConns {
             connect_timeout,
             idle: Mutex::new(Vec::new()),
             open,
+            kill: Mutex::new(CancellationToken::new()),
         }
     }
 
@@ -169,21 +174,25 @@ impl EndpointConns {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(address, error = %e, "cannot set TCP_NODELAY");
         }
+        let io = Counted::new(TokioIo::new(stream), self.open.clone());
         let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(io)
             .await
             .map_err(|source| ConnectError::Handshake {
                 address: self.address.clone(),
                 source,
             })?;
-        let open = self.open.clone();
-        open.inc();
         let address = self.address.clone();
+        let kill = self.kill.lock().expect("kill lock").clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%address, error = %e, "upstream connection ended with an error");
+            // With upgrades, the connection hands its socket to the tunnel
+            // (which keeps the count) when a 101 comes back.
+            tokio::select! {
+                result = conn.with_upgrades() => if let Err(e) = result {
+                    tracing::debug!(%address, error = %e, "upstream connection ended with an error");
+                },
+                () = kill.cancelled() => {}
             }
-            open.dec();
         });
         Ok(Conn {
             sender,
@@ -208,6 +217,80 @@ impl EndpointConns {
     /// Closes every idle connection now.
     pub fn close_idle(&self) {
         self.idle.lock().expect("idle lock").clear();
+    }
+
+    /// Closes every connection now, busy ones included; the token returned
+    /// before this call is what upgraded tunnels watch.
+    pub fn close_all(&self) {
+        self.close_idle();
+        let old = std::mem::take(&mut *self.kill.lock().expect("kill lock"));
+        old.cancel();
+    }
+
+    /// Cancelled when `close_all` is called, for work (tunnels) that outlives
+    /// the connection task.
+    pub fn kill_token(&self) -> CancellationToken {
+        self.kill.lock().expect("kill lock").clone()
+    }
+}
+
+/// An upstream socket that holds one count in its pool's gauge for as long as
+/// it lives, through an upgrade too.
+pub struct Counted {
+    io: TokioIo<TcpStream>,
+    gauge: IntGauge,
+}
+
+impl Counted {
+    fn new(io: TokioIo<TcpStream>, gauge: IntGauge) -> Self {
+        gauge.inc();
+        Self { io, gauge }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+impl hyper::rt::Read for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

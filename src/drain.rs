@@ -1,0 +1,220 @@
+//! Work in flight per pool, and drains. Every in-flight request, streaming
+//! response and upgraded tunnel holds a `Work` guard on its pool; dropping it
+//! is how the work says it is done. When a pool or endpoint leaves rotation
+//! (weight 0, set to drain, removed by a reload) its idle upstream
+//! connections close at once and what is in flight may finish until the
+//! service's `drain_timeout`; then its connections are closed and the work
+//! cut short is counted. Coming back before the deadline cancels the drain.
+//! The data plane only holds guards; `Drains` runs on the control plane.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::IntCounter;
+use tokio_util::sync::CancellationToken;
+
+use crate::snapshot::Snapshot;
+use crate::upstream::EndpointConns;
+
+/// What one pool of one service has in flight, and when it last served.
+#[derive(Debug, Default)]
+pub struct Activity {
+    in_flight: AtomicUsize,
+    /// Unix milliseconds when the last piece of work ended; 0 if none yet.
+    last_served_ms: AtomicU64,
+}
+
+impl Activity {
+    /// Counts a piece of work in flight until the guard is dropped.
+    #[inline]
+    pub fn start(self: &Arc<Self>) -> Work {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Work(self.clone())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// When the pool last finished serving something.
+    pub fn last_served(&self) -> Option<SystemTime> {
+        match self.last_served_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(UNIX_EPOCH + Duration::from_millis(ms)),
+        }
+    }
+}
+
+/// One piece of work in flight on a pool.
+#[derive(Debug)]
+pub struct Work(Arc<Activity>);
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
+        self.0.last_served_ms.store(now, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The pools' activity records, kept across snapshots by the control plane.
+#[derive(Default)]
+pub struct Activities {
+    by_pool: HashMap<(String, String), Arc<Activity>>,
+}
+
+impl Activities {
+    pub fn get(&mut self, service: &str, pool: &str) -> Arc<Activity> {
+        self.by_pool
+            .entry((service.to_owned(), pool.to_owned()))
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets pools no longer configured, once nothing of theirs is in flight.
+    pub fn retain(&mut self, keep: impl Fn(&str, &str) -> bool) {
+        self.by_pool
+            .retain(|(s, p), a| keep(s, p) || a.in_flight() > 0);
+    }
+}
+
+/// What a drain applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Target {
+    Pool {
+        service: String,
+        pool: String,
+    },
+    Endpoint {
+        service: String,
+        pool: String,
+        address: String,
+    },
+}
+
+/// Drains in progress, by what they drain.
+#[derive(Default)]
+pub struct Drains {
+    pending: HashMap<Target, CancellationToken>,
+}
+
+/// What leaves rotation, with what is needed to end its connections.
+struct Leaving {
+    target: Target,
+    conns: Vec<Arc<EndpointConns>>,
+    activity: Option<Arc<Activity>>,
+    closed: IntCounter,
+    timeout: Duration,
+}
+
+impl Drains {
+    /// Compares what was in rotation with what is now: starts a drain for
+    /// what left, cancels the drain of what came back.
+    pub fn update(&mut self, previous: &Snapshot, next: &Snapshot) {
+        let now_in = in_rotation(next);
+        let mut leaving = Vec::new();
+        for service in &previous.services {
+            for pool in service.pools.iter() {
+                let pool_target = Target::Pool {
+                    service: service.name.to_string(),
+                    pool: pool.name.to_string(),
+                };
+                let pool_was_in = pool.in_rotation();
+                if pool_was_in && !now_in.contains(&pool_target) {
+                    leaving.push(Leaving {
+                        target: pool_target,
+                        conns: pool.endpoints.iter().map(|e| e.conns.clone()).collect(),
+                        activity: Some(pool.activity.clone()),
+                        closed: pool.metrics.drain_closed.clone(),
+                        timeout: service.drain_timeout,
+                    });
+                    continue;
+                }
+                for endpoint in pool.endpoints.iter() {
+                    let target = Target::Endpoint {
+                        service: service.name.to_string(),
+                        pool: pool.name.to_string(),
+                        address: endpoint.address.to_string(),
+                    };
+                    if pool_was_in && !endpoint.draining && !now_in.contains(&target) {
+                        leaving.push(Leaving {
+                            target,
+                            conns: vec![endpoint.conns.clone()],
+                            activity: None,
+                            closed: pool.metrics.drain_closed.clone(),
+                            timeout: service.drain_timeout,
+                        });
+                    }
+                }
+            }
+        }
+        self.pending.retain(|target, cancel| {
+            let back = now_in.contains(target);
+            if back {
+                tracing::info!(?target, "back in rotation: drain cancelled");
+                cancel.cancel();
+            }
+            !back && !cancel.is_cancelled()
+        });
+        for leave in leaving {
+            self.start(leave);
+        }
+    }
+
+    fn start(&mut self, leave: Leaving) {
+        for conns in &leave.conns {
+            conns.close_idle();
+        }
+        tracing::info!(target = ?leave.target, deadline = ?leave.timeout, "left rotation: draining");
+        let cancel = CancellationToken::new();
+        self.pending.insert(leave.target.clone(), cancel.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(leave.timeout) => {}
+                () = cancel.cancelled() => return,
+            }
+            let cut = leave.activity.as_ref().map_or(0, |a| a.in_flight());
+            for conns in &leave.conns {
+                conns.close_all();
+            }
+            if cut > 0 {
+                leave.closed.inc_by(cut as u64);
+                tracing::warn!(target = ?leave.target, cut, "drain deadline reached: closed work still in flight");
+            }
+            cancel.cancel();
+        });
+    }
+
+    /// Cancels every pending drain (shutdown).
+    pub fn stop(&mut self) {
+        for cancel in self.pending.values() {
+            cancel.cancel();
+        }
+        self.pending.clear();
+    }
+}
+
+/// Every pool and endpoint in rotation in a snapshot.
+fn in_rotation(snapshot: &Snapshot) -> HashSet<Target> {
+    let mut set = HashSet::new();
+    for service in &snapshot.services {
+        for pool in service.pools.iter().filter(|p| p.in_rotation()) {
+            set.insert(Target::Pool {
+                service: service.name.to_string(),
+                pool: pool.name.to_string(),
+            });
+            for endpoint in pool.endpoints.iter().filter(|e| !e.draining) {
+                set.insert(Target::Endpoint {
+                    service: service.name.to_string(),
+                    pool: pool.name.to_string(),
+                    address: endpoint.address.to_string(),
+                });
+            }
+        }
+    }
+    set
+}
