@@ -38,6 +38,8 @@ pub struct Backend {
     pub hits: Arc<AtomicU64>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub connections: Arc<AtomicU64>,
+    /// Connections open right now.
+    pub open: Arc<AtomicU64>,
     handler: Handler,
     /// Cancelled to kill the backend: stop accepting and drop every connection.
     alive: Arc<Mutex<CancellationToken>>,
@@ -76,6 +78,7 @@ impl Backend {
             hits: Arc::default(),
             seen: Arc::default(),
             connections: Arc::default(),
+            open: Arc::default(),
             handler,
             alive: Arc::new(Mutex::new(CancellationToken::new())),
         };
@@ -96,8 +99,10 @@ impl Backend {
                     () = alive.cancelled() => return,
                 };
                 b.connections.fetch_add(1, Ordering::Relaxed);
+                b.open.fetch_add(1, Ordering::Relaxed);
                 let b = b.clone();
                 let alive = alive.clone();
+                let open = b.open.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let b = b.clone();
@@ -115,15 +120,21 @@ impl Backend {
                         }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service);
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades();
                     tokio::select! {
                         _ = conn => {}
                         // Killed: the connection is dropped, its socket closed.
                         () = alive.cancelled() => {}
                     }
+                    open.fetch_sub(1, Ordering::Relaxed);
                 });
             }
         });
+    }
+
+    pub fn open_connections(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
     }
 
     pub fn hits(&self) -> u64 {
