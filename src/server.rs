@@ -6,6 +6,8 @@
 //! anything. Unchanged listeners are never re-bound; added ones open before
 //! the new snapshot is published, removed ones close after it.
 
+mod changes;
+mod handle;
 mod status;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -25,8 +27,10 @@ use crate::health::HealthChecks;
 use crate::listener::{self, AcceptLoop};
 use crate::metrics::Metrics;
 use crate::snapshot::{Inputs, SharedSnapshot, Snapshot};
-use crate::state::{self, Overrides, StateError, Weights};
+use crate::state::{self, Overrides, StateError};
 use crate::upstream::Upstreams;
+use handle::Command;
+pub use handle::{Handle, Options, Trigger};
 pub use status::{ServiceView, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -69,165 +73,6 @@ pub enum ChangeError {
     Reload(String),
     #[error("the server is shutting down")]
     Stopped,
-}
-
-/// Why the configuration is being read again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// The file (or its directory) changed; skipped if the text is unchanged.
-    FileChanged,
-    /// SIGHUP: always re-read.
-    Signal,
-    /// `POST /v1/reload`: always re-read.
-    Api,
-}
-
-enum Command {
-    Reload {
-        trigger: Trigger,
-        reply: Option<oneshot::Sender<Result<u64, ChangeError>>>,
-    },
-    SetWeights {
-        service: String,
-        weights: Weights,
-        reply: oneshot::Sender<Result<u64, ChangeError>>,
-    },
-    SetDrain {
-        service: String,
-        pool: String,
-        endpoint: Option<String>,
-        drain: bool,
-        reply: oneshot::Sender<Result<u64, ChangeError>>,
-    },
-}
-
-/// Start-up choices that do not come from the file.
-#[derive(Clone)]
-pub struct Options {
-    /// Start from the file's weights, ignoring the state file.
-    pub ignore_state: bool,
-    /// Runtime that serves client connections; listeners are registered with
-    /// it, whichever runtime the control plane runs on.
-    pub data_plane: tokio::runtime::Handle,
-}
-
-impl Options {
-    /// Data plane on the current runtime, state file honoured.
-    pub fn current() -> Self {
-        Self {
-            ignore_state: false,
-            data_plane: tokio::runtime::Handle::current(),
-        }
-    }
-}
-
-/// A cheap, cloneable view of a running server for callers outside it (the
-/// binary, the admin API, tests).
-#[derive(Clone)]
-pub struct Handle {
-    snapshot: SharedSnapshot,
-    status: watch::Receiver<Status>,
-    commands: mpsc::Sender<Command>,
-    shutdown: CancellationToken,
-    pub metrics: Metrics,
-}
-
-impl Handle {
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
-    }
-
-    pub fn status(&self) -> Status {
-        self.status.borrow().clone()
-    }
-
-    /// The bound address of listener `name`.
-    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.status.borrow().listeners.get(name).copied()
-    }
-
-    /// Waits until the status satisfies `done`.
-    pub async fn wait_for(&self, done: impl Fn(&Status) -> bool) {
-        let mut status = self.status.clone();
-        // An error means the server is gone, and so is what was waited for.
-        _ = status.wait_for(|s| done(s)).await;
-    }
-
-    /// Re-reads the configuration file; returns the new generation once it
-    /// is in force.
-    pub async fn reload(&self, trigger: Trigger) -> Result<u64, ChangeError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Reload {
-            trigger,
-            reply: Some(reply),
-        })
-        .await?;
-        answer.await.map_err(|_| ChangeError::Stopped)?
-    }
-
-    /// Asks for a reload without waiting for its outcome.
-    pub async fn request_reload(&self, trigger: Trigger) {
-        if self
-            .send(Command::Reload {
-                trigger,
-                reply: None,
-            })
-            .await
-            .is_err()
-        {
-            tracing::debug!("reload asked after the server stopped");
-        }
-    }
-
-    /// Overrides some of a service's pool weights (the others keep theirs);
-    /// returns the generation in force once the change is.
-    pub async fn set_weights(&self, service: &str, weights: Weights) -> Result<u64, ChangeError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::SetWeights {
-            service: service.to_owned(),
-            weights,
-            reply,
-        })
-        .await?;
-        answer.await.map_err(|_| ChangeError::Stopped)?
-    }
-
-    /// Sets a pool, or one endpoint of it, to drain (`drain`) or back to
-    /// ready; returns the generation in force once the change is.
-    pub async fn set_drain(
-        &self,
-        service: &str,
-        pool: &str,
-        endpoint: Option<&str>,
-        drain: bool,
-    ) -> Result<u64, ChangeError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::SetDrain {
-            service: service.to_owned(),
-            pool: pool.to_owned(),
-            endpoint: endpoint.map(str::to_owned),
-            drain,
-            reply,
-        })
-        .await?;
-        answer.await.map_err(|_| ChangeError::Stopped)?
-    }
-
-    async fn send(&self, command: Command) -> Result<(), ChangeError> {
-        self.commands
-            .send(command)
-            .await
-            .map_err(|_| ChangeError::Stopped)
-    }
-
-    /// Starts a graceful shutdown.
-    pub fn shutdown(&self) {
-        self.shutdown.cancel();
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutdown.is_cancelled()
-    }
 }
 
 struct RunningListener {
@@ -459,118 +304,6 @@ impl Server {
             s.reloads_failed += 1;
         });
         ChangeError::Reload(error)
-    }
-
-    fn set_weights(&mut self, name: &str, weights: Weights) -> Result<u64, ChangeError> {
-        if self.config.admin.read_only {
-            return Err(ChangeError::ReadOnly);
-        }
-        let service = self
-            .config
-            .services
-            .iter()
-            .find(|s| s.name.get_ref() == name)
-            .ok_or_else(|| ChangeError::UnknownService(name.to_owned()))?;
-        let mut merged: Weights = service
-            .pools
-            .iter()
-            .map(|p| p.name.get_ref().clone())
-            .zip(self.overrides.effective(service))
-            .collect();
-        for (pool, weight) in weights {
-            match merged.get_mut(&pool) {
-                Some(w) => *w = weight,
-                None => {
-                    return Err(ChangeError::UnknownPool {
-                        service: name.to_owned(),
-                        pool,
-                    })
-                }
-            }
-        }
-        if merged.values().all(|w| *w == 0) {
-            return Err(ChangeError::AllZero(name.to_owned()));
-        }
-        let mut next = self.overrides.clone();
-        next.set(service, merged.clone());
-        if let Some(file) = &self.config.admin.state_file {
-            next.save(file).map_err(ChangeError::Persist)?;
-        }
-        self.overrides = next;
-        let generation = self.snapshot.load().generation + 1;
-        self.publish(generation);
-        tracing::info!(service = name, weights = ?merged, generation, "weights set through the admin API");
-        Ok(generation)
-    }
-
-    fn set_drain(
-        &mut self,
-        name: &str,
-        pool: &str,
-        endpoint: Option<&str>,
-        drain: bool,
-    ) -> Result<u64, ChangeError> {
-        if self.config.admin.read_only {
-            return Err(ChangeError::ReadOnly);
-        }
-        let service = self
-            .config
-            .services
-            .iter()
-            .find(|s| s.name.get_ref() == name)
-            .ok_or_else(|| ChangeError::UnknownService(name.to_owned()))?;
-        let pool_config = service
-            .pools
-            .iter()
-            .find(|p| p.name.get_ref() == pool)
-            .ok_or_else(|| ChangeError::UnknownPool {
-                service: name.to_owned(),
-                pool: pool.to_owned(),
-            })?;
-        if let Some(endpoint) = endpoint {
-            if !pool_config
-                .endpoints
-                .iter()
-                .any(|e| e.get_ref() == endpoint)
-            {
-                return Err(ChangeError::UnknownEndpoint {
-                    service: name.to_owned(),
-                    pool: pool.to_owned(),
-                    endpoint: endpoint.to_owned(),
-                });
-            }
-        }
-        let mut next = self.overrides.clone();
-        next.set_drained(name, state::drain_key(pool, endpoint), drain);
-        if drain && endpoint.is_none() {
-            let weights = next.effective(service);
-            let any_left = service
-                .pools
-                .iter()
-                .zip(weights)
-                .any(|(p, w)| w > 0 && !next.is_drained(name, p.name.get_ref(), None));
-            if !any_left {
-                return Err(ChangeError::LastPool {
-                    service: name.to_owned(),
-                    pool: pool.to_owned(),
-                });
-            }
-        }
-        if let Some(file) = &self.config.admin.state_file {
-            next.save(file).map_err(ChangeError::Persist)?;
-        }
-        self.overrides = next;
-        let generation = self.snapshot.load().generation + 1;
-        self.publish(generation);
-        tracing::info!(
-            service = name,
-            pool,
-            endpoint,
-            state = if drain { "drain" } else { "ready" },
-            generation,
-            "rotation changed through the admin API"
-        );
-        Ok(generation)
     }
 
     fn save_state(&self) {
