@@ -25,7 +25,6 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
 }
@@ -95,6 +94,10 @@ impl AcceptLoop {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    // Small responses must not wait for Nagle; best effort.
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+                    }
                     let Some(metrics) = self
                         .snapshot
                         .load()
