@@ -132,10 +132,16 @@ impl HealthBuilder<'_> {
             self.unmonitored.push((health.clone(), metrics));
             return health;
         }
+        // Only an HTTP check sends a Host; a TCP check is the same check
+        // whatever the pool's rewrite.
+        let host = match spec.kind {
+            HealthKind::Http => host.unwrap_or(address),
+            _ => "",
+        };
         let key = Key {
             address: address.to_owned(),
             spec: spec.clone(),
-            host: host.unwrap_or(address).to_owned(),
+            host: host.to_owned(),
         };
         if let Some((checker, users)) = self.used.get_mut(&key) {
             users.push(metrics);

@@ -152,15 +152,16 @@ impl Server {
             data_plane: options.data_plane,
         };
         server.publish(1);
+        // Listeners open once the first health round has run (bounded), so
+        // no client meets a service whose endpoints are not checked yet.
+        let limit = server.checks.longest_timeout() + Duration::from_secs(1);
+        server.checks.first_round(limit).await;
         let config = server.config.clone();
         if let Err(e) = server.open_listeners(&config) {
             server.checks.stop();
             return Err(e);
         }
         server.publish_listeners();
-        // Ready means the first health round has run: wait for it, bounded.
-        let limit = server.checks.longest_timeout() + Duration::from_secs(1);
-        server.checks.first_round(limit).await;
         if !server.overrides.is_empty() {
             tracing::info!("weight overrides restored from the state file");
         }
@@ -242,23 +243,31 @@ impl Server {
         };
         let generation = self.snapshot.load().generation;
         if trigger == Trigger::FileChanged && text == self.text {
+            // Back to the text in force (say, a bad edit undone): nothing to
+            // apply, and the last failure no longer describes the file.
+            self.status.send_modify(|s| s.last_reload_error = None);
             return Ok(generation);
         }
         let config = match config::parse(&self.path, text.clone()) {
             Ok(config) => config,
-            Err(e) => {
-                for line in e.lines() {
-                    tracing::error!("{line}");
-                }
-                return Err(self.reload_failed(e.to_string()));
-            }
+            Err(e) => return Err(self.reload_failed(e.to_string())),
         };
         if let Err(e) = self.open_listeners(&config) {
             return Err(self.reload_failed(e.to_string()));
         }
-        if config.runtime != self.config.runtime || config.admin.listen != self.config.admin.listen
+        if config.runtime != self.config.runtime
+            || config.admin.listen != self.config.admin.listen
+            || config.admin.token_file != self.config.admin.token_file
         {
-            tracing::warn!("[runtime] and [admin] listen take effect at the next start");
+            tracing::warn!(
+                "[runtime], [admin] listen and [admin] token_file take effect at the next start"
+            );
+        }
+        if config.admin.read_only && !self.overrides.is_empty() {
+            // The file is now the only source of truth: API changes end.
+            tracing::info!("read_only is on: weight overrides and drains set through the API end");
+            self.overrides = Overrides::default();
+            self.save_state_for(&config);
         }
         let now = now_rfc3339();
         for service in &config.services {
@@ -284,6 +293,7 @@ impl Server {
         if !ended.is_empty() {
             self.save_state();
         }
+        self.status.send_modify(|s| s.last_reload_error = None);
         self.publish(generation + 1);
         self.close_removed_listeners();
         self.publish_listeners();
@@ -297,7 +307,10 @@ impl Server {
     }
 
     fn reload_failed(&mut self, error: String) -> ChangeError {
-        tracing::error!("reload failed; the running configuration is unchanged: {error}");
+        for line in error.lines() {
+            tracing::error!("{}", line.trim());
+        }
+        tracing::error!("reload failed; the running configuration is unchanged");
         self.metrics.config_reloads_failure.inc();
         self.status.send_modify(|s| {
             s.last_reload_error = Some(error.clone());
@@ -307,7 +320,11 @@ impl Server {
     }
 
     fn save_state(&self) {
-        if let Some(file) = &self.config.admin.state_file {
+        self.save_state_for(&self.config);
+    }
+
+    fn save_state_for(&self, config: &Config) {
+        if let Some(file) = &config.admin.state_file {
             if let Err(e) = self.overrides.save(file) {
                 tracing::error!("{e}");
             }
@@ -363,7 +380,6 @@ impl Server {
         let services = status::services(&self.config, &self.overrides, &self.file_changed_at);
         self.status.send_modify(|s| {
             s.generation = generation;
-            s.last_reload_error = None;
             s.services = services;
             s.read_only = self.config.admin.read_only;
             s.config_file = self.path.clone();

@@ -472,3 +472,57 @@ fn openapi_document_lists_exactly_the_served_routes() {
     served.sort();
     assert_eq!(documented, served);
 }
+
+#[tokio::test]
+async fn an_api_change_does_not_hide_a_failed_reload_and_undoing_the_edit_does() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let text = config(&blue, &green, 100, 0, "");
+    let proxy = Proxy::with_admin(&text).await;
+    let admin = proxy.admin.unwrap();
+    proxy.rewrite("[[listener]]\nname = 1\n");
+    proxy.wait_failed_reloads(1).await;
+    assert_eq!(
+        put_weights(admin, r#"{"green": 10}"#).await.status,
+        StatusCode::OK
+    );
+    let status = json(&call(admin, Method::GET, "/v1/status", "", None).await);
+    assert!(
+        status["last_reload_error"].is_string(),
+        "the file is still broken: {status}"
+    );
+    // Putting the running text back clears it.
+    proxy.rewrite(&text);
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        proxy.handle.wait_for(|s| s.last_reload_error.is_none()),
+    )
+    .await
+    .expect("error cleared");
+}
+
+#[tokio::test]
+async fn turning_read_only_on_ends_api_overrides() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "")).await;
+    let admin = proxy.admin.unwrap();
+    assert_eq!(
+        put_weights(admin, r#"{"blue": 0, "green": 100}"#)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(get(proxy.addr(), "x", "/").await.pool(), "green");
+    proxy.rewrite(&config(&blue, &green, 100, 0, "read_only = true"));
+    proxy.wait_generation(3).await;
+    assert_eq!(
+        get(proxy.addr(), "x", "/").await.pool(),
+        "blue",
+        "the file rules in read-only mode"
+    );
+    assert_eq!(
+        effective(admin).await,
+        serde_json::json!({"blue": 100, "green": 0})
+    );
+}
