@@ -8,10 +8,11 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Request, Response};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -83,7 +84,24 @@ pub async fn spawn_sample(pool: &str) -> std::io::Result<SampleProcess> {
     })
 }
 
-fn sample_page(pool: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// Seconds `/slow` streams for, one line a second: a long download to hold
+/// on a pool while it drains.
+const SLOW_SECONDS: u32 = 15;
+
+fn sample_page(pool: &str, req: &Request<Incoming>) -> Response<Either<Full<Bytes>, Slow>> {
+    let response = Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header("x-pool", pool);
+    if req.uri().path() == "/slow" {
+        let body = Slow {
+            pool: pool.into(),
+            sent: 0,
+            tick: tokio::time::interval(Duration::from_secs(1)),
+        };
+        return response
+            .body(Either::Right(body))
+            .expect("static headers are valid");
+    }
     let host = req
         .headers()
         .get(header::HOST)
@@ -93,11 +111,34 @@ fn sample_page(pool: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "hello from {pool}\nhost: {host}\npath: {}\n",
         req.uri().path()
     );
-    Response::builder()
-        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .header("x-pool", pool)
-        .body(Full::new(Bytes::from(body)))
+    response
+        .body(Either::Left(Full::new(Bytes::from(body))))
         .expect("static headers are valid")
+}
+
+/// The body of `/slow`: a line a second for `SLOW_SECONDS`.
+pub struct Slow {
+    pool: Arc<str>,
+    sent: u32,
+    tick: tokio::time::Interval,
+}
+
+impl http_body::Body for Slow {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if self.sent == SLOW_SECONDS {
+            return std::task::Poll::Ready(None);
+        }
+        std::task::ready!(self.tick.poll_tick(cx));
+        self.sent += 1;
+        let line = format!("{} {}/{SLOW_SECONDS}\n", self.pool, self.sent);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(line)))))
+    }
 }
 
 /// The demo's configuration: blue takes all traffic, green none.
@@ -126,6 +167,7 @@ services = ["hello"]
 [[service]]
 name = "hello"
 hosts = []                 # no hosts: the listener's default service
+drain_timeout = "20s"      # in-flight work on a pool leaving rotation may finish
 
   [service.health]
   kind = "http"            # GET /healthz on every endpoint
@@ -183,6 +225,16 @@ blue=100 green=0. Or edit the config file and swap the weights there
 then run the curl loop again: every request now says "hello from green".
 Roll back with the numbers swapped; split 90/10 with 90 and 10. A file with a mistake is
 refused with its line and column in this log; the proxy keeps the old weights.
+
+Drain blue with a download in flight: start a 15-second download,
+cut over, and watch status count it down to "safe to remove":
+
+  curl -sN http://127.0.0.1:{port}/slow &
+  cutover ctl --admin http://{admin} weights hello blue=0 green=100
+  watch -n1 cutover ctl --admin http://{admin} status
+
+The download finishes on blue while every new request goes to green; 20s
+(drain_timeout) after blue's last byte, status says blue is safe to remove.
 
 Watch it survive a cluster dying: split 50/50 (weights hello blue=50
 green=50), keep the curl loop running, and kill green's process:

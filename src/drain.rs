@@ -96,10 +96,11 @@ enum Target {
     },
 }
 
-/// Drains in progress, by what they drain.
+/// Drains in progress, by what they drain: how to cancel each, and the
+/// connection sets it retired.
 #[derive(Default)]
 pub struct Drains {
-    pending: HashMap<Target, CancellationToken>,
+    pending: HashMap<Target, (CancellationToken, Vec<Arc<EndpointConns>>)>,
 }
 
 /// What leaves rotation, with what is needed to end its connections.
@@ -152,26 +153,39 @@ impl Drains {
                 }
             }
         }
-        self.pending.retain(|target, cancel| {
+        self.pending.retain(|target, (cancel, conns)| {
             let back = now_in.contains(target);
             if back {
                 tracing::info!(?target, "back in rotation: drain cancelled");
                 cancel.cancel();
+                for conns in conns.iter() {
+                    conns.retire(false);
+                }
             }
             !back && !cancel.is_cancelled()
         });
         for leave in leaving {
             self.start(leave);
         }
+        // Whatever is in rotation keeps its connections for reuse, whether
+        // or not a drain of it was still pending.
+        for service in &next.services {
+            for pool in service.pools.iter().filter(|p| p.in_rotation()) {
+                for endpoint in pool.endpoints.iter().filter(|e| !e.draining) {
+                    endpoint.conns.retire(false);
+                }
+            }
+        }
     }
 
     fn start(&mut self, leave: Leaving) {
         for conns in &leave.conns {
-            conns.close_idle();
+            conns.retire(true);
         }
         tracing::info!(target = ?leave.target, deadline = ?leave.timeout, "left rotation: draining");
         let cancel = CancellationToken::new();
-        self.pending.insert(leave.target.clone(), cancel.clone());
+        self.pending
+            .insert(leave.target.clone(), (cancel.clone(), leave.conns.clone()));
         tokio::spawn(async move {
             tokio::select! {
                 () = tokio::time::sleep(leave.timeout) => {}
@@ -191,7 +205,7 @@ impl Drains {
 
     /// Cancels every pending drain (shutdown).
     pub fn stop(&mut self) {
-        for cancel in self.pending.values() {
+        for (cancel, _) in self.pending.values() {
             cancel.cancel();
         }
         self.pending.clear();

@@ -83,7 +83,7 @@ impl UpstreamsBuilder<'_> {
     pub fn finish(self) {
         for (key, conns) in &self.previous.endpoints {
             if !self.used.contains_key(key) {
-                conns.close_idle();
+                conns.retire(true);
             }
         }
         self.previous.endpoints = self.used;

@@ -507,3 +507,35 @@ async fn one_endpoint_drains_by_api_and_ctl_and_the_state_persists() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_pool_keeps_no_connection_once_its_work_ends() {
+    let blue = backend("blue").await;
+    let green = backend("green").await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, "30s")).await;
+    let (response, _conn) = start_slow(proxy.addr()).await;
+    switch_to_green(&proxy).await;
+    response.into_body().collect().await.unwrap();
+    // The connection that carried the download is not kept for reuse.
+    let blue_now = until_blue(&proxy, "blue holds no connection", |b| {
+        b["in_flight"] == 0 && b["upstream_connections_active"] == 0
+    })
+    .await;
+    assert_eq!(
+        blue_now["safe_to_remove"], false,
+        "not before a quiet drain window"
+    );
+    // Back in rotation, connections are reused again.
+    admin(
+        &proxy,
+        Method::PUT,
+        "/v1/services/hello/weights",
+        r#"{"blue": 100, "green": 0}"#,
+    )
+    .await;
+    let mut client = Client::connect(proxy.addr()).await;
+    for _ in 0..5 {
+        client.get("/", &[]).await.unwrap();
+    }
+    assert_eq!(blue_status(&proxy).await["upstream_connections_active"], 1);
+}

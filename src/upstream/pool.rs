@@ -10,6 +10,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -102,6 +103,9 @@ pub struct EndpointConns {
     /// Cancelled to close every connection made so far, busy or not (a drain
     /// deadline); replaced so later connections are unaffected.
     kill: Mutex<CancellationToken>,
+    /// Out of rotation: connections are closed when their request ends
+    /// instead of kept for reuse, so a draining endpoint ends up holding none.
+    retired: AtomicBool,
 }
 
 impl std::fmt::Debug for EndpointConns {
@@ -120,6 +124,7 @@ impl EndpointConns {
             idle: Mutex::new(Vec::new()),
             open,
             kill: Mutex::new(CancellationToken::new()),
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -202,7 +207,7 @@ impl EndpointConns {
     }
 
     fn put_back(&self, sender: SendRequest<UpBody>) {
-        if sender.is_closed() {
+        if sender.is_closed() || self.retired.load(Ordering::Relaxed) {
             return;
         }
         let mut idle = self.idle.lock().expect("idle lock");
@@ -211,6 +216,15 @@ impl EndpointConns {
                 sender,
                 since: Instant::now(),
             });
+        }
+    }
+
+    /// Out of rotation (`true`): idle connections close now and busy ones
+    /// when their request ends. Back in rotation (`false`): reuse resumes.
+    pub fn retire(&self, retired: bool) {
+        self.retired.store(retired, Ordering::Relaxed);
+        if retired {
+            self.close_idle();
         }
     }
 
