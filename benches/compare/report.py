@@ -1,0 +1,190 @@
+"""The comparison's output: medians over rounds, the ratios cutover/HAProxy
+and cutover/NGINX, the printed table and the JSON file.
+
+Owns presentation only; it reads the per-round results compare.py collected.
+"""
+
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import time
+
+PROXIES = ["direct", "cutover", "haproxy", "nginx"]
+
+# (metric key, label, which way is better, format)
+_THROUGHPUT = [
+    ("rps", "requests/s", "higher", "{:,.0f}"),
+    ("non_2xx_3xx", "non-2xx/3xx responses", "lower", "{:,.0f}"),
+    ("socket_errors", "socket errors", "lower", "{:,.0f}"),
+    ("cpu_s_per_100k", "CPU s per 100k requests", "lower", "{:.3f}"),
+    ("proxy_cpu_pct", "proxy process CPU %", "", "{:.0f}"),
+    ("proxy_core_busy_pct", "proxy core busy % (incl. softirq)", "", "{:.0f}"),
+    ("other_load_pct", "other processes' load % (noise)", "", "{:.1f}"),
+]
+_LATENCY = [
+    ("p50_ms", "p50 ms", "lower", "{:.3f}"),
+    ("p99_ms", "p99 ms", "lower", "{:.3f}"),
+    ("p99_9_ms", "p99.9 ms", "lower", "{:.3f}"),
+    ("achieved_rps", "achieved req/s", "", "{:,.0f}"),
+    ("failed", "non-2xx + failed requests", "lower", "{:,.0f}"),
+    ("proxy_cpu_pct", "proxy process CPU %", "", "{:.0f}"),
+    ("other_load_pct", "other processes' load % (noise)", "", "{:.1f}"),
+]
+
+
+def sections(rates):
+    out = [
+        ("small_ka", "small response (13 B), keep-alive  [headline]", _THROUGHPUT),
+        ("big_ka", "100 KiB response, keep-alive", _THROUGHPUT[:1]
+         + [("mib_per_s", "MiB/s", "higher", "{:,.0f}")] + _THROUGHPUT[1:]),
+        ("close", "new connection per request (Connection: close)", _THROUGHPUT),
+    ]
+    for i, rate in enumerate(rates or []):
+        out.append((f"latency_{i}", f"open loop at {rate:,} req/s, small keep-alive (oha, corrected)", _LATENCY))
+    out.append(("idle", "idle keep-alive client connections", [
+        ("kib_per_conn", "KiB per connection", "lower", "{:.2f}")]))
+    out.append(("resources", "resources over the round", [
+        ("peak_rss_mib", "peak RSS MiB (VmHWM)", "lower", "{:.1f}")]))
+    return out
+
+
+def _value(result, metric):
+    if not isinstance(result, dict) or "error" in result:
+        return None
+    if metric == "failed":
+        return result.get("non_2xx", 0) + result.get("errors", 0)
+    return result.get(metric)
+
+
+def summarise(rounds, rates, meta, notes):
+    medians, ratios, failures = {}, {}, {}
+    for scen, _, metrics in sections(rates):
+        medians[scen], ratios[scen] = {}, {}
+        for metric, _, _, _ in metrics:
+            per = {}
+            for proxy in PROXIES:
+                vals = [_value(r.get(scen, {}).get(proxy), metric) for r in rounds]
+                vals = [v for v in vals if v is not None]
+                per[proxy] = statistics.median(vals) if vals else None
+            medians[scen][metric] = per
+            ratios[scen][metric] = {
+                "cutover/haproxy": _ratio(per["cutover"], per["haproxy"]),
+                "cutover/nginx": _ratio(per["cutover"], per["nginx"]),
+            }
+        failures[scen] = {p: sum(1 for r in rounds if "error" in r.get(scen, {}).get(p, {}))
+                          for p in PROXIES}
+    return {"meta": meta, "medians": medians, "ratios": ratios, "failed_runs": failures,
+            "notes": notes, "rounds": rounds}
+
+
+def _ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def table(data):
+    meta = data["meta"]
+    lines = [
+        f"cutover vs HAProxy vs NGINX: medians of {meta['rounds']} interleaved round(s), "
+        f"{meta['threads']} worker thread(s) per proxy on CPU {meta['proxy_cpus']}; "
+        f"wrk/oha and the nginx backend on CPU {meta['load_cpus']}",
+        f"machine: {meta['cpu']} ({meta['cpus']} CPUs), Linux {meta['kernel']}; {meta['versions']}",
+        f"wrk -c {meta['connections']} -d {meta['duration_s']}s; oha -c {meta['oha_connections']} "
+        f"-z {meta['latency_duration_s']}s; {meta['idle_conns']} idle connections; "
+        f"run took {meta['elapsed_s'] / 60:.1f} min; command: {meta['command']}",
+        "",
+    ]
+    head = f"{'':42}{'better':>7}{'direct':>11}{'cutover':>11}{'haproxy':>11}{'nginx':>11}{'cut/hap':>9}{'cut/ngx':>9}"
+    lines += [head, "-" * len(head)]
+    for scen, title, metrics in sections(meta["rates"]):
+        lines.append(title)
+        for metric, label, better, fmt in metrics:
+            per = data["medians"][scen][metric]
+            rat = data["ratios"][scen][metric]
+            cells = "".join(f"{_fmt(per[p], fmt):>11}" for p in PROXIES)
+            plain = not better or metric in ("non_2xx_3xx", "socket_errors", "failed")
+            r1 = "" if plain else _fmt(rat["cutover/haproxy"], "{:.2f}")
+            r2 = "" if plain else _fmt(rat["cutover/nginx"], "{:.2f}")
+            lines.append(f"  {label:40}{better:>7}{cells}{r1:>9}{r2:>9}")
+        failed = {p: n for p, n in data["failed_runs"].get(scen, {}).items() if n}
+        if failed:
+            lines.append(f"  (failed runs, not in the medians: {failed})")
+    lines.append("")
+    lines.append("direct = wrk/oha straight to the backend (no proxy): the ceiling of this load side.")
+    lines.append("Ratios are cutover's figure over the other's: above 1 is better for \"higher\" rows, "
+                 "below 1 for \"lower\" rows.")
+    split = [r.get("cutover_pool_requests") for r in data["rounds"] if r.get("cutover_pool_requests")]
+    if split:
+        blue = sum(s.get("blue", 0) for s in split)
+        green = sum(s.get("green", 0) for s in split)
+        if blue + green:
+            lines.append(f"cutover's own count of the split: blue {100 * blue / (blue + green):.1f}% / "
+                         f"green {100 * green / (blue + green):.1f}%")
+    noisy = sorted({scen for scen, m in data["medians"].items()
+                    for v in (m.get("other_load_pct") or {}).values() if v and v > 5})
+    if noisy:
+        lines.append(f"warning: other processes used over 5% of the machine during {', '.join(noisy)}; "
+                     "those figures are noisy (see \"other processes' load\").")
+    if data["notes"]:
+        lines.append("")
+        lines.append("notes:")
+        for n in data["notes"]:
+            lines += ["  " + l for l in n.splitlines()]
+    return "\n".join(lines)
+
+
+def _fmt(v, fmt):
+    return "-" if v is None else fmt.format(v)
+
+
+def write_json(path, data):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+
+def _first_line(cmd):
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return ((r.stdout or "") + (r.stderr or "")).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def machine(a, rates, elapsed, binary):
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+            cpu = m.group(1) if m else cpu
+    except OSError:
+        pass
+    nginx = _first_line(["nginx", "-v"]).split("/")[-1]
+    haproxy = _first_line(["haproxy", "-v"]).split()[2]
+    wrk = _first_line(["wrk", "-v"]).split()[1]
+    oha = _first_line(["oha", "--version"]).split()[-1]
+    rev = _first_line(["git", "-C", os.path.dirname(os.path.dirname(binary)), "describe", "--always", "--dirty"])
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "versions": f"nginx {nginx}, HAProxy {haproxy}, wrk {wrk}, oha {oha}, cutover {rev}",
+        "rounds": a.rounds,
+        "threads": a.threads,
+        "proxy_cpus": a.proxy_cpus,
+        "load_cpus": a.load_cpus,
+        "connections": a.connections,
+        "oha_connections": a.oha_connections,
+        "duration_s": a.duration,
+        "latency_duration_s": a.latency_duration,
+        "idle_conns": a.idle_conns,
+        "rates": rates,
+        "elapsed_s": elapsed,
+        "command": "benches/compare/run " + " ".join(a.argv),
+    }
