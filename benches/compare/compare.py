@@ -67,6 +67,8 @@ def parse_args():
     p.add_argument("--rates", help="open-loop rates in req/s, comma-separated (default: 25,50,75%% of HAProxy's small keep-alive peak in round 1)")
     p.add_argument("--proxy-cpus", default="1", help="taskset CPU list for the proxy under test (default 1)")
     p.add_argument("--load-cpus", default="0", help="taskset CPU list for wrk/oha and the backend (default 0)")
+    p.add_argument("--backend-cpus", help="taskset CPU list for the backend (default: --load-cpus); "
+                   "with 3 or more CPUs, giving it its own keeps the load generator's latency clean")
     p.add_argument("--json", default=os.path.join(REPO, "target", "compare.json"), help="where to write the JSON (default target/compare.json)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round, 3 s runs")
     p.add_argument("--no-build", action="store_true", help="use target/release/cutover as it is")
@@ -79,6 +81,7 @@ def parse_args():
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir with configs and logs")
     a = p.parse_args()
     a.argv = sys.argv[1:]
+    a.backend_cpus = a.backend_cpus or a.load_cpus
     a.rounds = a.rounds or (1 if a.quick else 3)
     a.duration = a.duration or (3 if a.quick else 10)
     a.latency_duration = a.latency_duration or (3 if a.quick else 10)
@@ -116,12 +119,13 @@ def check_tools():
 
 def check_cpus(a):
     allowed = os.sched_getaffinity(0)
-    for flag, spec in (("--proxy-cpus", a.proxy_cpus), ("--load-cpus", a.load_cpus)):
+    for flag, spec in (("--proxy-cpus", a.proxy_cpus), ("--load-cpus", a.load_cpus),
+                       ("--backend-cpus", a.backend_cpus)):
         cpus = parse_cpus(spec)
         if not cpus <= allowed:
             sys.exit(f"benches/compare: {flag} {spec}: CPUs {sorted(cpus - allowed)} are not available "
                      f"(this process may use {sorted(allowed)})")
-    if parse_cpus(a.proxy_cpus) & parse_cpus(a.load_cpus):
+    if parse_cpus(a.proxy_cpus) & (parse_cpus(a.load_cpus) | parse_cpus(a.backend_cpus)):
         log("warning: --proxy-cpus and --load-cpus overlap; figures will not be per proxy core")
 
 
@@ -257,7 +261,7 @@ def main():
     per_round = (len(THROUGHPUT) * len(PROXIES) * (a.duration + 1)
                  + len(LATENCY_FRACTIONS) * len(PROXIES) * a.latency_duration + 20)
     log(f"{a.rounds} round(s), about {per_round * a.rounds // 60 + 1} min; proxies on CPU {a.proxy_cpus}, "
-        f"load and backend on CPU {a.load_cpus}, {a.threads} thread(s) per proxy")
+        f"load on CPU {a.load_cpus}, backend on CPU {a.backend_cpus}, {a.threads} thread(s) per proxy")
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda s, f: sys.exit(f"benches/compare: stopped by signal {s}"))
@@ -306,7 +310,7 @@ def run(a, tmp, binary, procs):
     if r.returncode != 0:
         raise RunError(f"cutover check: {(r.stderr or r.stdout).strip()}")
 
-    backend = Proc("backend", ["taskset", "-c", a.load_cpus, "nginx", "-e", os.path.join(tmp, "backend-error.log"),
+    backend = Proc("backend", ["taskset", "-c", a.backend_cpus, "nginx", "-e", os.path.join(tmp, "backend-error.log"),
                                "-p", tmp, "-c", os.path.join(tmp, "backend.conf")], tmp)
     procs.append(backend)
     wait_ready(backend, blue)
@@ -314,6 +318,7 @@ def run(a, tmp, binary, procs):
     wait_ready(backend, blue, configs.BIG_PATH)
 
     ports = {"direct": blue, "cutover": p_cut, "haproxy": p_hap, "nginx": p_ngx}
+    a.ports = [blue, green, p_cut, p_hap, p_ngx]
     commands = {
         "cutover": [binary, "run", "-c", os.path.join(tmp, "cutover.toml")],
         "haproxy": ["haproxy", "-db", "-f", os.path.join(tmp, "haproxy.cfg")],
@@ -345,7 +350,7 @@ def run(a, tmp, binary, procs):
         for name in PROXIES[1:]:
             res["idle"][name] = attempt(lambda: measure.idle_memory(ports[name], pid[name], a.idle_conns),
                                         f"idle {name}", notes)
-        for scen, path, headers in THROUGHPUT:
+        def throughput(scen, path, headers):
             res[scen] = {}
             for name in PROXIES:
                 url = f"http://127.0.0.1:{ports[name]}{path}"
@@ -356,31 +361,45 @@ def run(a, tmp, binary, procs):
                     return measure.wrk(url, cpus=a.load_cpus, connections=a.connections,
                                        duration=a.duration, threads=1, lua=lua, headers=headers,
                                        meter=meter(name))
-                res[scen][name] = attempt(lambda: least_noisy(go, a, f"{scen} {name}", notes),
+                # Connection: close leaves the kernel full of TIME_WAIT sockets
+                # anyway; every other run waits for them to go.
+                res[scen][name] = attempt(lambda: least_noisy(go, a, f"{scen} {name}", notes,
+                                                              settle_time_wait=scen != "close"),
                                           f"{scen} {name}", notes)
                 shown = res[scen][name]
                 log(f"  {scen:9} {name:8} " + (f"{shown['rps']:>10.0f} req/s" if "rps" in shown else shown["error"]))
 
+        def latency(rates):
+            for i, rate in enumerate(rates):
+                key = f"latency_{i}"
+                res[key] = {}
+                for name in PROXIES:
+                    url = f"http://127.0.0.1:{ports[name]}/"
+
+                    def go():
+                        return measure.oha(url, cpus=a.load_cpus, rate=rate, duration=a.latency_duration,
+                                           connections=a.oha_connections,
+                                           threads=len(parse_cpus(a.load_cpus)), meter=meter(name))
+                    res[key][name] = attempt(lambda: least_noisy(go, a, f"latency {rate} {name}", notes),
+                                             f"latency {rate} {name}", notes)
+                    shown = res[key][name]
+                    log(f"  {rate:>6} req/s {name:8} " + (f"p99 {shown['p99_ms']:.3f} ms" if shown.get("p99_ms") is not None else shown.get("error", "?")))
+
+        # The connection-per-request scenario goes last: its TIME_WAIT sockets
+        # slow the kernel's loopback path for a minute after it.
+        for scen, path, headers in THROUGHPUT:
+            if scen != "close":
+                throughput(scen, path, headers)
         if rates is None:
             peak = res["small_ka"]["haproxy"].get("rps")
             if not peak:
                 raise RunError("HAProxy's small keep-alive peak is unknown; give --rates")
             rates = [max(1, int(peak * f)) for f in LATENCY_FRACTIONS]
             log(f"open-loop rates: {rates} req/s (25/50/75% of HAProxy's {peak:.0f} req/s)")
-        for i, rate in enumerate(rates):
-            key = f"latency_{i}"
-            res[key] = {}
-            for name in PROXIES:
-                url = f"http://127.0.0.1:{ports[name]}/"
-
-                def go():
-                    return measure.oha(url, cpus=a.load_cpus, rate=rate, duration=a.latency_duration,
-                                       connections=a.oha_connections,
-                                       threads=len(parse_cpus(a.load_cpus)), meter=meter(name))
-                res[key][name] = attempt(lambda: least_noisy(go, a, f"latency {rate} {name}", notes),
-                                         f"latency {rate} {name}", notes)
-                shown = res[key][name]
-                log(f"  {rate:>6} req/s {name:8} " + (f"p99 {shown['p99_ms']:.3f} ms" if shown.get("p99_ms") is not None else shown.get("error", "?")))
+        latency(rates)
+        for scen, path, headers in THROUGHPUT:
+            if scen == "close":
+                throughput(scen, path, headers)
 
         res["resources"] = {name: {"peak_rss_mib": measure.peak_rss_kib(pid[name]) / 1024}
                             for name in PROXIES[1:]}
@@ -409,6 +428,22 @@ def run(a, tmp, binary, procs):
     return 0
 
 
+def wait_time_wait(ports, notes, what, limit=5000, max_wait=75):
+    """TIME_WAIT sockets left by connection-per-request runs cost the kernel
+    timer and lookup work for 60 s; keep-alive and latency runs start without."""
+    count = measure.time_wait_sockets(ports)
+    if count < limit:
+        return
+    log(f"  {count} sockets in TIME_WAIT before {what}; waiting up to {max_wait}s for them to expire")
+    deadline = time.monotonic() + max_wait
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        count = measure.time_wait_sockets(ports)
+        if count < limit:
+            return
+    notes.append(f"{what}: started with {count} sockets in TIME_WAIT after waiting {max_wait}s")
+
+
 def wait_quiet(max_wait, notes, what):
     """Other work on the machine skews every figure: wait (bounded) for it to pass."""
     if max_wait <= 0:
@@ -425,12 +460,14 @@ def wait_quiet(max_wait, notes, what):
     notes.append(f"{what}: started with the machine {busy:.0f}% busy after waiting {max_wait}s")
 
 
-def least_noisy(fn, a, what, notes):
+def least_noisy(fn, a, what, notes, settle_time_wait=True):
     """Runs `fn` on a quiet machine; if other processes still took over
     NOISY_PCT of it during the run, runs it again (--noisy-retries times at
     most) and keeps the run they disturbed least."""
     best = None
     for i in range(1 + a.noisy_retries):
+        if settle_time_wait:
+            wait_time_wait(a.ports, notes, what)
         wait_quiet(a.quiet_wait, notes, what)
         r = fn()
         if best is None or r["other_load_pct"] < best["other_load_pct"]:

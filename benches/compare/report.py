@@ -91,7 +91,7 @@ def table(data):
     lines = [
         f"cutover vs HAProxy vs NGINX: medians of {meta['rounds']} interleaved round(s), "
         f"{meta['threads']} worker thread(s) per proxy on CPU {meta['proxy_cpus']}; "
-        f"wrk/oha and the nginx backend on CPU {meta['load_cpus']}",
+        f"wrk/oha on CPU {meta['load_cpus']}, the nginx backend on CPU {meta['backend_cpus']}",
         f"machine: {meta['cpu']} ({meta['cpus']} CPUs), Linux {meta['kernel']}; {meta['versions']}",
         f"wrk -c {meta['connections']} -d {meta['duration_s']}s; oha -c {meta['oha_connections']} "
         f"-z {meta['latency_duration_s']}s; {meta['idle_conns']} idle connections; "
@@ -179,6 +179,7 @@ def machine(a, rates, elapsed, binary):
         "threads": a.threads,
         "proxy_cpus": a.proxy_cpus,
         "load_cpus": a.load_cpus,
+        "backend_cpus": a.backend_cpus,
         "connections": a.connections,
         "oha_connections": a.oha_connections,
         "duration_s": a.duration,
