@@ -3,19 +3,35 @@
 //! published. A refused change leaves everything as it was.
 
 use super::{ChangeError, Server};
-use crate::state::{self, Weights};
+use crate::state::{self, Overrides, Weights};
 
 impl Server {
-    pub(super) fn set_weights(&mut self, name: &str, weights: Weights) -> Result<u64, ChangeError> {
+    /// The service an API change names, when API changes are allowed.
+    fn changeable(&self, name: &str) -> Result<&crate::config::Service, ChangeError> {
         if self.config.admin.read_only {
             return Err(ChangeError::ReadOnly);
         }
-        let service = self
-            .config
+        self.config
             .services
             .iter()
             .find(|s| s.name.get_ref() == name)
-            .ok_or_else(|| ChangeError::UnknownService(name.to_owned()))?;
+            .ok_or_else(|| ChangeError::UnknownService(name.to_owned()))
+    }
+
+    /// Saves `next` to the state file (if any), then makes it the overrides
+    /// in force and publishes; nothing changes when saving fails.
+    fn commit(&mut self, next: Overrides) -> Result<u64, ChangeError> {
+        if let Some(file) = &self.config.admin.state_file {
+            next.save(file).map_err(ChangeError::Persist)?;
+        }
+        self.overrides = next;
+        let generation = self.snapshot.load().generation + 1;
+        self.publish(generation);
+        Ok(generation)
+    }
+
+    pub(super) fn set_weights(&mut self, name: &str, weights: Weights) -> Result<u64, ChangeError> {
+        let service = self.changeable(name)?;
         let mut merged: Weights = service
             .pools
             .iter()
@@ -38,12 +54,7 @@ impl Server {
         }
         let mut next = self.overrides.clone();
         next.set(service, merged.clone());
-        if let Some(file) = &self.config.admin.state_file {
-            next.save(file).map_err(ChangeError::Persist)?;
-        }
-        self.overrides = next;
-        let generation = self.snapshot.load().generation + 1;
-        self.publish(generation);
+        let generation = self.commit(next)?;
         tracing::info!(service = name, weights = ?merged, generation, "weights set through the admin API");
         Ok(generation)
     }
@@ -55,15 +66,7 @@ impl Server {
         endpoint: Option<&str>,
         drain: bool,
     ) -> Result<u64, ChangeError> {
-        if self.config.admin.read_only {
-            return Err(ChangeError::ReadOnly);
-        }
-        let service = self
-            .config
-            .services
-            .iter()
-            .find(|s| s.name.get_ref() == name)
-            .ok_or_else(|| ChangeError::UnknownService(name.to_owned()))?;
+        let service = self.changeable(name)?;
         let pool_config = service
             .pools
             .iter()
@@ -101,12 +104,7 @@ impl Server {
                 });
             }
         }
-        if let Some(file) = &self.config.admin.state_file {
-            next.save(file).map_err(ChangeError::Persist)?;
-        }
-        self.overrides = next;
-        let generation = self.snapshot.load().generation + 1;
-        self.publish(generation);
+        let generation = self.commit(next)?;
         tracing::info!(
             service = name,
             pool,
