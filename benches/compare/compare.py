@@ -130,10 +130,14 @@ def check_cpus(a):
 
 
 def parse_cpus(spec):
+    """A taskset CPU list ("1", "0,2", "2-3") as a set of CPU numbers."""
     out = set()
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        out.update(range(int(lo), int(hi or lo) + 1))
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.partition("-")
+            out.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        sys.exit(f"benches/compare: {spec!r} is not a CPU list (e.g. 1, 0,2 or 2-3)")
     return out
 
 
@@ -328,10 +332,11 @@ def run(a, tmp, binary, procs):
     env = dict(os.environ, RUST_LOG="error")
     rates = a.rates
     rounds = []
-    notes = []
     t_start = time.time()
+    all_notes = []
     for rnd in range(a.rounds):
         log(f"round {rnd + 1}/{a.rounds}")
+        notes = []
         res = {"round": rnd + 1}
         running = {}
         for name, cmd in commands.items():
@@ -406,13 +411,15 @@ def run(a, tmp, binary, procs):
         res["cutover_pool_requests"] = cutover_pool_counts(p_admin)
         for name, p in running.items():
             if not p.alive():
-                notes.append(f"round {rnd + 1}: {name} exited early:\n{p.log_tail()}")
+                notes.append(f"{name} exited early:\n{p.log_tail()}")
             p.stop()
             procs.remove(p)
             tail = p.log_tail(5).strip()
             if tail:
-                notes.append(f"round {rnd + 1}: {name} wrote to its log:\n{tail}")
+                notes.append(f"{name} wrote to its log:\n{tail}")
         rounds.append(res)
+        all_notes += [f"round {rnd + 1}: {n}" for n in notes]
+    notes = all_notes
 
     for name in ("backend-error.log", "nginx-proxy-error.log"):
         path = os.path.join(tmp, name)
