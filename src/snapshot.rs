@@ -253,8 +253,12 @@ impl Snapshot {
         clients.finish();
         health.finish();
         let metrics = inputs.metrics;
-        let by_name: HashMap<&str, &Arc<Service>> =
-            services.iter().map(|s| (&*s.name, s)).collect();
+        // Built in configuration order, so each service pairs with its table.
+        let by_name: HashMap<&str, (&Arc<Service>, &[toml::Spanned<String>])> = services
+            .iter()
+            .zip(&config.services)
+            .map(|(s, c)| (&*s.name, (s, c.hosts.as_slice())))
+            .collect();
 
         let routers = config
             .listeners
@@ -269,15 +273,9 @@ impl Snapshot {
                     default: None,
                 };
                 for name in l.services.get_ref() {
-                    let Some(&service) = by_name.get(name.get_ref().as_str()) else {
+                    let Some(&(service, hosts)) = by_name.get(name.get_ref().as_str()) else {
                         continue;
                     };
-                    let hosts = &config
-                        .services
-                        .iter()
-                        .find(|s| s.name.get_ref() == name.get_ref())
-                        .expect("service exists")
-                        .hosts;
                     if hosts.is_empty() {
                         router.default = Some(service.clone());
                     }
