@@ -5,8 +5,11 @@
 //! streamed both ways. This module reads snapshots; it never changes them.
 
 mod body;
+mod fast;
 mod guard;
 mod headers;
+mod prefixed;
+mod wire;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -46,9 +49,10 @@ struct ConnCtx {
 }
 
 /// Serves one accepted client connection until it closes, or until `stop`
-/// asks it to finish its current request and close.
+/// asks it to finish its current request and close: on the fast path while
+/// it can, then on hyper's.
 pub async fn serve_connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     bind: SocketAddr,
     snapshot: SharedSnapshot,
@@ -58,25 +62,53 @@ pub async fn serve_connection(
 ) {
     metrics.connections_active.inc();
     let limits = snapshot.load().limits.clone();
-    let max_header_bytes = *limits.max_header_bytes.get_ref();
-    let activity = Arc::new(ConnActivity::new(metrics.clone()));
-    let io = Guarded::new(
-        stream,
-        GuardLimits {
-            header_read_timeout: limits.header_read_timeout,
-            idle_timeout: limits.idle_timeout,
-            max_header_bytes,
-        },
-        activity.clone(),
-    );
-    let ctx = Arc::new(ConnCtx {
+    let limits = GuardLimits {
+        header_read_timeout: limits.header_read_timeout,
+        idle_timeout: limits.idle_timeout,
+        max_header_bytes: *limits.max_header_bytes.get_ref(),
+    };
+    let client_ip = HeaderValue::try_from(peer.ip().to_string())
+        .expect("an IP address is a valid header value");
+    let outcome = fast::Client {
+        stream: &mut stream,
+        peer,
         bind,
-        snapshot,
-        client_ip: HeaderValue::try_from(peer.ip().to_string())
-            .expect("an IP address is a valid header value"),
-        activity: activity.clone(),
-        tracker,
-    });
+        snapshot: &snapshot,
+        client_ip: client_ip.as_bytes(),
+        metrics: &metrics,
+        limits,
+        stop: &stop,
+        body_left: 0,
+    }
+    .serve()
+    .await;
+    if let fast::Outcome::Fallback(read) = outcome {
+        let ctx = ConnCtx {
+            bind,
+            snapshot,
+            client_ip,
+            activity: Arc::new(ConnActivity::new(metrics.clone())),
+            tracker,
+        };
+        let io = prefixed::Prefixed::new(read, stream);
+        Box::pin(serve_hyper(io, peer, ctx, &metrics, limits, stop)).await;
+    }
+    metrics.connections_active.dec();
+}
+
+/// Serves the rest of a connection with hyper: HTTP/2, upgrades, and every
+/// request the fast path declines.
+async fn serve_hyper(
+    io: prefixed::Prefixed,
+    peer: SocketAddr,
+    ctx: ConnCtx,
+    metrics: &ListenerMetrics,
+    limits: GuardLimits,
+    stop: CancellationToken,
+) {
+    let activity = ctx.activity.clone();
+    let io = Guarded::new(io, limits, activity.clone());
+    let ctx = Arc::new(ctx);
     let service = service_fn(move |req| {
         ctx.activity.request_started();
         let ctx = ctx.clone();
@@ -90,12 +122,12 @@ pub async fn serve_connection(
         .header_read_timeout(None)
         // The guard enforces max_header_bytes with a proper reply; hyper's own
         // limit sits above it as a backstop.
-        .max_buf_size(max_header_bytes.max(8192) + 16 * 1024)
+        .max_buf_size(limits.max_header_bytes.max(8192) + 16 * 1024)
         .max_headers(512);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
@@ -124,7 +156,6 @@ pub async fn serve_connection(
     } else if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
     }
-    metrics.connections_active.dec();
 }
 
 async fn handle(req: Request<Incoming>, ctx: &ConnCtx) -> Response<ProxyBody> {
@@ -418,6 +449,15 @@ fn timed_out(
     pool.metrics.upstream_error(UpstreamErrorKind::Timeout);
     pool.metrics
         .response(StatusCode::GATEWAY_TIMEOUT, started.elapsed());
+    log_timeout(service, pool, endpoint);
+    local(
+        StatusCode::GATEWAY_TIMEOUT,
+        "504 Gateway Timeout: the upstream did not answer in time\n",
+        finish,
+    )
+}
+
+fn log_timeout(service: &Service, pool: &Pool, endpoint: &Endpoint) {
     tracing::warn!(
         service = %service.name,
         pool = %pool.name,
@@ -425,11 +465,6 @@ fn timed_out(
         timeout = ?service.request_timeout,
         "upstream did not answer in time"
     );
-    local(
-        StatusCode::GATEWAY_TIMEOUT,
-        "504 Gateway Timeout: the upstream did not answer in time\n",
-        finish,
-    )
 }
 
 /// A proxy-made response with a short text body.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use prometheus::IntGauge;
 
-pub use pool::{Conn, ConnectError, EndpointConns, PooledBody, SendError, UpBody};
+pub use pool::{Conn, ConnectError, EndpointConns, PooledBody, RawConn, SendError, UpBody};
 
 /// What makes two endpoints' connections interchangeable.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

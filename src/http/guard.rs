@@ -100,8 +100,8 @@ enum Phase {
 }
 
 /// How long and how much a rejected connection is drained before it closes.
-const LINGER: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 256 * 1024;
+pub const LINGER: Duration = Duration::from_secs(1);
+pub const LINGER_BYTES: usize = 256 * 1024;
 
 pub struct Guarded<S> {
     inner: S,
@@ -230,31 +230,33 @@ impl<S> Guarded<S> {
             .rejected
             .store(status.as_u16(), Ordering::Relaxed);
         self.activity.metrics.rejected(status);
-        let detail = match status {
-            StatusCode::REQUEST_TIMEOUT => format!(
-                "the request head did not arrive within {:?}",
-                self.limits.header_read_timeout
-            ),
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => format!(
-                "the request head is larger than {} bytes",
-                self.limits.max_header_bytes
-            ),
-            StatusCode::URI_TOO_LONG => "the request target is too long".to_owned(),
-            _ => "the request could not be parsed as HTTP".to_owned(),
-        };
-        let body = format!(
-            "{} {}: {detail}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("Error")
-        );
-        format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("Error"),
-            body.len()
-        )
-        .into_bytes()
+        rejection(status, &self.limits)
     }
+}
+
+/// The proxy's reply to a request it rejects before routing: a short text
+/// body saying what was wrong, then the connection closes.
+pub fn rejection(status: StatusCode, limits: &GuardLimits) -> Vec<u8> {
+    let detail = match status {
+        StatusCode::REQUEST_TIMEOUT => format!(
+            "the request head did not arrive within {:?}",
+            limits.header_read_timeout
+        ),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => format!(
+            "the request head is larger than {} bytes",
+            limits.max_header_bytes
+        ),
+        StatusCode::URI_TOO_LONG => "the request target is too long".to_owned(),
+        _ => "the request could not be parsed as HTTP".to_owned(),
+    };
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let body = format!("{} {reason}: {detail}\n", status.as_u16());
+    format!(
+        "HTTP/1.1 {} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        status.as_u16(),
+        body.len()
+    )
+    .into_bytes()
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {

@@ -93,11 +93,54 @@ struct Idle {
     since: Instant,
 }
 
+/// A plain upstream socket, for requests the data plane frames itself
+/// (`http::fast`). It holds one count in its pool's gauge while open.
+pub struct RawConn {
+    pub stream: TcpStream,
+    _open: OpenCount,
+    /// Whether it served a request before (see `Conn::reused`).
+    pub reused: bool,
+}
+
+impl RawConn {
+    /// Whether an idle socket may still be used: one the upstream closed (or
+    /// wrote to unasked) is readable. Readiness is what the reactor already
+    /// knows, so the usual answer costs no system call.
+    fn still_open(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => matches!(
+                self.stream.try_read(&mut [0u8; 1]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock
+            ),
+        }
+    }
+}
+
+/// One open connection in a pool's gauge, for as long as it lives.
+struct OpenCount(IntGauge);
+
+impl OpenCount {
+    fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for OpenCount {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The connections of one endpoint, as one pool of one service uses it.
 pub struct EndpointConns {
     address: Arc<str>,
     connect_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
+    raw_idle: Mutex<Vec<(RawConn, Instant)>>,
     /// Open connections of the endpoint's pool (shared by its endpoints).
     open: IntGauge,
     /// Cancelled to close every connection made so far, busy or not (a drain
@@ -122,10 +165,15 @@ impl EndpointConns {
             address,
             connect_timeout,
             idle: Mutex::new(Vec::new()),
+            raw_idle: Mutex::new(Vec::new()),
             open,
             kill: Mutex::new(CancellationToken::new()),
             retired: AtomicBool::new(false),
         }
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
     pub fn connect_timeout(&self) -> Duration {
@@ -158,28 +206,8 @@ impl EndpointConns {
     }
 
     async fn connect(self: &Arc<Self>) -> Result<Conn, ConnectError> {
-        let address = &*self.address;
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(source)) => {
-                    return Err(ConnectError::Io {
-                        address: self.address.clone(),
-                        source,
-                    })
-                }
-                Err(_) => {
-                    return Err(ConnectError::Timeout {
-                        address: self.address.clone(),
-                        timeout: self.connect_timeout,
-                    })
-                }
-            };
-        // Best effort: a socket without TCP_NODELAY is slower, not broken.
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(address, error = %e, "cannot set TCP_NODELAY");
-        }
-        let io = Counted::new(TokioIo::new(stream), self.open.clone());
+        let stream = self.open_stream().await?;
+        let io = Counted::new(TokioIo::new(stream), &self.open);
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
@@ -204,6 +232,63 @@ impl EndpointConns {
             owner: self.clone(),
             reused: false,
         })
+    }
+
+    /// Opens a socket to the endpoint, within the connect timeout.
+    async fn open_stream(&self) -> Result<TcpStream, ConnectError> {
+        let address = &*self.address;
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(source)) => {
+                    return Err(ConnectError::Io {
+                        address: self.address.clone(),
+                        source,
+                    })
+                }
+                Err(_) => {
+                    return Err(ConnectError::Timeout {
+                        address: self.address.clone(),
+                        timeout: self.connect_timeout,
+                    })
+                }
+            };
+        // Best effort: a socket without TCP_NODELAY is slower, not broken.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(address, error = %e, "cannot set TCP_NODELAY");
+        }
+        Ok(stream)
+    }
+
+    /// A plain socket: the most recently used idle one, or a new one.
+    pub async fn checkout_raw(&self) -> Result<RawConn, ConnectError> {
+        loop {
+            let idle = self.raw_idle.lock().expect("idle lock").pop();
+            let Some((mut conn, since)) = idle else {
+                break;
+            };
+            if since.elapsed() <= IDLE_TIMEOUT && conn.still_open() {
+                conn.reused = true;
+                return Ok(conn);
+            }
+        }
+        let stream = self.open_stream().await?;
+        Ok(RawConn {
+            stream,
+            _open: OpenCount::new(&self.open),
+            reused: false,
+        })
+    }
+
+    /// Keeps a plain socket whose last exchange ended cleanly, for reuse.
+    pub fn put_back_raw(&self, conn: RawConn) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut idle = self.raw_idle.lock().expect("idle lock");
+        if idle.len() < MAX_IDLE {
+            idle.push((conn, Instant::now()));
+        }
     }
 
     fn put_back(&self, sender: SendRequest<UpBody>) {
@@ -231,6 +316,7 @@ impl EndpointConns {
     /// Closes every idle connection now.
     pub fn close_idle(&self) {
         self.idle.lock().expect("idle lock").clear();
+        self.raw_idle.lock().expect("idle lock").clear();
     }
 
     /// Closes every connection now, busy ones included; the token returned
@@ -252,19 +338,15 @@ impl EndpointConns {
 /// it lives, through an upgrade too.
 pub struct Counted {
     io: TokioIo<TcpStream>,
-    gauge: IntGauge,
+    _open: OpenCount,
 }
 
 impl Counted {
-    fn new(io: TokioIo<TcpStream>, gauge: IntGauge) -> Self {
-        gauge.inc();
-        Self { io, gauge }
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.gauge.dec();
+    fn new(io: TokioIo<TcpStream>, gauge: &IntGauge) -> Self {
+        Self {
+            io,
+            _open: OpenCount::new(gauge),
+        }
     }
 }
 
