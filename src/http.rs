@@ -12,6 +12,7 @@ mod prefixed;
 mod wire;
 
 use std::convert::Infallible;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,9 +37,19 @@ use body::{Finish, ProxyBody};
 pub use guard::GuardLimits;
 use guard::{ConnActivity, Guarded};
 
-/// What every request of one client connection shares.
-struct ConnCtx {
+/// What every connection of one listener shares.
+pub struct Listening {
     /// The listener's configured bind address: its key in the snapshot.
+    pub bind: SocketAddr,
+    pub snapshot: SharedSnapshot,
+    /// Cancelled to have connections finish their current request and close.
+    pub stop: CancellationToken,
+    /// Connection tasks and tunnels, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+/// What every request of one client connection shares, on the hyper path.
+struct ConnCtx {
     bind: SocketAddr,
     snapshot: SharedSnapshot,
     /// The client's IP as an `X-Forwarded-For` entry, formatted once.
@@ -48,52 +59,66 @@ struct ConnCtx {
     tracker: TaskTracker,
 }
 
-/// Serves one accepted client connection until it closes, or until `stop`
-/// asks it to finish its current request and close: on the fast path while
-/// it can, then on hyper's.
+/// Serves one accepted client connection until it closes, or until the
+/// listener's `stop` asks it to finish its current request and close: on the
+/// fast path while it can, then on hyper's.
 pub async fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
-    bind: SocketAddr,
-    snapshot: SharedSnapshot,
+    listening: Arc<Listening>,
     metrics: Arc<ListenerMetrics>,
-    stop: CancellationToken,
-    tracker: TaskTracker,
 ) {
     metrics.connections_active.inc();
-    let limits = snapshot.load().limits.clone();
-    let limits = GuardLimits {
-        header_read_timeout: limits.header_read_timeout,
-        idle_timeout: limits.idle_timeout,
-        max_header_bytes: *limits.max_header_bytes.get_ref(),
+    let limits = {
+        let snapshot = listening.snapshot.load();
+        GuardLimits {
+            header_read_timeout: snapshot.limits.header_read_timeout,
+            idle_timeout: snapshot.limits.idle_timeout,
+            max_header_bytes: *snapshot.limits.max_header_bytes.get_ref(),
+        }
     };
-    let client_ip = HeaderValue::try_from(peer.ip().to_string())
-        .expect("an IP address is a valid header value");
-    let outcome = fast::Client {
-        stream: &mut stream,
-        peer,
-        bind,
-        snapshot: &snapshot,
-        client_ip: client_ip.as_bytes(),
+    // Formatted once, in place: "255.255.255.255" or a longest IPv6 form.
+    let mut ip = [0u8; 45];
+    let ip_len = {
+        let mut cursor = std::io::Cursor::new(&mut ip[..]);
+        _ = write!(cursor, "{}", peer.ip());
+        cursor.position() as usize
+    };
+    let client_ip = &ip[..ip_len];
+    let conn = fast::Conn {
+        peer: &peer,
+        listening: &listening,
+        client_ip,
         metrics: &metrics,
-        limits,
-        stop: &stop,
-        body_left: 0,
-    }
-    .serve()
-    .await;
-    if let fast::Outcome::Fallback(read) = outcome {
+        limits: &limits,
+    };
+    if let fast::Outcome::Fallback(read) = fast::serve(&mut stream, conn).await {
         let ctx = ConnCtx {
-            bind,
-            snapshot,
-            client_ip,
+            bind: listening.bind,
+            snapshot: listening.snapshot.clone(),
+            client_ip: HeaderValue::from_bytes(client_ip)
+                .expect("an IP address is a valid header value"),
             activity: Arc::new(ConnActivity::new(metrics.clone())),
-            tracker,
+            tracker: listening.tracker.clone(),
         };
         let io = prefixed::Prefixed::new(read, stream);
-        Box::pin(serve_hyper(io, peer, ctx, &metrics, limits, stop)).await;
+        let stop = listening.stop.clone();
+        hyper_path(io, peer, ctx, metrics.clone(), limits, stop).await;
     }
     metrics.connections_active.dec();
+}
+
+/// `serve_hyper`, boxed by a plain function so that its large state is not
+/// part of every connection task: most connections never need it.
+fn hyper_path(
+    io: prefixed::Prefixed,
+    peer: SocketAddr,
+    ctx: ConnCtx,
+    metrics: Arc<ListenerMetrics>,
+    limits: GuardLimits,
+    stop: CancellationToken,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(async move { serve_hyper(io, peer, ctx, &metrics, limits, stop).await })
 }
 
 /// Serves the rest of a connection with hyper: HTTP/2, upgrades, and every

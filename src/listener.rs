@@ -82,6 +82,12 @@ impl AcceptLoop {
     /// asked to finish their current request and close.
     pub async fn run(self, stop: CancellationToken) {
         let limit = Arc::new(ConnLimit::default());
+        let listening = Arc::new(crate::http::Listening {
+            bind: self.bind,
+            snapshot: self.snapshot.clone(),
+            stop: stop.clone(),
+            tracker: self.tracker.clone(),
+        });
         let max = || *self.snapshot.load().limits.max_connections.get_ref();
         loop {
             let slot = tokio::select! {
@@ -107,16 +113,10 @@ impl AcceptLoop {
                         // Removed by a reload that has not stopped this loop yet.
                         break;
                     };
-                    let snapshot = self.snapshot.clone();
-                    let stop = stop.clone();
-                    let bind = self.bind;
-                    let tracker = self.tracker.clone();
+                    let listening = listening.clone();
                     self.tracker.spawn(async move {
                         let _slot = slot;
-                        crate::http::serve_connection(
-                            stream, peer, bind, snapshot, metrics, stop, tracker,
-                        )
-                        .await;
+                        crate::http::serve_connection(stream, peer, listening, metrics).await;
                     });
                 }
                 Err(e) => {

@@ -12,17 +12,18 @@
 //! deadline. An idle connection holds no buffer.
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 use super::guard::{self, GuardLimits};
 use super::wire::{self, Framing, Parsed};
+use super::Listening;
 use crate::metrics::{ListenerMetrics, UpstreamErrorKind};
-use crate::snapshot::{Service, SharedSnapshot, Tried};
+use crate::snapshot::{Service, Tried};
 use crate::upstream::{EndpointConns, RawConn};
 
 /// Room for one read of a request head, or of an upstream response.
@@ -42,17 +43,22 @@ pub enum Outcome {
     Fallback(Vec<u8>),
 }
 
-pub struct Client<'a> {
-    pub stream: &'a mut TcpStream,
-    pub peer: std::net::SocketAddr,
-    pub bind: std::net::SocketAddr,
-    pub snapshot: &'a SharedSnapshot,
+/// What the requests of one client connection share.
+pub struct Conn<'a> {
+    pub peer: &'a SocketAddr,
+    pub listening: &'a Listening,
+    /// The client's IP as an `X-Forwarded-For` entry.
     pub client_ip: &'a [u8],
     pub metrics: &'a ListenerMetrics,
-    pub limits: GuardLimits,
-    pub stop: &'a CancellationToken,
+    pub limits: &'a GuardLimits,
+}
+
+/// One request being served.
+struct Client<'a> {
+    stream: &'a mut TcpStream,
+    conn: &'a Conn<'a>,
     /// Bytes of the current request's body not yet taken from the client.
-    pub body_left: u64,
+    body_left: u64,
 }
 
 /// Why one try of a request on one endpoint failed.
@@ -70,53 +76,79 @@ enum Failure {
     ClientGone,
 }
 
-/// How a forwarded request ended, for the connection loop.
+/// How a forwarded request ended.
 enum Ended {
     KeepAlive,
     Close,
 }
 
-impl Client<'_> {
-    pub async fn serve(mut self) -> Outcome {
-        let stopped = self.stop.cancelled();
-        tokio::pin!(stopped);
-        let idle = tokio::time::sleep(self.limits.idle_timeout);
-        tokio::pin!(idle);
-        let mut buf: Vec<u8> = Vec::new();
-        loop {
-            if buf.is_empty() {
-                // Between requests: no buffer is held while the client is quiet.
-                buf = Vec::new();
-                idle.as_mut()
-                    .reset(tokio::time::Instant::now() + self.limits.idle_timeout);
-                tokio::select! {
-                    biased;
-                    () = &mut stopped => return Outcome::Done,
-                    ready = self.stream.readable() => if ready.is_err() {
-                        return Outcome::Done;
-                    },
-                    () = &mut idle => return Outcome::Done,
-                }
-                buf.reserve(HEAD_READ);
-                match self.stream.try_read_buf(&mut buf) {
-                    Ok(0) => return Outcome::Done,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(_) => return Outcome::Done,
-                }
-            }
-            let request = match self.complete_head(&mut buf).await {
-                Ok(Some(request)) => request,
-                Ok(None) => return Outcome::Fallback(buf),
-                Err(Ended::Close) => return Outcome::Done,
-                Err(Ended::KeepAlive) => continue,
-            };
-            match Box::pin(self.handle(request, &mut buf)).await {
-                Ended::KeepAlive => {}
-                Ended::Close => {
-                    _ = self.stream.shutdown().await;
+/// What the connection loop does after a request.
+enum Next {
+    KeepAlive,
+    Close,
+    Fallback,
+}
+
+/// Serves a client connection's requests while the fast path takes them.
+/// The state kept between requests is only what is declared here: the rest
+/// lives in a box for the length of a request.
+pub async fn serve(stream: &mut TcpStream, conn: Conn<'_>) -> Outcome {
+    let stopped = conn.listening.stop.cancelled();
+    tokio::pin!(stopped);
+    let idle = tokio::time::sleep(conn.limits.idle_timeout);
+    tokio::pin!(idle);
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        if buf.is_empty() {
+            // Between requests: no buffer is held while the client is quiet.
+            buf = Vec::new();
+            idle.as_mut()
+                .reset(tokio::time::Instant::now() + conn.limits.idle_timeout);
+            tokio::select! {
+                biased;
+                () = &mut stopped => return Outcome::Done,
+                ready = stream.readable() => if ready.is_err() {
                     return Outcome::Done;
-                }
+                },
+                () = &mut idle => return Outcome::Done,
+            }
+            buf.reserve(HEAD_READ);
+            match stream.try_read_buf(&mut buf) {
+                Ok(0) => return Outcome::Done,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Outcome::Done,
+            }
+        }
+        let request = async {
+            let mut client = Client {
+                stream: &mut *stream,
+                conn: &conn,
+                body_left: 0,
+            };
+            client.next_request(&mut buf).await
+        };
+        match Box::pin(request).await {
+            Next::KeepAlive => {}
+            Next::Close => return Outcome::Done,
+            Next::Fallback => return Outcome::Fallback(buf),
+        }
+    }
+}
+
+impl Client<'_> {
+    /// Reads the rest of a request head from the client and serves it.
+    async fn next_request(&mut self, buf: &mut Vec<u8>) -> Next {
+        let request = match self.complete_head(buf).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return Next::Fallback,
+            Err(()) => return Next::Close,
+        };
+        match self.handle(request, buf).await {
+            Ended::KeepAlive => Next::KeepAlive,
+            Ended::Close => {
+                _ = self.stream.shutdown().await;
+                Next::Close
             }
         }
     }
@@ -124,27 +156,29 @@ impl Client<'_> {
     /// Reads until `buf` holds a whole head the fast path takes (`Some`), or
     /// one it declines (`None`, for hyper); `Err` when the client is gone or
     /// was sent a 408.
-    async fn complete_head(&mut self, buf: &mut Vec<u8>) -> Result<Option<wire::Request>, Ended> {
+    async fn complete_head(&mut self, buf: &mut Vec<u8>) -> Result<Option<wire::Request>, ()> {
         let mut deadline = None;
         loop {
-            match wire::parse_request(buf, self.client_ip) {
-                Parsed::Request(r) if r.head_len <= self.limits.max_header_bytes => {
+            match wire::parse_request(buf, self.conn.client_ip) {
+                Parsed::Request(r) if r.head_len <= self.conn.limits.max_header_bytes => {
                     return Ok(Some(r))
                 }
                 Parsed::Request(_) | Parsed::Declined => return Ok(None),
-                Parsed::Partial if buf.len() > self.limits.max_header_bytes => return Ok(None),
+                Parsed::Partial if buf.len() > self.conn.limits.max_header_bytes => {
+                    return Ok(None)
+                }
                 Parsed::Partial => {}
             }
             let deadline = *deadline.get_or_insert_with(|| {
-                tokio::time::Instant::now() + self.limits.header_read_timeout
+                tokio::time::Instant::now() + self.conn.limits.header_read_timeout
             });
             buf.reserve(HEAD_READ);
             match tokio::time::timeout_at(deadline, self.stream.read_buf(buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return Err(Ended::Close),
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(()),
                 Ok(Ok(_)) => {}
                 Err(_) => {
                     self.reject(StatusCode::REQUEST_TIMEOUT).await;
-                    return Err(Ended::Close);
+                    return Err(());
                 }
             }
         }
@@ -154,9 +188,9 @@ impl Client<'_> {
     /// gently: the write side first, and what the client still sends is
     /// read and dropped for a moment, so the reply is not lost to a reset.
     async fn reject(&mut self, status: StatusCode) {
-        self.metrics.rejected(status);
-        tracing::info!(peer = %self.peer, status = status.as_u16(), "rejected a bad request");
-        let reply = guard::rejection(status, &self.limits);
+        self.conn.metrics.rejected(status);
+        tracing::info!(peer = %self.conn.peer, status = status.as_u16(), "rejected a bad request");
+        let reply = guard::rejection(status, self.conn.limits);
         if self.stream.write_all(&reply).await.is_ok() {
             _ = self.stream.shutdown().await;
             self.linger().await;
@@ -164,7 +198,7 @@ impl Client<'_> {
     }
 
     async fn linger(&mut self) {
-        let mut scratch = [0u8; 4096];
+        let mut scratch = vec![0u8; 4096];
         let mut dropped = 0;
         let until = tokio::time::Instant::now() + guard::LINGER;
         while let Ok(Ok(n @ 1..)) =
@@ -184,8 +218,8 @@ impl Client<'_> {
         buf.drain(..request.head_len);
         self.body_left = request.content_length;
         let service = {
-            let snapshot = self.snapshot.load();
-            let router = snapshot.router(self.bind);
+            let snapshot = self.conn.listening.snapshot.load();
+            let router = snapshot.router(self.conn.listening.bind);
             match router.and_then(|r| r.route(request.host())) {
                 Some(service) => service.clone(),
                 None => {
@@ -269,7 +303,7 @@ impl Client<'_> {
                         StatusCode::from_u16(response.status).unwrap_or(StatusCode::BAD_GATEWAY);
                     pool.metrics.response(status, started.elapsed());
                     let close = request.close
-                        || self.stop.is_cancelled()
+                        || self.conn.listening.stop.is_cancelled()
                         || response.framing == Framing::UntilClose;
                     let relayed = tokio::select! {
                         biased;
@@ -396,8 +430,11 @@ impl Client<'_> {
                 Ok(_) => {}
                 Err(e) => return Err(broken(e, reused && response.is_empty())),
             }
-            let close = request.close || self.stop.is_cancelled();
+            let close = request.close || self.conn.listening.stop.is_cancelled();
             match wire::parse_response(&response, request.head_method, close, out) {
+                Ok(Some(head)) if head.head_len > MAX_RESPONSE_HEAD => {
+                    return Err(Failure::BadResponse("response head too large"))
+                }
                 Ok(Some(head)) => {
                     response.drain(..head.head_len);
                     return Ok((head, response));
@@ -503,7 +540,8 @@ impl Client<'_> {
         buf.drain(..in_hand as usize);
         let unread = self.body_left - in_hand;
         self.body_left = 0;
-        let close = request.close || self.stop.is_cancelled() || unread > DISCARD_LIMIT;
+        let close =
+            request.close || self.conn.listening.stop.is_cancelled() || unread > DISCARD_LIMIT;
         let reply = local_reply(status, text, close);
         if self.stream.write_all(&reply).await.is_err() {
             return Ended::Close;

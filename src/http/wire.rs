@@ -11,9 +11,12 @@
 
 use std::ops::Range;
 
-/// Most headers a request or response head may carry on the fast path; more
-/// and hyper takes the request (it allows more).
+/// Most headers a request head may carry on the fast path; more and hyper
+/// takes the request (it allows more).
 const MAX_HEADERS: usize = 64;
+/// Most headers an upstream response may carry: more than hyper's client
+/// allows (100), so no response it would relay is refused here.
+const MAX_RESPONSE_HEADERS: usize = 128;
 /// Longest chunk-size line (with extensions), and all trailers together.
 const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
@@ -75,6 +78,9 @@ enum Name {
     Connection,
     /// Hop-by-hop headers with no meaning to the proxy: dropped.
     Hop,
+    /// Announces trailers: kept on a response, whose chunked body (trailers
+    /// included) passes through unchanged.
+    Trailer,
     TransferEncoding,
     ContentLength,
     Upgrade,
@@ -92,7 +98,7 @@ fn classify(name: &str) -> Name {
         2 if is("te") => Name::Hop,
         4 if is("host") => Name::Host,
         6 if is("expect") => Name::Expect,
-        7 if is("trailer") => Name::Hop,
+        7 if is("trailer") => Name::Trailer,
         7 if is("upgrade") => Name::Upgrade,
         10 if is("connection") => Name::Connection,
         10 if is("keep-alive") => Name::Hop,
@@ -185,7 +191,7 @@ pub fn parse_request(buf: &[u8], client_ip: &[u8]) -> Parsed {
     let mut forwarded_for: Option<Vec<u8>> = None;
     for h in req.headers.iter() {
         match classify(h.name) {
-            Name::Connection | Name::Hop | Name::ForwardedOwn => continue,
+            Name::Connection | Name::Hop | Name::Trailer | Name::ForwardedOwn => continue,
             Name::TransferEncoding | Name::Upgrade | Name::Expect => return Parsed::Declined,
             Name::Host => {
                 if host.replace(h.value).is_some() {
@@ -282,7 +288,7 @@ pub fn parse_response(
     close_client: bool,
     out: &mut Vec<u8>,
 ) -> Result<Option<Response>, BadResponse> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut res = httparse::Response::new(&mut headers);
     let head_len = match res.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
