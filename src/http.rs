@@ -9,7 +9,7 @@ mod fast;
 mod guard;
 mod headers;
 mod prefixed;
-mod wire;
+pub mod wire;
 
 use std::convert::Infallible;
 use std::io::Write as _;

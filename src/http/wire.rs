@@ -9,6 +9,7 @@
 //! most of its head unchanged: building a typed `http::Request` and writing it
 //! out again is most of a proxy's cost per small request.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 /// Most headers a request head may carry on the fast path; more and hyper
@@ -161,9 +162,10 @@ fn content_length(value: &[u8]) -> Option<u64> {
 /// headers go, `X-Forwarded-For/Proto/Host` and `Via` are set, and `Host`
 /// is left for `Request::write_upstream`.
 pub fn parse_request(buf: &[u8], client_ip: &[u8]) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
+    // Left uninitialised: httparse writes only the entries it fills.
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Declined,
@@ -288,9 +290,13 @@ pub fn parse_response(
     close_client: bool,
     out: &mut Vec<u8>,
 ) -> Result<Option<Response>, BadResponse> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut res = httparse::Response::new(&mut headers);
-    let head_len = match res.parse(buf) {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(BadResponse::Malformed),
