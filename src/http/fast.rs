@@ -113,7 +113,20 @@ pub async fn serve(stream: &mut TcpStream, conn: Conn<'_>) -> Outcome {
                 () = &mut idle => return Outcome::Done,
             }
             buf.reserve(HEAD_READ);
-            match stream.try_read_buf(&mut buf) {
+            // One read, through `poll_read`: unlike `try_read`, a short read
+            // there clears the socket's readiness, which saves the next wait a
+            // system call that would only say "nothing yet".
+            let read = std::future::poll_fn(|cx| {
+                match tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *stream), cx, &mut buf)
+                {
+                    std::task::Poll::Pending => {
+                        std::task::Poll::Ready(Err(io::ErrorKind::WouldBlock.into()))
+                    }
+                    ready => ready,
+                }
+            })
+            .await;
+            match read {
                 Ok(0) => return Outcome::Done,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
