@@ -6,13 +6,13 @@
 
 mod body;
 mod fast;
+pub use fast::serve_connection;
 mod guard;
 mod headers;
 mod prefixed;
 pub mod wire;
 
 use std::convert::Infallible;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -59,65 +59,27 @@ struct ConnCtx {
     tracker: TaskTracker,
 }
 
-/// Serves one accepted client connection until it closes, or until the
-/// listener's `stop` asks it to finish its current request and close: on the
-/// fast path while it can, then on hyper's.
-pub async fn serve_connection(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    listening: Arc<Listening>,
-    metrics: Arc<ListenerMetrics>,
-) {
-    metrics.connections_active.inc();
-    let limits = {
-        let snapshot = listening.snapshot.load();
-        GuardLimits {
-            header_read_timeout: snapshot.limits.header_read_timeout,
-            idle_timeout: snapshot.limits.idle_timeout,
-            max_header_bytes: *snapshot.limits.max_header_bytes.get_ref(),
-        }
-    };
-    // Formatted once, in place: "255.255.255.255" or a longest IPv6 form.
-    let mut ip = [0u8; 45];
-    let ip_len = {
-        let mut cursor = std::io::Cursor::new(&mut ip[..]);
-        _ = write!(cursor, "{}", peer.ip());
-        cursor.position() as usize
-    };
-    let client_ip = &ip[..ip_len];
-    let conn = fast::Conn {
-        peer: &peer,
-        listening: &listening,
-        client_ip,
-        metrics: &metrics,
-        limits: &limits,
-    };
-    if let fast::Outcome::Fallback(read) = fast::serve(&mut stream, conn).await {
-        let ctx = ConnCtx {
-            bind: listening.bind,
-            snapshot: listening.snapshot.clone(),
-            client_ip: HeaderValue::from_bytes(client_ip)
-                .expect("an IP address is a valid header value"),
-            activity: Arc::new(ConnActivity::new(metrics.clone())),
-            tracker: listening.tracker.clone(),
-        };
-        let io = prefixed::Prefixed::new(read, stream);
-        let stop = listening.stop.clone();
-        hyper_path(io, peer, ctx, metrics.clone(), limits, stop).await;
-    }
-    metrics.connections_active.dec();
-}
-
-/// `serve_hyper`, boxed by a plain function so that its large state is not
-/// part of every connection task: most connections never need it.
+/// Hands a connection to hyper with the bytes the fast path read but did
+/// not consume. A plain function returning a box, so that hyper's large
+/// connection state is no part of a connection task until it is needed.
 fn hyper_path(
-    io: prefixed::Prefixed,
+    stream: TcpStream,
+    read: Vec<u8>,
     peer: SocketAddr,
-    ctx: ConnCtx,
+    listening: &Listening,
     metrics: Arc<ListenerMetrics>,
-    limits: GuardLimits,
-    stop: CancellationToken,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    let limits = GuardLimits::of(&listening.snapshot.load().limits);
+    let ctx = ConnCtx {
+        bind: listening.bind,
+        snapshot: listening.snapshot.clone(),
+        client_ip: HeaderValue::try_from(peer.ip().to_string())
+            .expect("an IP address is a valid header value"),
+        activity: Arc::new(ConnActivity::new(metrics.clone())),
+        tracker: listening.tracker.clone(),
+    };
+    let io = prefixed::Prefixed::new(read, stream);
+    let stop = listening.stop.clone();
     Box::pin(async move { serve_hyper(io, peer, ctx, &metrics, limits, stop).await })
 }
 

@@ -37,7 +37,7 @@ struct ConnLimit {
 }
 
 /// Releases a connection's slot when dropped.
-struct Slot(Arc<ConnLimit>);
+pub struct Slot(Arc<ConnLimit>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -113,11 +113,14 @@ impl AcceptLoop {
                         // Removed by a reload that has not stopped this loop yet.
                         break;
                     };
-                    let listening = listening.clone();
-                    self.tracker.spawn(async move {
-                        let _slot = slot;
-                        crate::http::serve_connection(stream, peer, listening, metrics).await;
-                    });
+                    let fut = crate::http::serve_connection(
+                        stream,
+                        peer,
+                        listening.clone(),
+                        metrics,
+                        slot,
+                    );
+                    self.tracker.spawn(fut);
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.

@@ -11,8 +11,11 @@
 //! passive ejection follow `forward`'s, and work on a pool ends at its drain
 //! deadline. An idle connection holds no buffer.
 
-use std::io;
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use http::StatusCode;
@@ -22,6 +25,7 @@ use tokio::net::TcpStream;
 use super::guard::{self, GuardLimits};
 use super::wire::{self, Framing, Parsed};
 use super::Listening;
+use crate::listener::Slot;
 use crate::metrics::{ListenerMetrics, UpstreamErrorKind};
 use crate::snapshot::{Service, Tried};
 use crate::upstream::{EndpointConns, RawConn};
@@ -35,22 +39,37 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// reply, so the connection stays usable; a larger one closes it.
 const DISCARD_LIMIT: u64 = 64 * 1024;
 
-/// How the fast path left a connection.
-pub enum Outcome {
-    /// Closed, or to be closed.
-    Done,
-    /// Declined: these bytes were read but not consumed; hyper takes over.
-    Fallback(Vec<u8>),
+/// What the requests of one client connection share; built per request from
+/// the connection's few fields, so none of it is kept between requests.
+struct Conn<'a> {
+    peer: &'a SocketAddr,
+    listening: &'a Listening,
+    metrics: &'a ListenerMetrics,
+    limits: GuardLimits,
+    /// The client's IP as an `X-Forwarded-For` entry: up to 45 bytes.
+    client_ip: ([u8; 45], usize),
 }
 
-/// What the requests of one client connection share.
-pub struct Conn<'a> {
-    pub peer: &'a SocketAddr,
-    pub listening: &'a Listening,
-    /// The client's IP as an `X-Forwarded-For` entry.
-    pub client_ip: &'a [u8],
-    pub metrics: &'a ListenerMetrics,
-    pub limits: &'a GuardLimits,
+impl<'a> Conn<'a> {
+    fn new(peer: &'a SocketAddr, listening: &'a Listening, metrics: &'a ListenerMetrics) -> Self {
+        let mut ip = [0u8; 45];
+        let len = {
+            let mut cursor = io::Cursor::new(&mut ip[..]);
+            _ = write!(cursor, "{}", peer.ip());
+            cursor.position() as usize
+        };
+        Self {
+            peer,
+            listening,
+            metrics,
+            limits: GuardLimits::of(&listening.snapshot.load().limits),
+            client_ip: (ip, len),
+        }
+    }
+
+    fn client_ip(&self) -> &[u8] {
+        &self.client_ip.0[..self.client_ip.1]
+    }
 }
 
 /// One request being served.
@@ -89,13 +108,41 @@ enum Next {
     Fallback,
 }
 
-/// Serves a client connection's requests while the fast path takes them.
-/// The state kept between requests is only what is declared here: the rest
-/// lives in a box for the length of a request.
-pub async fn serve(stream: &mut TcpStream, conn: Conn<'_>) -> Outcome {
-    let stopped = conn.listening.stop.cancelled();
+/// Counts a connection in the listener's gauge while it is open.
+struct Open<'a>(&'a ListenerMetrics);
+
+impl<'a> Open<'a> {
+    fn new(metrics: &'a ListenerMetrics) -> Self {
+        metrics.connections_active.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.connections_active.dec();
+    }
+}
+
+/// Serves one accepted client connection until it closes, or until the
+/// listener's `stop` asks it to finish its current request and close: on the
+/// fast path while it can, then on hyper's (`super::hyper_path`).
+///
+/// An idle connection is this function's own state and nothing else — the
+/// socket, a timer, the stop signal — so it is kept small: everything a
+/// request needs lives in a box for the length of the request.
+pub async fn serve_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    listening: Arc<Listening>,
+    metrics: Arc<ListenerMetrics>,
+    _slot: Slot,
+) {
+    let _open = Open::new(&metrics);
+    let idle_timeout = || listening.snapshot.load().limits.idle_timeout;
+    let stopped = listening.stop.cancelled();
     tokio::pin!(stopped);
-    let idle = tokio::time::sleep(conn.limits.idle_timeout);
+    let idle = tokio::time::sleep(idle_timeout());
     tokio::pin!(idle);
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -103,39 +150,38 @@ pub async fn serve(stream: &mut TcpStream, conn: Conn<'_>) -> Outcome {
             // Between requests: no buffer is held while the client is quiet.
             buf = Vec::new();
             idle.as_mut()
-                .reset(tokio::time::Instant::now() + conn.limits.idle_timeout);
+                .reset(tokio::time::Instant::now() + idle_timeout());
             tokio::select! {
                 biased;
-                () = &mut stopped => return Outcome::Done,
-                ready = stream.readable() => if ready.is_err() {
-                    return Outcome::Done;
+                () = &mut stopped => return,
+                // Not `readable()`: its waiter node would sit in every idle task.
+                ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => if ready.is_err() {
+                    return;
                 },
-                () = &mut idle => return Outcome::Done,
+                () = &mut idle => return,
             }
             buf.reserve(HEAD_READ);
             // One read, through `poll_read`: unlike `try_read`, a short read
             // there clears the socket's readiness, which saves the next wait a
             // system call that would only say "nothing yet".
             let read = std::future::poll_fn(|cx| {
-                match tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *stream), cx, &mut buf)
-                {
-                    std::task::Poll::Pending => {
-                        std::task::Poll::Ready(Err(io::ErrorKind::WouldBlock.into()))
-                    }
+                match tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut buf) {
+                    Poll::Pending => Poll::Ready(Err(io::ErrorKind::WouldBlock.into())),
                     ready => ready,
                 }
             })
             .await;
             match read {
-                Ok(0) => return Outcome::Done,
+                Ok(0) => return,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(_) => return Outcome::Done,
+                Err(_) => return,
             }
         }
         let request = async {
+            let conn = Conn::new(&peer, &listening, &metrics);
             let mut client = Client {
-                stream: &mut *stream,
+                stream: &mut stream,
                 conn: &conn,
                 body_left: 0,
             };
@@ -143,8 +189,11 @@ pub async fn serve(stream: &mut TcpStream, conn: Conn<'_>) -> Outcome {
         };
         match Box::pin(request).await {
             Next::KeepAlive => {}
-            Next::Close => return Outcome::Done,
-            Next::Fallback => return Outcome::Fallback(buf),
+            Next::Close => return,
+            Next::Fallback => {
+                let hyper = super::hyper_path(stream, buf, peer, &listening, metrics.clone());
+                return hyper.await;
+            }
         }
     }
 }
@@ -172,7 +221,7 @@ impl Client<'_> {
     async fn complete_head(&mut self, buf: &mut Vec<u8>) -> Result<Option<wire::Request>, ()> {
         let mut deadline = None;
         loop {
-            match wire::parse_request(buf, self.conn.client_ip) {
+            match wire::parse_request(buf, self.conn.client_ip()) {
                 Parsed::Request(r) if r.head_len <= self.conn.limits.max_header_bytes => {
                     return Ok(Some(r))
                 }
@@ -203,7 +252,7 @@ impl Client<'_> {
     async fn reject(&mut self, status: StatusCode) {
         self.conn.metrics.rejected(status);
         tracing::info!(peer = %self.conn.peer, status = status.as_u16(), "rejected a bad request");
-        let reply = guard::rejection(status, self.conn.limits);
+        let reply = guard::rejection(status, &self.conn.limits);
         if self.stream.write_all(&reply).await.is_ok() {
             _ = self.stream.shutdown().await;
             self.linger().await;

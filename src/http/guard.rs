@@ -81,6 +81,16 @@ pub struct GuardLimits {
     pub max_header_bytes: usize,
 }
 
+impl GuardLimits {
+    pub fn of(limits: &crate::config::Limits) -> Self {
+        Self {
+            header_read_timeout: limits.header_read_timeout,
+            idle_timeout: limits.idle_timeout,
+            max_header_bytes: *limits.max_header_bytes.get_ref(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Between requests; the idle timer runs.
