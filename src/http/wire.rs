@@ -52,6 +52,11 @@ pub struct Request {
 }
 
 impl Request {
+    /// Length of the head as sent upstream, less its `Host` line.
+    pub fn upstream_len(&self) -> usize {
+        self.upstream.len()
+    }
+
     /// The client's `Host`, for routing.
     pub fn host(&self) -> Option<&str> {
         self.host
