@@ -32,7 +32,7 @@ use crate::upstream::{EndpointConns, RawConn};
 
 /// Room for one read of a request head, or of an upstream response.
 const HEAD_READ: usize = 4 * 1024;
-const BODY_READ: usize = 16 * 1024;
+const BODY_READ: usize = 64 * 1024;
 /// Largest upstream response head accepted.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// A request body up to this size is read and dropped after a proxy-made
