@@ -206,12 +206,11 @@ impl Client<'_> {
             Ok(None) => return Next::Fallback,
             Err(()) => return Next::Close,
         };
+        // Closing needs no `shutdown` first: the response is out and the
+        // request read, so dropping the socket ends it with a FIN.
         match self.handle(request, buf).await {
             Ended::KeepAlive => Next::KeepAlive,
-            Ended::Close => {
-                _ = self.stream.shutdown().await;
-                Next::Close
-            }
+            Ended::Close => Next::Close,
         }
     }
 
