@@ -11,6 +11,7 @@
 //! passive ejection follow `forward`'s, and work on a pool ends at its drain
 //! deadline. An idle connection holds no buffer.
 
+use std::future::Future;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -131,68 +132,79 @@ impl Drop for Open<'_> {
 /// An idle connection is this function's own state and nothing else — the
 /// socket, a timer, the stop signal — so it is kept small: everything a
 /// request needs lives in a box for the length of the request.
-pub async fn serve_connection(
+///
+/// A plain function returning an `async move` block, not an `async fn`: an
+/// `async fn` keeps its arguments twice in its state, as arguments and as
+/// locals.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice in every idle connection"
+)]
+pub fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     listening: Arc<Listening>,
     metrics: Arc<ListenerMetrics>,
-    _slot: Slot,
-) {
-    let _open = Open::new(&metrics);
-    let idle_timeout = || listening.snapshot.load().limits.idle_timeout;
-    let stopped = listening.stop.cancelled();
-    tokio::pin!(stopped);
-    let idle = tokio::time::sleep(idle_timeout());
-    tokio::pin!(idle);
-    let mut buf: Vec<u8> = Vec::new();
-    loop {
-        if buf.is_empty() {
-            // Between requests: no buffer is held while the client is quiet.
-            buffers::give(std::mem::take(&mut buf));
-            idle.as_mut()
-                .reset(tokio::time::Instant::now() + idle_timeout());
-            tokio::select! {
-                biased;
-                () = &mut stopped => return,
-                // Not `readable()`: its waiter node would sit in every idle task.
-                ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => if ready.is_err() {
-                    return;
-                },
-                () = &mut idle => return,
-            }
-            buf = buffers::take();
-            // One read, through `poll_read`: unlike `try_read`, a short read
-            // there clears the socket's readiness, which saves the next wait a
-            // system call that would only say "nothing yet".
-            let read = std::future::poll_fn(|cx| {
-                match tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut buf) {
-                    Poll::Pending => Poll::Ready(Err(io::ErrorKind::WouldBlock.into())),
-                    ready => ready,
+    slot: Slot,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let _slot = slot;
+        let _open = Open::new(&metrics);
+        let idle_timeout = || listening.snapshot.load().limits.idle_timeout;
+        let stopped = listening.stop.cancelled();
+        tokio::pin!(stopped);
+        let idle = tokio::time::sleep(idle_timeout());
+        tokio::pin!(idle);
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            if buf.is_empty() {
+                // Between requests: no buffer is held while the client is quiet.
+                buffers::give(std::mem::take(&mut buf));
+                idle.as_mut()
+                    .reset(tokio::time::Instant::now() + idle_timeout());
+                tokio::select! {
+                    biased;
+                    () = &mut stopped => return,
+                    // Not `readable()`: its waiter node would sit in every idle task.
+                    ready = std::future::poll_fn(|cx| stream.poll_read_ready(cx)) => if ready.is_err() {
+                        return;
+                    },
+                    () = &mut idle => return,
                 }
-            })
-            .await;
-            match read {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(_) => return,
+                buf = buffers::take();
+                // One read, through `poll_read`: unlike `try_read`, a short read
+                // there clears the socket's readiness, which saves the next wait a
+                // system call that would only say "nothing yet".
+                let read = std::future::poll_fn(|cx| {
+                    match tokio_util::io::poll_read_buf(Pin::new(&mut stream), cx, &mut buf) {
+                        Poll::Pending => Poll::Ready(Err(io::ErrorKind::WouldBlock.into())),
+                        ready => ready,
+                    }
+                })
+                .await;
+                match read {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return,
+                }
             }
-        }
-        let request = async {
-            let conn = Conn::new(&peer, &listening, &metrics);
-            let mut client = Client {
-                stream: &mut stream,
-                conn: &conn,
-                body_left: 0,
+            let request = async {
+                let conn = Conn::new(&peer, &listening, &metrics);
+                let mut client = Client {
+                    stream: &mut stream,
+                    conn: &conn,
+                    body_left: 0,
+                };
+                client.next_request(&mut buf).await
             };
-            client.next_request(&mut buf).await
-        };
-        match Box::pin(request).await {
-            Next::KeepAlive => {}
-            Next::Close => return,
-            Next::Fallback => {
-                let hyper = super::hyper_path(stream, buf, peer, &listening, metrics.clone());
-                return hyper.await;
+            match Box::pin(request).await {
+                Next::KeepAlive => {}
+                Next::Close => return,
+                Next::Fallback => {
+                    let hyper = super::hyper_path(stream, buf, peer, &listening, metrics.clone());
+                    return hyper.await;
+                }
             }
         }
     }
