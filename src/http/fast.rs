@@ -365,7 +365,7 @@ impl Client<'_> {
                 }),
                 () = tokio::time::sleep_until(deadline) => Err(Failure::Timeout),
             };
-            let failure = match result {
+            let (unsent, failure) = match result {
                 Ok((conn, (response, body))) => {
                     if response.status >= 500 {
                         super::eject_on_failure(service, pool, endpoint);
@@ -411,7 +411,8 @@ impl Client<'_> {
                     pool.metrics.upstream_error(UpstreamErrorKind::Connect);
                     super::eject_on_failure(service, pool, endpoint);
                     tracing::warn!(service = %service.name, pool = %pool.name, error = %e, "upstream connect failed");
-                    "502 Bad Gateway: the upstream could not be reached\n"
+                    // Nothing was sent: any request may go elsewhere.
+                    (true, "502 Bad Gateway: the upstream could not be reached\n")
                 }
                 Err(Failure::Broken { error, stale }) => {
                     // Only a request without a body is still whole in hand.
@@ -427,18 +428,20 @@ impl Client<'_> {
                     super::eject_on_failure(service, pool, endpoint);
                     tracing::warn!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address,
                         %error, "upstream request failed");
-                    "502 Bad Gateway: the upstream connection failed\n"
+                    (false, "502 Bad Gateway: the upstream connection failed\n")
                 }
                 Err(Failure::BadResponse(what)) => {
                     pool.metrics.upstream_error(UpstreamErrorKind::Reset);
                     super::eject_on_failure(service, pool, endpoint);
                     tracing::warn!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address,
                         error = what, "upstream response refused");
-                    "502 Bad Gateway: the upstream sent a response that is not valid HTTP/1.1\n"
+                    (
+                        false,
+                        "502 Bad Gateway: the upstream sent a response that is not valid HTTP/1.1\n",
+                    )
                 }
             };
-            let connect_failed = failure.contains("reached");
-            let next = ((connect_failed || retryable) && tried.len() <= service.retries as usize)
+            let next = ((unsent || retryable) && tried.len() <= service.retries as usize)
                 .then(|| service.pick_retry(pool_at, &tried))
                 .flatten();
             let Some(next) = next else {
