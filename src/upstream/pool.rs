@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
@@ -145,7 +146,7 @@ pub struct EndpointConns {
     open: IntGauge,
     /// Cancelled to close every connection made so far, busy or not (a drain
     /// deadline); replaced so later connections are unaffected.
-    kill: Mutex<CancellationToken>,
+    kill: ArcSwap<CancellationToken>,
     /// Out of rotation: connections are closed when their request ends
     /// instead of kept for reuse, so a draining endpoint ends up holding none.
     retired: AtomicBool,
@@ -167,7 +168,7 @@ impl EndpointConns {
             idle: Mutex::new(Vec::new()),
             raw_idle: Mutex::new(Vec::new()),
             open,
-            kill: Mutex::new(CancellationToken::new()),
+            kill: ArcSwap::from_pointee(CancellationToken::new()),
             retired: AtomicBool::new(false),
         }
     }
@@ -216,7 +217,7 @@ impl EndpointConns {
                 source,
             })?;
         let address = self.address.clone();
-        let kill = self.kill.lock().expect("kill lock").clone();
+        let kill = self.kill_token();
         tokio::spawn(async move {
             // With upgrades, the connection hands its socket to the tunnel
             // (which keeps the count) when a 101 comes back.
@@ -323,14 +324,15 @@ impl EndpointConns {
     /// before this call is what upgraded tunnels watch.
     pub fn close_all(&self) {
         self.close_idle();
-        let old = std::mem::take(&mut *self.kill.lock().expect("kill lock"));
+        let old = self.kill.swap(Arc::new(CancellationToken::new()));
         old.cancel();
     }
 
     /// Cancelled when `close_all` is called, for work (tunnels) that outlives
     /// the connection task.
     pub fn kill_token(&self) -> CancellationToken {
-        self.kill.lock().expect("kill lock").clone()
+        // Read per request: a lock-free load, not a mutex.
+        CancellationToken::clone(&self.kill.load())
     }
 }
 
