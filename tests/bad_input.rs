@@ -15,9 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Response, StatusCode};
-use support::{full, Backend, Client, Proxy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use support::{full, Backend, Client, Proxy, RawClient};
 use tokio::task::JoinHandle;
 
 /// Upper bound on every wait for the proxy; generous, for a loaded machine.
@@ -98,41 +96,25 @@ impl RawReply {
     }
 }
 
-/// A client connection driven byte by byte; every read is bounded by `LIMIT`.
-struct Raw {
-    stream: TcpStream,
-    /// Bytes read but not yet consumed (the start of a pipelined reply).
-    buf: Vec<u8>,
+/// A raw client connection (`support::RawClient`) with this file's readers.
+struct Raw(RawClient);
+
+impl std::ops::Deref for Raw {
+    type Target = RawClient;
+    fn deref(&self) -> &RawClient {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Raw {
+    fn deref_mut(&mut self) -> &mut RawClient {
+        &mut self.0
+    }
 }
 
 impl Raw {
     async fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        Self {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
-    /// Reads more bytes; panics on timeout or error, returns 0 at EOF.
-    async fn fill(&mut self, what: &str) -> usize {
-        self.try_fill(what)
-            .await
-            .unwrap_or_else(|e| panic!("reading {what}: {e}"))
-    }
-
-    async fn try_fill(&mut self, what: &str) -> std::io::Result<usize> {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(LIMIT, self.stream.read(&mut chunk))
-            .await
-            .unwrap_or_else(|_| panic!("no {what} within {LIMIT:?}"))?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
+        Self(RawClient::connect(addr).await)
     }
 
     /// Reads one response with a `content-length` body.

@@ -18,12 +18,10 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use support::{full, Backend, Proxy};
+use support::{full, Backend, Proxy, RawClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Upper bound on every wait for the proxy; generous, for a loaded machine.
-const LIMIT: Duration = Duration::from_secs(5);
 /// Pause between the pieces a raw backend writes, so the proxy reads them
 /// separately.
 const PIECE_GAP: Duration = Duration::from_millis(5);
@@ -266,41 +264,25 @@ impl Reply {
     }
 }
 
-/// A client connection driven byte by byte; every read is bounded by `LIMIT`.
-struct Conn {
-    stream: TcpStream,
-    /// Bytes read but not yet consumed (the start of a later response).
-    buf: Vec<u8>,
+/// A raw client connection (`support::RawClient`) with this file's readers.
+struct Conn(RawClient);
+
+impl std::ops::Deref for Conn {
+    type Target = RawClient;
+    fn deref(&self) -> &RawClient {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut RawClient {
+        &mut self.0
+    }
 }
 
 impl Conn {
     async fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        Self {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
-    /// Reads more bytes; panics on timeout or error, returns 0 at EOF.
-    async fn fill(&mut self, what: &str) -> usize {
-        let mut chunk = vec![0u8; 16 * 1024];
-        let n = tokio::time::timeout(LIMIT, self.stream.read(&mut chunk))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "no {what} within {LIMIT:?}; have {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                )
-            })
-            .unwrap_or_else(|e| panic!("reading {what}: {e}"));
-        self.buf.extend_from_slice(&chunk[..n]);
-        n
+        Self(RawClient::connect(addr).await)
     }
 
     /// Reads the response to a request other than `HEAD`.

@@ -390,3 +390,54 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
     let _ = tokio::time::timeout(limit, stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A client connection driven byte by byte, for what HTTP clients will not
+/// send (bad heads, pipelining, slow writes); every read is bounded by
+/// `RAW_LIMIT`.
+pub struct RawClient {
+    stream: TcpStream,
+    /// Bytes read but not yet consumed (the start of a later response).
+    pub buf: Vec<u8>,
+}
+
+/// Upper bound on every read of a `RawClient`; generous, for a loaded machine.
+pub const RAW_LIMIT: Duration = Duration::from_secs(5);
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads more bytes; panics on timeout or error, returns 0 at EOF.
+    pub async fn fill(&mut self, what: &str) -> usize {
+        self.try_fill(what)
+            .await
+            .unwrap_or_else(|e| panic!("reading {what}: {e}"))
+    }
+
+    /// Reads more bytes; panics on timeout, returns 0 at EOF.
+    pub async fn try_fill(&mut self, what: &str) -> std::io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = vec![0u8; 16 * 1024];
+        let n = tokio::time::timeout(RAW_LIMIT, self.stream.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no {what} within {RAW_LIMIT:?}; have {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                )
+            })?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+}
