@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus::IntCounter;
 use tokio_util::sync::CancellationToken;
 
 use crate::snapshot::Snapshot;
@@ -108,7 +107,6 @@ struct Leaving {
     target: Target,
     conns: Vec<Arc<EndpointConns>>,
     activity: Option<Arc<Activity>>,
-    closed: IntCounter,
     timeout: Duration,
 }
 
@@ -130,7 +128,6 @@ impl Drains {
                         target: pool_target,
                         conns: pool.endpoints.iter().map(|e| e.conns.clone()).collect(),
                         activity: Some(pool.activity.clone()),
-                        closed: pool.metrics.drain_closed.clone(),
                         timeout: service.drain_timeout,
                     });
                     continue;
@@ -146,8 +143,7 @@ impl Drains {
                             target,
                             conns: vec![endpoint.conns.clone()],
                             activity: None,
-                            closed: pool.metrics.drain_closed.clone(),
-                            timeout: service.drain_timeout,
+                                timeout: service.drain_timeout,
                         });
                     }
                 }
@@ -179,6 +175,9 @@ impl Drains {
     }
 
     fn start(&mut self, leave: Leaving) {
+        // The work in flight now is what the deadline may cut; work that
+        // starts later (failover onto this pool) watches a fresh token.
+        let cut: Vec<CancellationToken> = leave.conns.iter().map(|c| c.begin_drain()).collect();
         for conns in &leave.conns {
             conns.retire(true);
         }
@@ -191,14 +190,16 @@ impl Drains {
                 () = tokio::time::sleep(leave.timeout) => {}
                 () = cancel.cancelled() => return,
             }
-            let cut = leave.activity.as_ref().map_or(0, |a| a.in_flight());
+            // The data plane counts each piece of work it closes for this
+            // (`drain_closed`); failover work started since is left alone.
+            for token in &cut {
+                token.cancel();
+            }
             for conns in &leave.conns {
-                conns.close_all();
+                conns.close_idle();
             }
-            if cut > 0 {
-                leave.closed.inc_by(cut as u64);
-                tracing::warn!(target = ?leave.target, cut, "drain deadline reached: closed work still in flight");
-            }
+            let in_flight = leave.activity.as_ref().map_or(0, |a| a.in_flight());
+            tracing::info!(target = ?leave.target, in_flight, "drain deadline reached: work begun before the drain closed");
             cancel.cancel();
         });
     }

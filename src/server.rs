@@ -81,6 +81,9 @@ struct RunningListener {
     stop: CancellationToken,
 }
 
+/// How often idle upstream connections are reaped.
+const REAP_EVERY: Duration = Duration::from_secs(1);
+
 pub struct Server {
     path: PathBuf,
     /// Text of the configuration in force, to skip reloads that change nothing.
@@ -184,8 +187,13 @@ impl Server {
     /// accepting, asks connections to close after their current request, and
     /// waits for them (bounded).
     pub async fn run(mut self) {
+        // Idle upstream connections are checked for a close by their
+        // upstream, and aged out, on this tick.
+        let mut reap = tokio::time::interval(REAP_EVERY);
+        reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = reap.tick() => self.upstreams.reap(),
                 command = self.commands.recv() => match command {
                     Some(Command::Reload { trigger, reply }) => {
                         let result = self.reload(trigger);

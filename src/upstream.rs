@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use prometheus::IntGauge;
 
-pub use pool::{Conn, ConnectError, EndpointConns, PooledBody, RawConn, SendError, UpBody};
+pub use pool::{ConnectError, EndpointConns, RawConn};
 
 /// What makes two endpoints' connections interchangeable.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -40,6 +40,14 @@ pub struct EndpointSpec<'a> {
 }
 
 impl Upstreams {
+    /// Closes idle connections that their upstream closed or that aged out,
+    /// on every endpoint; the server calls it on a timer.
+    pub fn reap(&self) {
+        for conns in self.endpoints.values() {
+            conns.reap();
+        }
+    }
+
     /// Starts a new generation: hands out connection sets, reusing this
     /// one's, and becomes the new set when finished.
     pub fn next_generation(&mut self) -> UpstreamsBuilder<'_> {

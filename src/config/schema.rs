@@ -47,6 +47,14 @@ pub struct Limits {
     /// How long a client keep-alive connection may sit idle between requests.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Longest a client's request body may stall between two reads; a slower
+    /// body gets 408 (slow-body guard).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Longest a client may take to accept more of a response; a slower
+    /// client's connection is closed (slow-read guard).
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -56,6 +64,8 @@ impl Default for Limits {
             max_header_bytes: Spanned::new(0..0, 65_536),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -40,6 +40,8 @@ fn check_limits(config: &Config, problems: &mut Vec<Problem>) {
     for (name, value) in [
         ("header_read_timeout", limits.header_read_timeout),
         ("idle_timeout", limits.idle_timeout),
+        ("body_read_timeout", limits.body_read_timeout),
+        ("send_timeout", limits.send_timeout),
     ] {
         if value.is_zero() {
             problems.push(Problem {

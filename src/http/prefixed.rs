@@ -1,22 +1,21 @@
-//! A client socket with the bytes the fast path already read in front, so
-//! hyper reads the connection from where the fast path left it.
+//! A client stream with the bytes the HTTP/1 engine already read in front
+//! (the HTTP/2 preface), so hyper reads the connection from its start.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
-pub struct Prefixed {
+pub(crate) struct Prefixed<S> {
     prefix: Vec<u8>,
     /// Bytes of `prefix` already read.
     taken: usize,
-    inner: TcpStream,
+    inner: S,
 }
 
-impl Prefixed {
-    pub fn new(prefix: Vec<u8>, inner: TcpStream) -> Self {
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
         Self {
             prefix,
             taken: 0,
@@ -25,7 +24,7 @@ impl Prefixed {
     }
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -46,7 +45,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -75,3 +74,5 @@ impl AsyncWrite for Prefixed {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+impl<S: super::h1::Transport> super::h1::Transport for Prefixed<S> {}

@@ -1,71 +1,28 @@
-//! One endpoint's upstream HTTP/1.1 connections: connect (with the service's
-//! connect timeout), keep idle connections for reuse, count every open one in
-//! the pool's gauge, and close the idle ones on demand. Connecting is a step
-//! of its own, so a request that could not be sent is still in hand and can be
-//! retried elsewhere.
-//!
-//! Hand-written over `hyper::client::conn::http1` rather than hyper-util's
-//! pooled client because that client neither returns an unsent request on a
-//! connect failure nor lets one endpoint's idle connections be closed.
+//! One endpoint's upstream connections: connect (with the service's connect
+//! timeout), keep idle sockets for reuse, count every open one in the pool's
+//! gauge, close idle ones the upstream closed or that aged out (`reap`), and
+//! end the work of a drain when its deadline comes. Connecting is a step of
+//! its own, so a request that could not be sent is still in hand and can be
+//! retried elsewhere. What goes over a socket is `http`'s business.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use prometheus::IntGauge;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 /// How long an unused upstream connection is kept open for reuse.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+/// How long an endpoint out of rotation keeps an idle connection that
+/// failover work put back: long enough for the next failover request.
+const RETIRED_IDLE: Duration = Duration::from_secs(2);
 /// Idle connections kept per endpoint; more are closed when returned.
 const MAX_IDLE: usize = 256;
-
-/// The body sent upstream: the client's, streamed, or none. A request with
-/// no body can be rebuilt and sent again.
-pub enum UpBody {
-    Stream(Incoming),
-    Empty,
-}
-
-impl Body for UpBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            UpBody::Stream(body) => Pin::new(body).poll_frame(cx),
-            UpBody::Empty => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpBody::Stream(body) => body.is_end_stream(),
-            UpBody::Empty => true,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpBody::Stream(body) => body.size_hint(),
-            UpBody::Empty => SizeHint::with_exact(0),
-        }
-    }
-}
 
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
@@ -81,25 +38,14 @@ pub enum ConnectError {
         #[source]
         source: io::Error,
     },
-    #[error("HTTP/1.1 handshake with {address} failed: {source}")]
-    Handshake {
-        address: Arc<str>,
-        #[source]
-        source: hyper::Error,
-    },
 }
 
-struct Idle {
-    sender: SendRequest<UpBody>,
-    since: Instant,
-}
-
-/// A plain upstream socket, for requests the data plane frames itself
-/// (`http::fast`). It holds one count in its pool's gauge while open.
+/// An upstream socket. It holds one count in its pool's gauge while open.
 pub struct RawConn {
     pub stream: TcpStream,
     _open: OpenCount,
-    /// Whether it served a request before (see `Conn::reused`).
+    /// Whether it served a request before: a reused connection the upstream
+    /// closed meanwhile fails before the request was read.
     pub reused: bool,
 }
 
@@ -140,15 +86,16 @@ impl Drop for OpenCount {
 pub struct EndpointConns {
     address: Arc<str>,
     connect_timeout: Duration,
-    idle: Mutex<Vec<Idle>>,
-    raw_idle: Mutex<Vec<(RawConn, Instant)>>,
+    idle: Mutex<Vec<(RawConn, Instant)>>,
     /// Open connections of the endpoint's pool (shared by its endpoints).
     open: IntGauge,
-    /// Cancelled to close every connection made so far, busy or not (a drain
-    /// deadline); replaced so later connections are unaffected.
-    kill: ArcSwap<CancellationToken>,
-    /// Out of rotation: connections are closed when their request ends
-    /// instead of kept for reuse, so a draining endpoint ends up holding none.
+    /// What work started now watches: cancelled at the deadline of a drain
+    /// that began after the work did. A drain swaps in a fresh token, so work
+    /// that starts later — failover onto a pool out of rotation — is never
+    /// cut by that drain's deadline.
+    cut: ArcSwap<CancellationToken>,
+    /// Out of rotation: a connection is closed when its request ends instead
+    /// of kept, unless failover work is using the endpoint.
     retired: AtomicBool,
 }
 
@@ -166,9 +113,8 @@ impl EndpointConns {
             address,
             connect_timeout,
             idle: Mutex::new(Vec::new()),
-            raw_idle: Mutex::new(Vec::new()),
             open,
-            kill: ArcSwap::from_pointee(CancellationToken::new()),
+            cut: ArcSwap::from_pointee(CancellationToken::new()),
             retired: AtomicBool::new(false),
         }
     }
@@ -181,56 +127,22 @@ impl EndpointConns {
         self.connect_timeout
     }
 
-    /// A ready connection: the most recently used idle one, or a new one.
-    pub async fn checkout(self: &Arc<Self>) -> Result<Conn, ConnectError> {
+    /// A socket: the most recently used idle one, or a new one.
+    pub async fn checkout(&self) -> Result<RawConn, ConnectError> {
         loop {
-            let idle = {
-                let mut idle = self.idle.lock().expect("idle lock");
-                idle.pop()
-            };
-            let Some(Idle { mut sender, since }) = idle else {
+            let idle = self.idle.lock().expect("idle lock").pop();
+            let Some((mut conn, since)) = idle else {
                 break;
             };
-            if sender.is_closed() || since.elapsed() > IDLE_TIMEOUT {
-                continue;
-            }
-            // Usually ready at once; an error means the upstream closed it.
-            if sender.ready().await.is_ok() {
-                return Ok(Conn {
-                    sender,
-                    owner: self.clone(),
-                    reused: true,
-                });
+            if since.elapsed() <= IDLE_TIMEOUT && conn.still_open() {
+                conn.reused = true;
+                return Ok(conn);
             }
         }
-        self.connect().await
-    }
-
-    async fn connect(self: &Arc<Self>) -> Result<Conn, ConnectError> {
         let stream = self.open_stream().await?;
-        let io = Counted::new(TokioIo::new(stream), &self.open);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|source| ConnectError::Handshake {
-                address: self.address.clone(),
-                source,
-            })?;
-        let address = self.address.clone();
-        let kill = self.kill_token();
-        tokio::spawn(async move {
-            // With upgrades, the connection hands its socket to the tunnel
-            // (which keeps the count) when a 101 comes back.
-            tokio::select! {
-                result = conn.with_upgrades() => if let Err(e) = result {
-                    tracing::debug!(%address, error = %e, "upstream connection ended with an error");
-                },
-                () = kill.cancelled() => {}
-            }
-        });
-        Ok(Conn {
-            sender,
-            owner: self.clone(),
+        Ok(RawConn {
+            stream,
+            _open: OpenCount::new(&self.open),
             reused: false,
         })
     }
@@ -261,48 +173,30 @@ impl EndpointConns {
         Ok(stream)
     }
 
-    /// A plain socket: the most recently used idle one, or a new one.
-    pub async fn checkout_raw(&self) -> Result<RawConn, ConnectError> {
-        loop {
-            let idle = self.raw_idle.lock().expect("idle lock").pop();
-            let Some((mut conn, since)) = idle else {
-                break;
-            };
-            if since.elapsed() <= IDLE_TIMEOUT && conn.still_open() {
-                conn.reused = true;
-                return Ok(conn);
-            }
-        }
-        let stream = self.open_stream().await?;
-        Ok(RawConn {
-            stream,
-            _open: OpenCount::new(&self.open),
-            reused: false,
-        })
-    }
-
-    /// Keeps a plain socket whose last exchange ended cleanly, for reuse.
-    pub fn put_back_raw(&self, conn: RawConn) {
-        if self.retired.load(Ordering::Relaxed) {
+    /// Keeps a socket whose last exchange ended cleanly, for reuse. An
+    /// endpoint out of rotation keeps it only for `failover` work, briefly.
+    pub fn put_back(&self, conn: RawConn, failover: bool) {
+        if self.retired.load(Ordering::Relaxed) && !failover {
             return;
         }
-        let mut idle = self.raw_idle.lock().expect("idle lock");
+        let mut idle = self.idle.lock().expect("idle lock");
         if idle.len() < MAX_IDLE {
             idle.push((conn, Instant::now()));
         }
     }
 
-    fn put_back(&self, sender: SendRequest<UpBody>) {
-        if sender.is_closed() || self.retired.load(Ordering::Relaxed) {
-            return;
-        }
-        let mut idle = self.idle.lock().expect("idle lock");
-        if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
-        }
+    /// Closes idle sockets the upstream closed, and those unused too long;
+    /// called on a timer, so no socket lingers in CLOSE-WAIT.
+    pub fn reap(&self) {
+        let keep_for = if self.retired.load(Ordering::Relaxed) {
+            RETIRED_IDLE
+        } else {
+            IDLE_TIMEOUT
+        };
+        self.idle
+            .lock()
+            .expect("idle lock")
+            .retain(|(conn, since)| since.elapsed() <= keep_for && conn.still_open());
     }
 
     /// Out of rotation (`true`): idle connections close now and busy ones
@@ -317,154 +211,19 @@ impl EndpointConns {
     /// Closes every idle connection now.
     pub fn close_idle(&self) {
         self.idle.lock().expect("idle lock").clear();
-        self.raw_idle.lock().expect("idle lock").clear();
     }
 
-    /// Closes every connection now, busy ones included; the token returned
-    /// before this call is what upgraded tunnels watch.
-    pub fn close_all(&self) {
-        self.close_idle();
-        let old = self.kill.swap(Arc::new(CancellationToken::new()));
-        old.cancel();
+    /// Starts a drain: returns the token the work in flight now watches,
+    /// to be cancelled at the drain's deadline; work started from now on
+    /// watches a fresh one.
+    pub fn begin_drain(&self) -> CancellationToken {
+        CancellationToken::clone(&self.cut.swap(Arc::new(CancellationToken::new())))
     }
 
-    /// Cancelled when `close_all` is called, for work (tunnels) that outlives
-    /// the connection task.
-    pub fn kill_token(&self) -> CancellationToken {
+    /// Cancelled at the deadline of a drain that began while the work
+    /// holding it was in flight.
+    pub fn cut_token(&self) -> CancellationToken {
         // Read per request: a lock-free load, not a mutex.
-        CancellationToken::clone(&self.kill.load())
-    }
-}
-
-/// An upstream socket that holds one count in its pool's gauge for as long as
-/// it lives, through an upgrade too.
-pub struct Counted {
-    io: TokioIo<TcpStream>,
-    _open: OpenCount,
-}
-
-impl Counted {
-    fn new(io: TokioIo<TcpStream>, gauge: &IntGauge) -> Self {
-        Self {
-            io,
-            _open: OpenCount::new(gauge),
-        }
-    }
-}
-
-impl hyper::rt::Read for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl hyper::rt::Write for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// A connection checked out for one request.
-pub struct Conn {
-    sender: SendRequest<UpBody>,
-    owner: Arc<EndpointConns>,
-    /// Whether it served a request before: a reused connection the upstream
-    /// closed meanwhile fails without the request having been sent.
-    pub reused: bool,
-}
-
-/// A failed send: the error, and the request when it was never sent.
-pub struct SendError {
-    pub error: hyper::Error,
-    pub unsent: Option<Request<UpBody>>,
-}
-
-impl Conn {
-    /// Sends the request; the response body returns the connection to its
-    /// endpoint's idle list once read to the end.
-    pub async fn send(mut self, req: Request<UpBody>) -> Result<Response<PooledBody>, SendError> {
-        match self.sender.try_send_request(req).await {
-            Ok(response) => Ok(response.map(|body| PooledBody {
-                body,
-                conn: Some((self.sender, self.owner)),
-            })),
-            Err(mut e) => Err(SendError {
-                unsent: e.take_message(),
-                error: e.into_error(),
-            }),
-        }
-    }
-}
-
-/// An upstream response body that hands its connection back for reuse when
-/// it ends; dropped early, it takes the connection down with it.
-pub struct PooledBody {
-    body: Incoming,
-    conn: Option<(SendRequest<UpBody>, Arc<EndpointConns>)>,
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
-        if frame.is_none() {
-            if let Some((sender, owner)) = self.conn.take() {
-                owner.put_back(sender);
-            }
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // hyper does not poll a body it knows is empty (Content-Length: 0, a
-        // HEAD response): the connection is reusable all the same.
-        if let Some((sender, owner)) = self.conn.take() {
-            if self.body.is_end_stream() {
-                owner.put_back(sender);
-            }
-        }
+        CancellationToken::clone(&self.cut.load())
     }
 }

@@ -1,0 +1,472 @@
+//! The HTTP/1 half of an attempt, and what follows it: send a client's
+//! request upstream — head, then its body as the client sends it — while
+//! reading the response head at the same time, so an upstream that answers
+//! early (a slow upload refused) is heard; then relay the response body to
+//! the client in its own framing, or join the two connections after a 101.
+//!
+//! A request body stays in the connection's buffer until its response head
+//! arrives (up to `REPLAY_KEEP`), so a request sent on a kept connection the
+//! upstream had closed can be sent again whole.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+
+use super::{Client, Transport};
+use crate::http::attempt::{Answer, Exchange, Failure};
+use crate::http::buffers;
+use crate::http::codec::chunked::{BadChunk, Chunks};
+use crate::http::codec::{self, Asked, Framing, RequestBody, MAX_INTERIM};
+use crate::http::replies::Reply;
+use crate::upstream::RawConn;
+
+/// Room for one read of a response head, and of a large body.
+const HEAD_READ: usize = buffers::HEAD_READ;
+const BODY_READ: usize = 64 * 1024;
+/// Largest upstream response head accepted, interim ones included.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Request body bytes kept for a resend; past this the body is streamed
+/// and the request can no longer be sent again.
+const REPLAY_KEEP: usize = 64 * 1024;
+
+pub(crate) struct H1Exchange<'c, 'a, S> {
+    client: &'c mut Client<'a, S>,
+    request: &'c codec::Request,
+    /// What the client sent after the head: the body first.
+    buf: &'c mut Vec<u8>,
+    /// The body still starts at `buf[0]`: nothing of it was dropped.
+    untouched: bool,
+    /// The whole body went upstream in the last attempt.
+    body_sent: bool,
+    sent_continue: bool,
+    /// The head for upstream, then the response head for the client.
+    out: Vec<u8>,
+    /// Upstream bytes read past the response head.
+    rest: Vec<u8>,
+}
+
+/// Why sending the body stopped.
+enum UploadError {
+    Client(Option<Reply>),
+    Upstream(io::Error),
+}
+
+impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
+    pub fn new(
+        client: &'c mut Client<'a, S>,
+        request: &'c codec::Request,
+        buf: &'c mut Vec<u8>,
+    ) -> Self {
+        Self {
+            client,
+            request,
+            buf,
+            untouched: true,
+            body_sent: false,
+            sent_continue: false,
+            out: Vec::new(),
+            rest: Vec::new(),
+        }
+    }
+
+    /// Whether nothing of the request body was taken from the client's
+    /// buffer, so the connection can still find the next request.
+    pub fn replayable_body(&self) -> bool {
+        self.untouched
+    }
+
+    /// Sends what is left of the body: from `buf[*sent..]`, then read from
+    /// the client, each read within `body_read_timeout`.
+    async fn upload(
+        stream: &mut S,
+        limits: super::Limits,
+        request: &codec::Request,
+        buf: &mut Vec<u8>,
+        sent: &mut usize,
+        untouched: &mut bool,
+        sent_continue: &mut bool,
+        upstream: &mut WriteHalf<'_>,
+    ) -> Result<(), UploadError> {
+        let mut chunks = Chunks::new();
+        let mut left = match request.body {
+            RequestBody::None => return Ok(()),
+            RequestBody::Length(n) => n,
+            RequestBody::Chunked => 0,
+        };
+        loop {
+            let avail = &buf[*sent..];
+            let (take, done) = match request.body {
+                RequestBody::Chunked => match chunks.feed(avail) {
+                    Ok(Some(end)) => (end, true),
+                    Ok(None) => (avail.len(), false),
+                    Err(BadChunk(why)) => return Err(UploadError::Client(Some(Reply::BadBody(why)))),
+                },
+                _ => {
+                    let take = left.min(avail.len() as u64);
+                    left -= take;
+                    (take as usize, left == 0)
+                }
+            };
+            if take > 0 {
+                upstream
+                    .write_all(&buf[*sent..*sent + take])
+                    .await
+                    .map_err(UploadError::Upstream)?;
+                *sent += take;
+            }
+            if done {
+                return Ok(());
+            }
+            if *sent > REPLAY_KEEP {
+                // Too much to keep for a resend: stream from here on.
+                buf.drain(..*sent);
+                *sent = 0;
+                *untouched = false;
+            }
+            if request.expect_continue && !*sent_continue {
+                *sent_continue = true;
+                let reply = b"HTTP/1.1 100 Continue\r\n\r\n";
+                match tokio::time::timeout(limits.send_timeout, stream.write_all(reply)).await {
+                    Ok(Ok(())) => {}
+                    _ => return Err(UploadError::Client(None)),
+                }
+            }
+            buf.reserve(if left > HEAD_READ as u64 || left == 0 { BODY_READ } else { HEAD_READ });
+            match tokio::time::timeout(limits.body_read_timeout, stream.read_buf(buf)).await {
+                Ok(Ok(1..)) => {}
+                Ok(Ok(0) | Err(_)) => return Err(UploadError::Client(None)),
+                Err(_) => {
+                    return Err(UploadError::Client(Some(Reply::BodyTimeout(
+                        limits.body_read_timeout,
+                    ))))
+                }
+            }
+        }
+    }
+
+    /// Relays the response whose head `attempt` read: the head, then the
+    /// body in its framing; after a 101, the tunnel. `true`: the client
+    /// connection may serve another request.
+    pub async fn relay(mut self, mut answer: Answer) -> bool {
+        let cut = answer.cut.clone();
+        let relayed = tokio::select! {
+            biased;
+            relayed = self.relay_body(&mut answer) => Some(relayed),
+            () = cut.cancelled() => None,
+        };
+        let Some(relayed) = relayed else {
+            answer.count_cut();
+            tracing::info!(endpoint = %answer.conns.address(), "response closed at its pool's drain deadline");
+            return false;
+        };
+        match relayed {
+            Relayed::Clean { keep_alive } => {
+                answer.reuse();
+                keep_alive
+            }
+            Relayed::Dirty { keep_alive } => keep_alive,
+            Relayed::Upgraded => self.tunnel(answer).await,
+            Relayed::Broken => false,
+        }
+    }
+
+    async fn relay_body(&mut self, answer: &mut Answer) -> Relayed {
+        let head = &answer.head;
+        if head.status == 101 {
+            return Relayed::Upgraded;
+        }
+        let keep_alive = !head.close && self.body_sent;
+        let idle = answer.service.request_timeout;
+        let conn_stream = &mut answer.conn.stream;
+        let mut body = std::mem::take(&mut self.rest);
+        let mut chunks = Chunks::new();
+        let mut plain = Vec::new();
+        let mut left = match head.framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        };
+        let mut ended = matches!(head.framing, Framing::None);
+        let mut clean = true;
+        let mut first = true;
+        loop {
+            let take = match head.framing {
+                _ if ended => 0,
+                Framing::None => 0,
+                Framing::Length(_) => {
+                    let n = left.min(body.len() as u64);
+                    left -= n;
+                    ended = left == 0;
+                    n as usize
+                }
+                Framing::Chunked => {
+                    let fed = if head.dechunk {
+                        plain.clear();
+                        chunks.decode(&body, |r| plain.extend_from_slice(&body[r]))
+                    } else {
+                        chunks.feed(&body)
+                    };
+                    match fed {
+                        Ok(Some(end)) => {
+                            ended = true;
+                            end
+                        }
+                        Ok(None) => body.len(),
+                        Err(BadChunk(why)) => {
+                            tracing::warn!(endpoint = %answer.conns.address(), why, "upstream sent a malformed chunked body");
+                            return Relayed::Broken;
+                        }
+                    }
+                }
+                Framing::UntilClose => body.len(),
+            };
+            // Bytes past the end of the response leave the connection in
+            // no state to reuse.
+            clean &= take == body.len();
+            let data = if head.dechunk { &plain[..] } else { &body[..take] };
+            if first {
+                // The head and what came with it of the body: one write.
+                self.out.extend_from_slice(data);
+                let out = std::mem::take(&mut self.out);
+                if !self.client.write(&out).await {
+                    return Relayed::Broken;
+                }
+                first = false;
+            } else if !data.is_empty() && !self.client.write(data).await {
+                return Relayed::Broken;
+            }
+            if ended {
+                break;
+            }
+            body.clear();
+            body.reserve(BODY_READ);
+            match tokio::time::timeout(idle, conn_stream.read_buf(&mut body)).await {
+                Ok(Ok(0)) if head.framing == Framing::UntilClose => {
+                    clean = false;
+                    break;
+                }
+                Ok(Ok(0) | Err(_)) => return Relayed::Broken,
+                Err(_) => {
+                    tracing::warn!(endpoint = %answer.conns.address(), timeout = ?idle, "upstream response body stalled");
+                    return Relayed::Broken;
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+        buffers::give(body);
+        if clean && self.body_sent {
+            Relayed::Clean { keep_alive }
+        } else {
+            Relayed::Dirty { keep_alive }
+        }
+    }
+
+    /// Joins client and upstream after a 101: the upstream's first bytes and
+    /// the client's early ones cross first, then bytes flow both ways until
+    /// either side closes or the pool's drain deadline.
+    async fn tunnel(self, mut answer: Answer) -> bool {
+        let mut out = self.out;
+        out.extend_from_slice(&self.rest);
+        if !self.client.write(&out).await {
+            return false;
+        }
+        if !self.buf.is_empty() {
+            if answer.conn.stream.write_all(self.buf).await.is_err() {
+                return false;
+            }
+            self.buf.clear();
+        }
+        let cut = answer.cut.clone();
+        let joined = tokio::select! {
+            result = tokio::io::copy_bidirectional(&mut *self.client.stream, &mut answer.conn.stream) => Some(result),
+            () = cut.cancelled() => None,
+        };
+        match joined {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::debug!(endpoint = %answer.conns.address(), error = %e, "tunnel ended with an error")
+            }
+            None => {
+                answer.count_cut();
+                tracing::info!(endpoint = %answer.conns.address(), "tunnel closed at its pool's drain deadline");
+            }
+        }
+        false
+    }
+}
+
+enum Relayed {
+    /// The response ended where its framing said: the upstream connection
+    /// may be reused.
+    Clean { keep_alive: bool },
+    /// Relayed whole, but the upstream connection cannot be reused.
+    Dirty { keep_alive: bool },
+    Upgraded,
+    /// Either side broke off.
+    Broken,
+}
+
+impl<S: Transport> Exchange for H1Exchange<'_, '_, S> {
+    fn attempt<'x>(
+        &'x mut self,
+        conn: &'x mut RawConn,
+        host: Option<&'x [u8]>,
+    ) -> impl std::future::Future<Output = Result<codec::Response, Failure>> + Send + 'x {
+        async move {
+            let reused = conn.reused;
+            self.request.write_upstream(host, &mut self.out);
+            let (mut upstream_read, mut upstream_write) = conn.stream.split();
+            if let Err(error) = upstream_write.write_all(&self.out).await {
+                return Err(Failure::Broken {
+                    error,
+                    stale: reused,
+                });
+            }
+            let asked = Asked {
+                head_method: self.request.head_method,
+                upgrade: self.request.wants_upgrade(),
+                client: self.request.version,
+                close: !self.request.keep_alive || self.client.conn.stopping(),
+            };
+            let uploading = AtomicBool::new(self.request.body != RequestBody::None);
+            let mut sent = 0;
+            let limits = self.client.conn.limits;
+            let result = {
+                let upload = Self::upload(
+                    &mut *self.client.stream,
+                    limits,
+                    self.request,
+                    self.buf,
+                    &mut sent,
+                    &mut self.untouched,
+                    &mut self.sent_continue,
+                    &mut upstream_write,
+                );
+                let read = read_head(
+                    &mut upstream_read,
+                    asked,
+                    &uploading,
+                    &mut self.rest,
+                    &mut self.out,
+                    None,
+                    reused,
+                );
+                tokio::pin!(upload);
+                tokio::pin!(read);
+                let mut upload_failed = None;
+                loop {
+                    tokio::select! {
+                        biased;
+                        head = &mut read => break head.map_err(|e| match (e, upload_failed.take()) {
+                            // The upstream went away while the body was going up.
+                            (Failure::Broken { stale, .. }, Some(error)) => Failure::Broken { error, stale },
+                            (e, _) => e,
+                        }),
+                        up = &mut upload, if uploading.load(Ordering::Relaxed) && upload_failed.is_none() => match up {
+                            Ok(()) => uploading.store(false, Ordering::Relaxed),
+                            Err(UploadError::Client(reply)) => break Err(Failure::Client(reply)),
+                            // The upstream may have answered already and
+                            // closed (HAProxy relays that answer): read on.
+                            Err(UploadError::Upstream(error)) => upload_failed = Some(error),
+                        },
+                    }
+                }
+            };
+            self.body_sent = !uploading.load(Ordering::Relaxed);
+            match &result {
+                Err(Failure::Broken { stale: true, .. } | Failure::Connect(_)) if self.untouched => {
+                    // Kept whole in `buf` for a resend.
+                }
+                _ => {
+                    self.buf.drain(..sent);
+                    if sent > 0 {
+                        self.untouched = false;
+                    }
+                }
+            }
+            result
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        self.untouched
+    }
+
+    fn idempotent(&self) -> bool {
+        self.request.idempotent && self.request.body == RequestBody::None
+    }
+}
+
+/// Reads the final response head, skipping interim ones (a bounded number,
+/// within a bounded size). The head for an HTTP/1 client goes to `out`, the
+/// head as the upstream sent it to `raw` when asked, and bytes past it stay
+/// in `rest`. Shared with the HTTP/2 client side, whose upstreams speak
+/// HTTP/1.1 too.
+pub(crate) async fn read_head(
+    upstream: &mut ReadHalf<'_>,
+    asked: Asked,
+    uploading: &AtomicBool,
+    rest: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    raw: Option<&mut Vec<u8>>,
+    reused: bool,
+) -> Result<codec::Response, Failure> {
+    rest.clear();
+    let mut interims = 0;
+    let mut seen = 0;
+    loop {
+        if !rest.is_empty() {
+            // A response that comes while the body is still going up ends
+            // the client connection: the rest of the body is never read.
+            let asked = Asked {
+                close: asked.close || uploading.load(Ordering::Relaxed),
+                ..asked
+            };
+            match codec::parse_response(rest, asked, out) {
+                Ok(Some(head)) if head.interim => {
+                    interims += 1;
+                    if interims > MAX_INTERIM {
+                        return Err(Failure::BadResponse("too many interim (1xx) responses"));
+                    }
+                    rest.drain(..head.head_len);
+                    continue;
+                }
+                Ok(Some(head)) => {
+                    if let Some(raw) = raw {
+                        raw.clear();
+                        raw.extend_from_slice(&rest[..head.head_len]);
+                    }
+                    rest.drain(..head.head_len);
+                    return Ok(head);
+                }
+                Ok(None) if rest.len() > MAX_RESPONSE_HEAD => {
+                    return Err(Failure::BadResponse("response head too large"))
+                }
+                Ok(None) => {}
+                Err(codec::BadResponse(what)) => return Err(Failure::BadResponse(what)),
+            }
+        }
+        if seen > MAX_RESPONSE_HEAD {
+            return Err(Failure::BadResponse("response heads too large"));
+        }
+        rest.reserve(HEAD_READ);
+        let before = rest.len();
+        match upstream.read_buf(rest).await {
+            Ok(0) => {
+                return Err(Failure::Broken {
+                    error: io::ErrorKind::UnexpectedEof.into(),
+                    stale: reused && seen == 0,
+                })
+            }
+            Ok(n) => seen += n,
+            Err(error) => {
+                return Err(Failure::Broken {
+                    error,
+                    stale: reused && seen == 0,
+                })
+            }
+        }
+        debug_assert!(rest.len() > before);
+    }
+}

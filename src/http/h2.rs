@@ -1,0 +1,446 @@
+//! HTTP/2 clients (prior knowledge, h2c): hyper serves the connection, and
+//! each request goes through the same attempt loop as HTTP/1 ones, to
+//! HTTP/1.1 upstreams over the same codec and connection pools. Only the
+//! client side differs: the request body comes from hyper's stream and is
+//! sent upstream with the length it declared, or chunked; the response
+//! body is read off the upstream socket and handed to hyper as frames.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use super::attempt::{self, Answer, Exchange, Failure, Outcome};
+use super::codec::chunked::{self, Chunks};
+use super::codec::{self, Asked, Framing, RequestBody, Version};
+use super::h1::exchange::read_head;
+use super::h1::Transport;
+use super::replies::Reply;
+use super::Listening;
+use crate::metrics::ListenerMetrics;
+use crate::upstream::RawConn;
+
+/// Streams one client may have open at once.
+const MAX_STREAMS: u32 = 256;
+/// How often an idle HTTP/2 connection is pinged, and how long a ping may
+/// go unanswered before the connection is closed.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What every request of one HTTP/2 connection shares.
+struct Ctx {
+    bind: SocketAddr,
+    snapshot: crate::snapshot::SharedSnapshot,
+    metrics: Arc<ListenerMetrics>,
+    client_ip: Vec<u8>,
+    body_read_timeout: Duration,
+}
+
+/// Serves an HTTP/2 connection whose preface has arrived (it is still in
+/// `io`'s first bytes) until it closes or the listener stops.
+pub(crate) async fn serve<S: Transport>(
+    io: S,
+    peer: SocketAddr,
+    listening: &Listening,
+    metrics: &Arc<ListenerMetrics>,
+) {
+    let limits = listening.snapshot.load().limits.clone();
+    let ctx = Arc::new(Ctx {
+        bind: listening.bind,
+        snapshot: listening.snapshot.clone(),
+        metrics: metrics.clone(),
+        client_ip: peer.ip().to_string().into_bytes(),
+        body_read_timeout: limits.body_read_timeout,
+    });
+    let service = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(KEEP_ALIVE)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(u32::try_from(*limits.max_header_bytes.get_ref()).unwrap_or(u32::MAX));
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = listening.stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "HTTP/2 connection ended with an error");
+    }
+}
+
+type H2Response = Response<H2Body>;
+
+async fn handle(req: Request<Incoming>, ctx: &Ctx) -> H2Response {
+    let started = Instant::now();
+    let service = {
+        let snapshot = ctx.snapshot.load();
+        let router = snapshot.router(ctx.bind);
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()));
+        match router.and_then(|r| r.route(host)) {
+            Some(service) => service.clone(),
+            None => {
+                ctx.metrics.rejected(StatusCode::NOT_FOUND);
+                return local(Reply::NoService);
+            }
+        }
+    };
+    let (parts, body) = req.into_parts();
+    let framing = if body.is_end_stream() {
+        RequestBody::None
+    } else {
+        match body.size_hint().exact() {
+            Some(n) => RequestBody::Length(n),
+            None => RequestBody::Chunked,
+        }
+    };
+    let request = codec::h2_request(&parts, framing, &ctx.client_ip);
+    let mut exchange = H2Exchange {
+        request,
+        body: Some(body),
+        body_read_timeout: ctx.body_read_timeout,
+        taken: false,
+        rest: Vec::new(),
+        out: Vec::new(),
+        raw: Vec::new(),
+    };
+    match attempt::forward(&service, &mut exchange, started).await {
+        Outcome::Answer(answer) => respond(answer, exchange.rest, &exchange.raw),
+        Outcome::Reply { reply, .. } => {
+            if reply.is_rejection() {
+                ctx.metrics.rejected(reply.status());
+            }
+            local(reply)
+        }
+        Outcome::Gone => local(Reply::BodyTimeout(ctx.body_read_timeout)),
+    }
+}
+
+fn local(reply: Reply) -> H2Response {
+    reply.h2().map(|text| H2Body::Local(Some(text)))
+}
+
+/// The response to an HTTP/2 client from an upstream's head and body.
+fn respond(answer: Answer, rest: Vec<u8>, raw: &[u8]) -> H2Response {
+    let Some((status, headers)) = codec::response_headers(raw) else {
+        return local(Reply::BadGateway(super::replies::Gateway::Invalid));
+    };
+    let framing = answer.head.framing;
+    let idle = answer.service.request_timeout;
+    let cut = answer.cut.clone().cancelled_owned();
+    let body = H2Body::Upstream(Box::new(Upstream {
+        left: match framing {
+            Framing::Length(n) => n,
+            _ => 0,
+        },
+        done: framing == Framing::None,
+        framing,
+        chunks: Chunks::new(),
+        buf: rest,
+        clean: true,
+        idle,
+        stall: Box::pin(tokio::time::sleep(idle)),
+        cut: Box::pin(cut),
+        answer: Some(answer),
+    }));
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    *response.headers_mut() = headers;
+    response
+}
+
+struct H2Exchange {
+    request: codec::Request,
+    body: Option<Incoming>,
+    body_read_timeout: Duration,
+    /// A frame of the body was taken: the request cannot be sent again.
+    taken: bool,
+    rest: Vec<u8>,
+    out: Vec<u8>,
+    raw: Vec<u8>,
+}
+
+impl Exchange for H2Exchange {
+    fn attempt<'a>(
+        &'a mut self,
+        conn: &'a mut RawConn,
+        host: Option<&'a [u8]>,
+    ) -> impl Future<Output = Result<codec::Response, Failure>> + Send + 'a {
+        async move {
+            let reused = conn.reused;
+            self.request.write_upstream(host, &mut self.out);
+            let (mut upstream_read, mut upstream_write) = conn.stream.split();
+            if let Err(error) = upstream_write.write_all(&self.out).await {
+                return Err(Failure::Broken {
+                    error,
+                    stale: reused && !self.taken,
+                });
+            }
+            let asked = Asked {
+                head_method: self.request.head_method,
+                upgrade: false,
+                client: Version::Http11,
+                close: false,
+            };
+            let uploading = AtomicBool::new(self.request.body != RequestBody::None);
+            let chunked = self.request.body == RequestBody::Chunked;
+            let timeout = self.body_read_timeout;
+            let body = &mut self.body;
+            let taken = &mut self.taken;
+            let upload = async {
+                let Some(body) = body.as_mut() else {
+                    return Ok(());
+                };
+                let mut framed = Vec::new();
+                loop {
+                    let frame = match tokio::time::timeout(timeout, body.frame()).await {
+                        Ok(Some(Ok(frame))) => frame,
+                        Ok(None) => break,
+                        Ok(Some(Err(_))) => return Err(Failure::Client(None)),
+                        Err(_) => return Err(Failure::Client(Some(Reply::BodyTimeout(timeout)))),
+                    };
+                    *taken = true;
+                    let Ok(data) = frame.into_data() else {
+                        continue; // trailers are not forwarded
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    let bytes: &[u8] = if chunked {
+                        framed.clear();
+                        chunked::size_line(data.len(), &mut framed);
+                        framed.extend_from_slice(&data);
+                        framed.extend_from_slice(b"\r\n");
+                        &framed
+                    } else {
+                        &data
+                    };
+                    if let Err(error) = upstream_write.write_all(bytes).await {
+                        return Err(Failure::Broken { error, stale: false });
+                    }
+                }
+                if chunked {
+                    if let Err(error) = upstream_write.write_all(chunked::LAST_CHUNK).await {
+                        return Err(Failure::Broken { error, stale: false });
+                    }
+                }
+                Ok(())
+            };
+            let read = read_head(
+                &mut upstream_read,
+                asked,
+                &uploading,
+                &mut self.rest,
+                &mut self.out,
+                Some(&mut self.raw),
+                reused,
+            );
+            tokio::pin!(upload);
+            tokio::pin!(read);
+            loop {
+                tokio::select! {
+                    biased;
+                    head = &mut read => {
+                        let mut head = head?;
+                        // A response before the whole body went up leaves the
+                        // connection in no state to reuse.
+                        head.reusable &= !uploading.load(Ordering::Relaxed);
+                        return Ok(head);
+                    }
+                    up = &mut upload, if uploading.load(Ordering::Relaxed) => match up {
+                        Ok(()) => uploading.store(false, Ordering::Relaxed),
+                        Err(Failure::Broken { .. }) => {
+                            // The upstream may have answered already: read on.
+                            uploading.store(false, Ordering::Relaxed);
+                        }
+                        Err(e) => return Err(e),
+                    },
+                }
+            }
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        !self.taken
+    }
+
+    fn idempotent(&self) -> bool {
+        self.request.idempotent && self.request.body == RequestBody::None
+    }
+}
+
+/// A response body for hyper: a proxy-made text or an upstream's body.
+enum H2Body {
+    Local(Option<Bytes>),
+    Upstream(Box<Upstream>),
+}
+
+/// An upstream's response body, read off its socket as hyper asks.
+struct Upstream {
+    framing: Framing,
+    left: u64,
+    done: bool,
+    chunks: Chunks,
+    /// Bytes read and not yet handed on.
+    buf: Vec<u8>,
+    /// Nothing past the end of the response arrived.
+    clean: bool,
+    idle: Duration,
+    /// Ends the body if the upstream stalls this long.
+    stall: Pin<Box<tokio::time::Sleep>>,
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    answer: Option<Answer>,
+}
+
+impl Upstream {
+    /// Takes the data of `buf` this body's framing says is its own.
+    fn take(&mut self) -> Result<Bytes, io::Error> {
+        let data = match self.framing {
+            Framing::None => Bytes::new(),
+            Framing::Length(_) => {
+                let n = self.left.min(self.buf.len() as u64) as usize;
+                self.left -= n as u64;
+                self.done = self.left == 0;
+                let data = Bytes::copy_from_slice(&self.buf[..n]);
+                self.clean &= n == self.buf.len();
+                data
+            }
+            Framing::Chunked => {
+                let mut plain = Vec::new();
+                let buf = &self.buf;
+                match self.chunks.decode(buf, |r| plain.extend_from_slice(&buf[r])) {
+                    Ok(Some(end)) => {
+                        self.done = true;
+                        self.clean &= end == self.buf.len();
+                    }
+                    Ok(None) => {}
+                    Err(chunked::BadChunk(why)) => return Err(io::Error::other(why)),
+                }
+                Bytes::from(plain)
+            }
+            Framing::UntilClose => Bytes::copy_from_slice(&self.buf),
+        };
+        self.buf.clear();
+        Ok(data)
+    }
+
+    fn finish(&mut self) {
+        if let Some(answer) = self.answer.take() {
+            if self.clean {
+                answer.reuse();
+            }
+        }
+    }
+
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, io::Error>>> {
+        loop {
+            if !self.buf.is_empty() {
+                let data = self.take()?;
+                if self.done {
+                    self.finish();
+                }
+                if !data.is_empty() {
+                    return Poll::Ready(Some(Ok(data)));
+                }
+            }
+            if self.done {
+                self.finish();
+                return Poll::Ready(None);
+            }
+            let Some(answer) = self.answer.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if self.cut.as_mut().poll(cx).is_ready() {
+                answer.count_cut();
+                self.answer = None;
+                return Poll::Ready(Some(Err(io::Error::other(
+                    "closed at its pool's drain deadline",
+                ))));
+            }
+            self.buf.reserve(64 * 1024);
+            let read = tokio_util::io::poll_read_buf(Pin::new(&mut answer.conn.stream), cx, &mut self.buf);
+            match read {
+                Poll::Ready(Ok(0)) if self.framing == Framing::UntilClose => {
+                    self.answer = None;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => {
+                    self.answer = None;
+                    return Poll::Ready(Some(Err(io::ErrorKind::UnexpectedEof.into())));
+                }
+                Poll::Ready(Ok(_)) => {
+                    let deadline = tokio::time::Instant::now() + self.idle;
+                    self.stall.as_mut().reset(deadline);
+                }
+                Poll::Ready(Err(e)) => {
+                    self.answer = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Pending => {
+                    ready!(self.stall.as_mut().poll(cx));
+                    self.answer = None;
+                    return Poll::Ready(Some(Err(io::Error::other("upstream response body stalled"))));
+                }
+            }
+        }
+    }
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match self.get_mut() {
+            H2Body::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
+            H2Body::Upstream(body) => body.poll_data(cx).map(|d| d.map(|d| d.map(Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            H2Body::Local(text) => text.is_none(),
+            H2Body::Upstream(body) => body.done && body.buf.is_empty(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            H2Body::Local(text) => SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64)),
+            H2Body::Upstream(body) => match body.framing {
+                Framing::Length(n) if body.buf.is_empty() && body.left == n => SizeHint::with_exact(n),
+                _ => SizeHint::default(),
+            },
+        }
+    }
+}

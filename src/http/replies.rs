@@ -1,0 +1,151 @@
+//! The one table of proxy-made replies: every response cutover writes itself
+//! (404 no service, 502/503/504 upstream trouble, 400/405/408/417/431/501/505
+//! for bad or slow requests) with its status and short text body, written as
+//! HTTP/1.1 bytes or as an HTTP/2 response. A reply to `HEAD` has no body.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+
+use super::codec::Refused;
+
+/// A response the proxy makes itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reply {
+    /// No service for this Host on this listener.
+    NoService,
+    /// No healthy endpoint.
+    Unavailable,
+    /// The upstream failed after retries, with what went wrong.
+    BadGateway(Gateway),
+    /// The upstream did not answer within `request_timeout`.
+    GatewayTimeout,
+    /// The head could not be served as it is.
+    Refused(Refused),
+    /// The head was larger than `max_header_bytes`.
+    HeadTooLarge(usize),
+    /// The head did not arrive within `header_read_timeout`.
+    HeadTimeout(Duration),
+    /// The body stalled longer than `body_read_timeout`.
+    BodyTimeout(Duration),
+    /// The body's chunked framing was broken.
+    BadBody(&'static str),
+}
+
+/// What went wrong with an upstream, as a 502 says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gateway {
+    Unreachable,
+    Failed,
+    Invalid,
+    /// Closed by the proxy at its pool's drain deadline.
+    Drained,
+}
+
+impl Reply {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Reply::NoService => StatusCode::NOT_FOUND,
+            Reply::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Reply::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Reply::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reply::Refused(r) => r.status,
+            Reply::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Reply::HeadTimeout(_) | Reply::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Reply::BadBody(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// Whether the reply is about the client's request (counted as a
+    /// rejection on its listener) rather than about routing or upstreams.
+    pub fn is_rejection(self) -> bool {
+        matches!(
+            self,
+            Reply::Refused(_)
+                | Reply::HeadTooLarge(_)
+                | Reply::HeadTimeout(_)
+                | Reply::BodyTimeout(_)
+                | Reply::BadBody(_)
+        )
+    }
+
+    /// The short text body: the status line's words, then what happened.
+    pub fn text(self) -> Cow<'static, str> {
+        let fixed = |s: &'static str| Cow::Borrowed(s);
+        match self {
+            Reply::NoService => fixed("404 Not Found: no service for this host\n"),
+            Reply::Unavailable => {
+                fixed("503 Service Unavailable: no healthy upstream endpoint\n")
+            }
+            Reply::BadGateway(Gateway::Unreachable) => {
+                fixed("502 Bad Gateway: the upstream could not be reached\n")
+            }
+            Reply::BadGateway(Gateway::Failed) => {
+                fixed("502 Bad Gateway: the upstream connection failed\n")
+            }
+            Reply::BadGateway(Gateway::Invalid) => fixed(
+                "502 Bad Gateway: the upstream sent a response that is not valid HTTP/1.1\n",
+            ),
+            Reply::BadGateway(Gateway::Drained) => fixed(
+                "502 Bad Gateway: the upstream connection was closed at its pool's drain deadline\n",
+            ),
+            Reply::GatewayTimeout => {
+                fixed("504 Gateway Timeout: the upstream did not answer in time\n")
+            }
+            Reply::Refused(r) => Cow::Owned(format!("{}: {}\n", status_line(r.status), r.reason)),
+            Reply::HeadTooLarge(limit) => Cow::Owned(format!(
+                "431 Request Header Fields Too Large: the request head is larger than {limit} bytes\n"
+            )),
+            Reply::HeadTimeout(limit) => Cow::Owned(format!(
+                "408 Request Timeout: the request head did not arrive within {limit:?}\n"
+            )),
+            Reply::BodyTimeout(limit) => Cow::Owned(format!(
+                "408 Request Timeout: the request body stalled for longer than {limit:?}\n"
+            )),
+            Reply::BadBody(why) => Cow::Owned(format!(
+                "400 Bad Request: the request body is not valid chunked encoding: {why}\n"
+            )),
+        }
+    }
+
+    /// The reply as HTTP/1.1 bytes; `connection: close` when `close`.
+    pub fn h1(self, head_method: bool, close: bool) -> Vec<u8> {
+        let text = self.text();
+        let status = self.status();
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        let mut reply = format!(
+            "HTTP/1.1 {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\ndate: {date}\r\n",
+            status_line(status),
+            text.len()
+        );
+        if close {
+            reply.push_str("connection: close\r\n");
+        }
+        reply.push_str("\r\n");
+        if !head_method {
+            reply.push_str(&text);
+        }
+        reply.into_bytes()
+    }
+
+    /// The reply as an HTTP/2 response.
+    pub fn h2(self) -> http::Response<Bytes> {
+        let mut response = http::Response::new(Bytes::from(self.text().into_owned()));
+        *response.status_mut() = self.status();
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    }
+}
+
+fn status_line(status: StatusCode) -> String {
+    format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    )
+}
