@@ -1,101 +1,39 @@
 //! The admin API: JSON over HTTP on its own listener, served by the control
 //! plane's runtime so a saturated data plane cannot starve it. It reads the
 //! server's status and snapshot and asks the server for changes through its
-//! `Handle`; it never changes routing state itself. Routes are listed once in
-//! `ROUTES`, which the OpenAPI document is checked against.
+//! `Handle`; it never changes routing state itself. This file answers calls;
+//! which call a request is, and whether it needs the token, is `routes`'
+//! (one table, `ROUTES`, which the OpenAPI document is checked against);
+//! connections, their limits and timeouts are `conn`'s.
 
 mod auth;
+mod conn;
 mod rates;
+mod routes;
 mod view;
 
-use std::convert::Infallible;
-use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::MAX_WEIGHT;
 use crate::server::{ChangeError, Handle, Trigger};
 use crate::state::Weights;
 pub use auth::{Token, TokenError};
+pub use conn::{serve, HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS};
 pub use rates::Rates;
-
-/// Every route served: method and path template. The OpenAPI document in
-/// `docs/openapi.json` must list exactly these.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/healthz"),
-    ("GET", "/readyz"),
-    ("GET", "/metrics"),
-    ("GET", "/v1/status"),
-    ("PUT", "/v1/services/{svc}/weights"),
-    ("PUT", "/v1/services/{svc}/pools/{pool}/state"),
-    (
-        "PUT",
-        "/v1/services/{svc}/pools/{pool}/endpoints/{ep}/state",
-    ),
-    ("POST", "/v1/reload"),
-];
+use routes::{resolve, Call, Resolved};
+pub use routes::{Access, Route, ROUTES};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
 
-#[derive(Debug, PartialEq, Eq)]
-enum Route<'a> {
-    Healthz,
-    Readyz,
-    Metrics,
-    Status,
-    Weights(&'a str),
-    State {
-        service: &'a str,
-        pool: &'a str,
-        endpoint: Option<&'a str>,
-    },
-    Reload,
-}
-
-/// Resolves a path to its route, if the method fits.
-fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, StatusCode> {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let (route, allowed) = match segments.as_slice() {
-        ["healthz"] => (Route::Healthz, Method::GET),
-        ["readyz"] => (Route::Readyz, Method::GET),
-        ["metrics"] => (Route::Metrics, Method::GET),
-        ["v1", "status"] => (Route::Status, Method::GET),
-        ["v1", "services", svc, "weights"] if !svc.is_empty() => (Route::Weights(svc), Method::PUT),
-        ["v1", "services", service, "pools", pool, "state"] => (
-            Route::State {
-                service,
-                pool,
-                endpoint: None,
-            },
-            Method::PUT,
-        ),
-        ["v1", "services", service, "pools", pool, "endpoints", endpoint, "state"] => (
-            Route::State {
-                service,
-                pool,
-                endpoint: Some(endpoint),
-            },
-            Method::PUT,
-        ),
-        ["v1", "reload"] => (Route::Reload, Method::POST),
-        _ => return Err(StatusCode::NOT_FOUND),
-    };
-    if *method == allowed {
-        Ok(route)
-    } else {
-        Err(StatusCode::METHOD_NOT_ALLOWED)
-    }
-}
+/// Longest a request body may take to arrive once its head has.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every admin request shares.
 pub struct Admin {
@@ -104,104 +42,66 @@ pub struct Admin {
     pub rates: Rates,
 }
 
-/// Serves the admin API on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
-        let admin = admin.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(handle(req, &admin).await) }
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "admin connection error");
-            }
-        });
-    }
-}
-
 async fn handle(req: Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
-    let path = req.uri().path().to_owned();
-    let route = match route(req.method(), &path) {
-        Ok(route) => route,
-        Err(StatusCode::METHOD_NOT_ALLOWED) => {
-            return error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed",
-                format!("{} does not take {}", path, req.method()),
-            )
-        }
-        Err(_) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "not found",
-                format!("no route {path}"),
-            )
-        }
-    };
-    if path.starts_with("/v1/") {
+    let (access, resolved) = resolve(req.method(), req.uri().path());
+    if access == Access::Token {
         if let Some(token) = &admin.token {
             if let Err(why) = token.check(req.headers().get(header::AUTHORIZATION)) {
                 return error(StatusCode::UNAUTHORIZED, "unauthorized", why.to_owned());
             }
         }
     }
-    match route {
-        Route::Healthz => text(StatusCode::OK, "ok\n"),
-        Route::Readyz => {
+    let call = match resolved {
+        Resolved::Call(call) => call,
+        Resolved::WrongMethod(allowed) => {
+            let allowed: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+            let allowed = allowed.join(", ");
+            let mut response = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed",
+                format!(
+                    "{} does not take {}; it takes {allowed}",
+                    req.uri().path(),
+                    req.method()
+                ),
+            );
+            if let Ok(value) = HeaderValue::from_str(&allowed) {
+                response.headers_mut().insert(header::ALLOW, value);
+            }
+            return response;
+        }
+        Resolved::NotFound => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not found",
+                format!("no route {}", req.uri().path()),
+            )
+        }
+    };
+    match call {
+        Call::Healthz => text(StatusCode::OK, "ok\n"),
+        Call::Readyz => {
             if admin.handle.is_shutting_down() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
             } else {
                 text(StatusCode::OK, "ready\n")
             }
         }
-        Route::Metrics => Response::builder()
+        Call::Metrics => Response::builder()
             .header(
                 header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
             )
             .body(Full::new(Bytes::from(admin.handle.metrics.render())))
             .expect("static headers are valid"),
-        Route::Status => json_response(StatusCode::OK, &view::status(admin)),
-        Route::Weights(svc) => set_weights(req, &decode(svc), admin).await,
-        Route::State {
+        Call::Status => json_response(StatusCode::OK, &view::status(admin)),
+        Call::Weights { service } => set_weights(req, &service, admin).await,
+        Call::State {
             service,
             pool,
             endpoint,
-        } => {
-            let endpoint = endpoint.map(decode);
-            set_state(
-                req,
-                &decode(service),
-                &decode(pool),
-                endpoint.as_deref(),
-                admin,
-            )
-            .await
-        }
-        Route::Reload => match admin.handle.reload(Trigger::Api).await {
+        } => set_state(req, &service, &pool, endpoint.as_deref(), admin).await,
+        Call::Reload => match admin.handle.reload(Trigger::Api).await {
             Ok(generation) => json_response(StatusCode::OK, &json!({ "generation": generation })),
             Err(e) => change_error(e),
         },
@@ -238,20 +138,21 @@ async fn set_weights(req: Request<Incoming>, svc: &str, admin: &Admin) -> Respon
     }
 }
 
-/// A path segment, percent-decoded (an IPv6 endpoint arrives as %5B..%5D).
-fn decode(segment: &str) -> String {
-    percent_encoding::percent_decode_str(segment)
-        .decode_utf8_lossy()
-        .into_owned()
-}
-
+/// Reads a request body of at most `MAX_BODY` bytes that arrives within
+/// `BODY_READ_TIMEOUT`.
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Full<Bytes>>> {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(body) => Ok(body.to_bytes()),
-        Err(e) => Err(error(
+    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+    match tokio::time::timeout(BODY_READ_TIMEOUT, collect).await {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(e)) => Err(error(
             StatusCode::BAD_REQUEST,
             "unreadable body",
             format!("the body could not be read (at most {MAX_BODY} bytes): {e}"),
+        )),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "body timeout",
+            format!("the body did not arrive within {BODY_READ_TIMEOUT:?}"),
         )),
     }
 }
@@ -371,24 +272,6 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_listed_route_resolves_and_other_methods_are_refused() {
-        for (method, template) in ROUTES {
-            let path = template
-                .replace("{svc}", "hello")
-                .replace("{pool}", "blue")
-                .replace("{ep}", "10.0.0.10:80");
-            let method: Method = method.parse().unwrap();
-            assert!(route(&method, &path).is_ok(), "{method} {path}");
-            for other in [Method::GET, Method::PUT, Method::POST, Method::DELETE] {
-                if other != method {
-                    assert_eq!(route(&other, &path), Err(StatusCode::METHOD_NOT_ALLOWED));
-                }
-            }
-        }
-        assert_eq!(route(&Method::GET, "/v2/x"), Err(StatusCode::NOT_FOUND));
-    }
 
     #[test]
     fn weights_are_whole_numbers_in_range() {

@@ -1,6 +1,7 @@
-//! The admin API end to end: a weight switch under load, auth, every bad
-//! input and its status, overrides against reloads and restarts, read-only
-//! mode, and metrics that agree with what the backends saw.
+//! The admin API end to end: a weight switch under load, auth (also against
+//! odd spellings of a path), every bad input and its status, slow and silent
+//! clients, overrides against reloads and restarts, read-only mode, and
+//! metrics that agree with what the backends saw.
 
 mod support;
 
@@ -9,8 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cutover::admin::{BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS};
 use http::{Method, Request, StatusCode};
-use support::{full, get, Backend, Client, Proxy, Reply};
+use support::{full, get, Backend, Client, Proxy, RawClient, Reply};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// The usual blue/green config with the admin API on an ephemeral port and
 /// `admin_extra` lines in `[admin]`.
@@ -41,6 +45,78 @@ async fn call(
         .send(req.body(full(body.to_owned())).unwrap())
         .await
         .unwrap()
+}
+
+/// The token the token-protected proxies of this file are given.
+const TOKEN: &str = "s3cret-token";
+
+/// Writes `TOKEN` to a private file in `dir`; the `[admin]` line naming it.
+fn token_file(dir: &tempfile::TempDir) -> String {
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    format!("token_file = \"{}\"", token_file.display())
+}
+
+/// One admin call written as raw bytes, so the path arrives exactly as
+/// spelled here, on a connection the proxy closes after answering. The
+/// status code (0 when there was no answer) and the whole reply.
+async fn raw_call(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let reply = support::raw(admin, request.as_bytes(), support::RAW_LIMIT).await;
+    let status = reply
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, reply)
+}
+
+/// Opens a connection to `admin` and writes `bytes` on it.
+async fn send_raw(admin: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(admin).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    stream
+}
+
+/// Reads until the proxy closes the connection, waiting at most `limit`; how
+/// long that took and what was read.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Duration, String) {
+    let started = tokio::time::Instant::now();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(limit, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert!(
+        read.is_ok(),
+        "the connection was still open after {limit:?}; read {text:?}"
+    );
+    (started.elapsed(), text)
 }
 
 fn json(reply: &Reply) -> serde_json::Value {
@@ -120,14 +196,7 @@ async fn v1_needs_the_bearer_token_and_probes_do_not() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
     let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "s3cret-token\n").unwrap();
-    std::fs::set_permissions(
-        &token_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    let extra = format!("token_file = \"{}\"", token_file.display());
+    let extra = token_file(&dir);
     let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, &extra)).await;
     let admin = proxy.admin.unwrap();
 
@@ -155,7 +224,7 @@ async fn v1_needs_the_bearer_token_and_probes_do_not() {
         "blue",
         "an unauthorized call changed weights"
     );
-    let ok = call(admin, Method::GET, "/v1/status", "", Some("s3cret-token")).await;
+    let ok = call(admin, Method::GET, "/v1/status", "", Some(TOKEN)).await;
     assert_eq!(ok.status, StatusCode::OK);
     for probe in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(
@@ -164,6 +233,207 @@ async fn v1_needs_the_bearer_token_and_probes_do_not() {
             "{probe}"
         );
     }
+}
+
+#[tokio::test]
+async fn odd_spellings_of_a_path_neither_skip_the_token_nor_reach_a_route() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = token_file(&dir);
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, &extra)).await;
+    let admin = proxy.admin.unwrap();
+    let generation = proxy.generation();
+
+    // Each spelling of GET /v1/status and PUT /v1/services/hello/weights that
+    // a path normalizer might take for the route, and none of which is it.
+    let odd = |route: &str| {
+        let rest = route.strip_prefix("/v1/").unwrap();
+        vec![
+            format!("//v1/{rest}"),
+            format!("/v1//{rest}"),
+            format!("/./v1/{rest}"),
+            format!("/v1/./{rest}"),
+            format!("/v1/../v1/{rest}"),
+            format!("/%2Fv1/{rest}"),
+            format!("/%2fv1/{rest}"),
+            format!("/v1%2F{rest}"),
+            format!("/v1/{rest}/"),
+            format!("/V1/{rest}"),
+            format!("/v1/{}", rest.to_uppercase()),
+        ]
+    };
+    let mut calls: Vec<(&str, String, &str)> = Vec::new();
+    for path in odd("/v1/status") {
+        calls.push(("GET", path, ""));
+    }
+    let mut weights = odd("/v1/services/hello/weights");
+    weights.extend([
+        "/v1/services//hello/weights".to_owned(),
+        "/v1/services/./hello/weights".to_owned(),
+        "/v1/services/hello/./weights".to_owned(),
+        "/v1/services/hello//weights".to_owned(),
+        "/v1/services/hello%2Fweights".to_owned(),
+        "/v1/services/x/../hello/weights".to_owned(),
+    ]);
+    for path in weights {
+        calls.push(("PUT", path, r#"{"blue": 0, "green": 100}"#));
+    }
+
+    for (method, path, body) in &calls {
+        // Under /v1 nothing answers without the token; elsewhere it is no route.
+        let refused = if path.starts_with("/v1/") { 401 } else { 404 };
+        for token in [None, Some("wrong-token!")] {
+            let (status, reply) = raw_call(admin, method, path, body, token).await;
+            assert_eq!(status, refused, "{method} {path} token {token:?}: {reply}");
+            assert!(reply.contains(r#""error""#), "{reply}");
+        }
+        let (status, reply) = raw_call(admin, method, path, body, Some(TOKEN)).await;
+        assert_eq!(status, 404, "{method} {path} with the token: {reply}");
+    }
+
+    let status = json(&call(admin, Method::GET, "/v1/status", "", Some(TOKEN)).await);
+    assert_eq!(
+        status["services"][0]["weights"]["effective"],
+        serde_json::json!({"blue": 100, "green": 0}),
+        "an odd path changed the weights"
+    );
+    assert_eq!(status["generation"], generation);
+    assert_eq!(get(proxy.addr(), "x", "/").await.pool(), "blue");
+    // The real spellings still work, parameters percent-decoded as before.
+    let (status, reply) = raw_call(
+        admin,
+        "PUT",
+        "/v1/services/%68ello/weights",
+        r#"{"blue": 0, "green": 100}"#,
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+}
+
+#[tokio::test]
+async fn wrong_methods_get_405_after_the_token_check() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = token_file(&dir);
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, &extra)).await;
+    let admin = proxy.admin.unwrap();
+    let reply = call(admin, Method::DELETE, "/v1/status", "", None).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    let reply = call(admin, Method::DELETE, "/v1/status", "", Some(TOKEN)).await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.headers["allow"], "GET");
+    assert_eq!(json(&reply)["error"], "method not allowed");
+    let reply = call(admin, Method::POST, "/healthz", "", None).await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+// The three tests below run on tokio's paused clock once the proxy is up:
+// the proxy's timers still fire, in order, but a wait of HEADER_READ_TIMEOUT
+// takes no real time. The sockets are real.
+
+#[tokio::test]
+async fn a_slow_admin_head_is_closed_after_the_header_read_timeout() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "")).await;
+    let admin = proxy.admin.unwrap();
+    tokio::time::pause();
+    let mut client = send_raw(admin, b"GET /v1/status HTTP/1.1\r\n").await;
+    let (waited, reply) = read_until_closed(&mut client, Duration::from_secs(120)).await;
+    assert!(!reply.contains(" 200 "), "{reply}");
+    assert!(
+        waited >= HEADER_READ_TIMEOUT && waited <= HEADER_READ_TIMEOUT + Duration::from_secs(5),
+        "closed after {waited:?}, not {HEADER_READ_TIMEOUT:?}"
+    );
+    // A client that keeps a connection open between requests is bound the same way.
+    let mut client = send_raw(admin, b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n").await;
+    let (waited, reply) = read_until_closed(&mut client, Duration::from_secs(120)).await;
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply}");
+    assert!(
+        waited <= HEADER_READ_TIMEOUT + Duration::from_secs(5),
+        "an idle keep-alive connection stayed open {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_admin_connection_is_closed_when_idle() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "")).await;
+    let admin = proxy.admin.unwrap();
+    tokio::time::pause();
+    // Not a byte: the proxy cannot yet tell HTTP/1 from HTTP/2.
+    let mut client = send_raw(admin, b"").await;
+    let (waited, reply) = read_until_closed(&mut client, Duration::from_secs(120)).await;
+    assert_eq!(reply, "");
+    assert!(
+        waited >= IDLE_TIMEOUT && waited <= IDLE_TIMEOUT + Duration::from_secs(5),
+        "closed after {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_admin_body_gets_408() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "")).await;
+    let admin = proxy.admin.unwrap();
+    tokio::time::pause();
+    let mut client = send_raw(
+        admin,
+        b"PUT /v1/services/hello/weights HTTP/1.1\r\nHost: admin\r\n\
+          Content-Length: 26\r\n\r\n{\"blue\": 0,",
+    )
+    .await;
+    let started = tokio::time::Instant::now();
+    let (_, reply) = read_until_closed(&mut client, Duration::from_secs(120)).await;
+    let waited = started.elapsed();
+    assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
+    assert!(reply.contains(r#""error": "body timeout""#), "{reply}");
+    assert!(waited >= BODY_READ_TIMEOUT, "answered after {waited:?}");
+    assert_eq!(
+        effective(admin).await,
+        serde_json::json!({"blue": 100, "green": 0})
+    );
+}
+
+#[tokio::test]
+async fn admin_connections_past_the_limit_wait_for_one_to_close() {
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "")).await;
+    let admin = proxy.admin.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        let mut client = RawClient::connect(admin).await;
+        // A complete request: the connection is surely accepted and counted.
+        client
+            .send(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+            .await;
+        client.fill("a /healthz reply").await;
+        held.push(client);
+    }
+    let mut waiting = RawClient::connect(admin).await;
+    waiting
+        .send(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .await;
+    let early = tokio::time::timeout(Duration::from_millis(300), waiting.try_fill("reply")).await;
+    assert!(
+        early.is_err(),
+        "answered past {MAX_CONNECTIONS} connections"
+    );
+    drop(held.pop());
+    waiting
+        .fill("a /healthz reply once a connection closed")
+        .await;
+    assert!(
+        String::from_utf8_lossy(&waiting.buf).starts_with("HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&waiting.buf)
+    );
 }
 
 #[tokio::test]
@@ -466,7 +736,7 @@ fn openapi_document_lists_exactly_the_served_routes() {
         .collect();
     let mut served: Vec<(String, String)> = cutover::admin::ROUTES
         .iter()
-        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .map(|route| (route.method.to_string(), route.path.to_owned()))
         .collect();
     documented.sort();
     served.sort();
