@@ -20,6 +20,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+pub mod raw_backend;
 
 /// A request as a backend saw it.
 #[derive(Debug, Clone)]
