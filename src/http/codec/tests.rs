@@ -71,7 +71,7 @@ fn framing_is_said_once_by_the_proxy() {
 #[test]
 fn leading_empty_lines_are_skipped() {
     let r = request("\r\n\r\nGET / HTTP/1.0\r\n\r\n");
-    assert_eq!(r.head_len, 20);
+    assert_eq!(r.head_len, 22);
     assert_eq!(r.version, Version::Http10);
     assert!(!r.keep_alive);
     assert!(request("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
@@ -216,12 +216,12 @@ fn bad_responses_are_refused() {
         assert!(parse_response(head.as_bytes(), ASKED, &mut out).is_err(), "{head:?}");
     }
     let asked = Asked { upgrade: true, ..ASKED };
-    let (r, out) = response(
+    let (r, text) = response(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
         asked,
     );
     assert_eq!((r.status, r.framing, r.reusable), (101, Framing::None, false));
-    assert!(out.ends_with("connection: upgrade\r\nupgrade: websocket\r\n\r\n"), "{out}");
+    assert!(text.ends_with("connection: upgrade\r\nupgrade: websocket\r\n\r\n"), "{text}");
     assert!(parse_response(b"HTTP/1.1 200 OK\r\n", ASKED, &mut out)
         .unwrap()
         .is_none());
