@@ -58,7 +58,8 @@ pub(crate) trait Exchange: Send {
     /// been taken from the client yet.
     fn replayable(&self) -> bool;
 
-    /// Whether the request may be sent twice (RFC 9110 §9.2.2).
+    /// Whether the request's method may be sent twice (RFC 9110 §9.2.2);
+    /// with a body, only while `replayable` (the body kept in hand).
     fn idempotent(&self) -> bool;
 }
 
@@ -173,7 +174,9 @@ pub(crate) async fn forward<E: Exchange>(
                 (exchange.replayable(), Gateway::Unreachable)
             }
             Err(Failure::Broken { error, stale }) => {
-                let whole = exchange.replayable();
+                // Still in hand and safe to send twice: the upstream may
+                // have read it before closing.
+                let whole = exchange.replayable() && exchange.idempotent();
                 if stale && whole && resends < UNSENT_RESENDS {
                     // A kept connection the upstream had closed meanwhile.
                     tracing::debug!(endpoint = %endpoint.address, %error, "resending on a fresh connection");
@@ -185,7 +188,7 @@ pub(crate) async fn forward<E: Exchange>(
                 eject_on_failure(service, pool, endpoint);
                 tracing::warn!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address,
                     %error, "upstream request failed");
-                (whole && exchange.idempotent(), Gateway::Failed)
+                (whole, Gateway::Failed)
             }
             Err(Failure::BadResponse(what)) => {
                 pool.metrics.upstream_error(UpstreamErrorKind::Reset);

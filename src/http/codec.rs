@@ -328,12 +328,6 @@ pub fn parse_request(buf: &[u8], client_ip: &[u8]) -> Result<Option<Request>, Re
                 "the request has too many header fields",
             ))
         }
-        Err(httparse::Error::Version) => {
-            return Err(refuse(
-                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                "only HTTP/1.0 and HTTP/1.1 are served",
-            ))
-        }
         Err(_) => return Err(bad("the request could not be parsed as HTTP/1.1")),
     };
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {

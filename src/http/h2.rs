@@ -28,7 +28,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use super::attempt::{self, Answer, Exchange, Failure, Outcome};
 use super::codec::chunked::{self, Chunks};
 use super::codec::{self, Asked, Framing, RequestBody, Version};
-use super::h1::exchange::read_head;
+use super::h1::exchange::{read_head, Closing};
 use super::h1::Transport;
 use super::replies::Reply;
 use super::Listening;
@@ -253,10 +253,14 @@ impl Exchange for H2Exchange {
                 }
                 Ok(())
             };
+            let closing = Closing {
+                uploading: &uploading,
+                stop: None,
+            };
             let read = read_head(
                 &mut upstream_read,
                 asked,
-                &uploading,
+                closing,
                 &mut self.rest,
                 &mut self.out,
                 Some(&mut self.raw),
@@ -292,7 +296,7 @@ impl Exchange for H2Exchange {
     }
 
     fn idempotent(&self) -> bool {
-        self.request.idempotent && self.request.body == RequestBody::None
+        self.request.idempotent
     }
 }
 

@@ -343,10 +343,14 @@ impl<S: Transport> Exchange for H1Exchange<'_, '_, S> {
                     &mut self.sent_continue,
                     &mut upstream_write,
                 );
+                let closing = Closing {
+                    uploading: &uploading,
+                    stop: Some(&self.client.conn.listening.stop),
+                };
                 let read = read_head(
                     &mut upstream_read,
                     asked,
-                    &uploading,
+                    closing,
                     &mut self.rest,
                     &mut self.out,
                     None,
@@ -394,7 +398,24 @@ impl<S: Transport> Exchange for H1Exchange<'_, '_, S> {
     }
 
     fn idempotent(&self) -> bool {
-        self.request.idempotent && self.request.body == RequestBody::None
+        self.request.idempotent
+    }
+}
+
+/// What, besides the request, closes the client connection after the
+/// response: known only when the head arrives.
+#[derive(Clone, Copy)]
+pub(crate) struct Closing<'a> {
+    /// The body is still going up: a response that comes now ends the
+    /// client connection, as the rest of the body is never read.
+    pub uploading: &'a AtomicBool,
+    /// The listener is stopping.
+    pub stop: Option<&'a tokio_util::sync::CancellationToken>,
+}
+
+impl Closing<'_> {
+    fn now(&self) -> bool {
+        self.uploading.load(Ordering::Relaxed) || self.stop.is_some_and(|s| s.is_cancelled())
     }
 }
 
@@ -406,7 +427,7 @@ impl<S: Transport> Exchange for H1Exchange<'_, '_, S> {
 pub(crate) async fn read_head(
     upstream: &mut ReadHalf<'_>,
     asked: Asked,
-    uploading: &AtomicBool,
+    closing: Closing<'_>,
     rest: &mut Vec<u8>,
     out: &mut Vec<u8>,
     raw: Option<&mut Vec<u8>>,
@@ -417,10 +438,8 @@ pub(crate) async fn read_head(
     let mut seen = 0;
     loop {
         if !rest.is_empty() {
-            // A response that comes while the body is still going up ends
-            // the client connection: the rest of the body is never read.
             let asked = Asked {
-                close: asked.close || uploading.load(Ordering::Relaxed),
+                close: asked.close || closing.now(),
                 ..asked
             };
             match codec::parse_response(rest, asked, out) {
@@ -431,6 +450,9 @@ pub(crate) async fn read_head(
                     }
                     rest.drain(..head.head_len);
                     continue;
+                }
+                Ok(Some(head)) if head.head_len > MAX_RESPONSE_HEAD => {
+                    return Err(Failure::BadResponse("response head too large"))
                 }
                 Ok(Some(head)) => {
                     if let Some(raw) = raw {
