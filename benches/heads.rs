@@ -1,4 +1,4 @@
-//! Head rewriting on the fast path, per message: a browser-like request head
+//! Head rewriting by the HTTP/1 codec, per message: a browser-like request head
 //! parsed and rewritten for upstream, and a typical response head rewritten
 //! for the client. Run with `cargo bench --bench heads`.
 //!
@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use cutover::http::wire::{self, Parsed};
+use cutover::http::codec::{self, Asked, Version};
 
 const REQUEST: &[u8] = b"GET /api/v1/items?page=2 HTTP/1.1\r\n\
 Host: shop.example.com\r\n\
@@ -32,8 +32,7 @@ fn heads(c: &mut Criterion) {
     let mut out = Vec::with_capacity(1024);
     group.bench_function("request_parse_and_rewrite", |b| {
         b.iter(|| {
-            let Parsed::Request(request) = wire::parse_request(black_box(REQUEST), b"192.0.2.10")
-            else {
+            let Ok(Some(request)) = codec::parse_request(black_box(REQUEST), b"192.0.2.10") else {
                 panic!("the sample request is valid");
             };
             request.write_upstream(None, &mut out);
@@ -42,7 +41,13 @@ fn heads(c: &mut Criterion) {
     });
     group.bench_function("response_parse_and_rewrite", |b| {
         b.iter(|| {
-            let head = wire::parse_response(black_box(RESPONSE), false, false, &mut out);
+            let asked = Asked {
+                head_method: false,
+                upgrade: false,
+                client: Version::Http11,
+                close: false,
+            };
+            let head = codec::parse_response(black_box(RESPONSE), asked, &mut out);
             black_box((head.is_ok(), &out));
         })
     });

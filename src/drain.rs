@@ -143,7 +143,7 @@ impl Drains {
                             target,
                             conns: vec![endpoint.conns.clone()],
                             activity: None,
-                                timeout: service.drain_timeout,
+                            timeout: service.drain_timeout,
                         });
                     }
                 }

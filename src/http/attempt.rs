@@ -97,7 +97,10 @@ impl Answer {
 pub(crate) enum Outcome {
     Answer(Answer),
     /// Answer the client with this; `close`: the connection cannot go on.
-    Reply { reply: Reply, close: bool },
+    Reply {
+        reply: Reply,
+        close: bool,
+    },
     /// The client went away: nothing to answer.
     Gone,
 }
@@ -195,7 +198,10 @@ pub(crate) async fn forward<E: Exchange>(
                 eject_on_failure(service, pool, endpoint);
                 tracing::warn!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address,
                     error = what, "upstream response refused");
-                (exchange.replayable() && exchange.idempotent(), Gateway::Invalid)
+                (
+                    exchange.replayable() && exchange.idempotent(),
+                    Gateway::Invalid,
+                )
             }
         };
         drop(work);

@@ -287,30 +287,38 @@ fn method_facts(method: &str) -> (bool, bool) {
 
 /// Where a request target points, in origin form, and the authority of an
 /// absolute-form target.
-fn split_target(method: &str, target: &str) -> Result<(Range<usize>, Option<Range<usize>>), Refused> {
+fn split_target(
+    method: &str,
+    target: &str,
+) -> Result<(Range<usize>, Option<Range<usize>>), Refused> {
     if target.starts_with('/') || (target == "*" && method == "OPTIONS") {
         return Ok((0..target.len(), None));
     }
     // Absolute form (RFC 9112 §3.2.2): `http://authority/path?query`.
-    let lower = target.get(..8).map(str::to_ascii_lowercase).unwrap_or_default();
+    let lower = target
+        .get(..8)
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
     let after_scheme = if lower.starts_with("http://") {
         7
     } else if lower.starts_with("https://") {
         8
     } else {
-        return Err(bad("the request target is not origin-form or absolute-form"));
+        return Err(bad(
+            "the request target is not origin-form or absolute-form",
+        ));
     };
     let rest = &target[after_scheme..];
     let authority_len = rest.find(['/', '?']).unwrap_or(rest.len());
     let authority = &rest[..authority_len];
-    if authority.is_empty() || authority.contains('@') || authority.parse::<http::uri::Authority>().is_err() {
+    if authority.is_empty()
+        || authority.contains('@')
+        || authority.parse::<http::uri::Authority>().is_err()
+    {
         return Err(bad("the request target's authority is not valid"));
     }
     let path_at = after_scheme + authority_len;
-    Ok((
-        path_at..target.len(),
-        Some(after_scheme..path_at),
-    ))
+    Ok((path_at..target.len(), Some(after_scheme..path_at)))
 }
 
 /// Parses a client's request head at the start of `buf` and rewrites it for
@@ -333,7 +341,11 @@ pub fn parse_request(buf: &[u8], client_ip: &[u8]) -> Result<Option<Request>, Re
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(bad("the request could not be parsed as HTTP/1.1"));
     };
-    let version = if minor == 0 { Version::Http10 } else { Version::Http11 };
+    let version = if minor == 0 {
+        Version::Http10
+    } else {
+        Version::Http11
+    };
     if method == "CONNECT" {
         return Err(refuse(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -525,9 +537,11 @@ pub fn parse_response(
 ) -> Result<Option<Response>, BadResponse> {
     let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut []);
-    let head_len = match httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut res, buf, &mut headers)
-    {
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
@@ -543,7 +557,9 @@ pub fn parse_response(
     }
     let switching = status == 101;
     if switching && !(asked.upgrade && minor == 1) {
-        return Err(BadResponse("101 Switching Protocols without an upgrade asked for"));
+        return Err(BadResponse(
+            "101 Switching Protocols without an upgrade asked for",
+        ));
     }
     if (100..200).contains(&status) && !switching {
         return Ok(Some(Response {
@@ -580,7 +596,9 @@ pub fn parse_response(
             ));
         }
         if !codings.chunked_last || codings.others {
-            return Err(BadResponse("the response's transfer coding is not just chunked"));
+            return Err(BadResponse(
+                "the response's transfer coding is not just chunked",
+            ));
         }
     }
     let bodiless = asked.head_method || switching || status == 204 || status == 304;
@@ -700,7 +718,10 @@ pub(crate) fn response_headers(head: &[u8]) -> Option<(u16, http::HeaderMap)> {
         };
         map.append(name, value);
     }
-    map.append(http::header::VIA, http::HeaderValue::from_static("1.1 cutover"));
+    map.append(
+        http::header::VIA,
+        http::HeaderValue::from_static("1.1 cutover"),
+    );
     Some((status, map))
 }
 

@@ -279,10 +279,14 @@ impl<S: Transport> Client<'_, S> {
                 match codec::parse_request(buf, self.conn.client_ip()) {
                     Ok(Some(r)) if r.head_len <= limits.max_header_bytes => return Ok(Some(r)),
                     Ok(Some(_)) => {
-                        return Err(self.refuse(Reply::HeadTooLarge(limits.max_header_bytes)).await)
+                        return Err(self
+                            .refuse(Reply::HeadTooLarge(limits.max_header_bytes))
+                            .await)
                     }
                     Ok(None) if buf.len() > limits.max_header_bytes => {
-                        return Err(self.refuse(Reply::HeadTooLarge(limits.max_header_bytes)).await)
+                        return Err(self
+                            .refuse(Reply::HeadTooLarge(limits.max_header_bytes))
+                            .await)
                     }
                     Ok(None) => {}
                     Err(refused) => return Err(self.refuse(Reply::Refused(refused)).await),
@@ -339,7 +343,12 @@ impl<S: Transport> Client<'_, S> {
     /// Routes and forwards one request whose head was taken off `buf`; on
     /// return `buf` holds what the client sent after it. `true`: the
     /// connection may serve another request.
-    async fn handle(&mut self, request: codec::Request, buf: &mut Vec<u8>, started: Instant) -> bool {
+    async fn handle(
+        &mut self,
+        request: codec::Request,
+        buf: &mut Vec<u8>,
+        started: Instant,
+    ) -> bool {
         let service = {
             let snapshot = self.conn.listening.snapshot.load();
             let router = snapshot.router(self.conn.listening.bind);

@@ -77,7 +77,9 @@ pub(crate) async fn serve<S: Transport>(
         .keep_alive_interval(KEEP_ALIVE)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .max_concurrent_streams(MAX_STREAMS)
-        .max_header_list_size(u32::try_from(*limits.max_header_bytes.get_ref()).unwrap_or(u32::MAX));
+        .max_header_list_size(
+            u32::try_from(*limits.max_header_bytes.get_ref()).unwrap_or(u32::MAX),
+        );
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let result = tokio::select! {
@@ -99,11 +101,11 @@ async fn handle(req: Request<Incoming>, ctx: &Ctx) -> H2Response {
     let service = {
         let snapshot = ctx.snapshot.load();
         let router = snapshot.router(ctx.bind);
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()));
+        let host = req.uri().authority().map(|a| a.as_str()).or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
         match router.and_then(|r| r.route(host)) {
             Some(service) => service.clone(),
             None => {
@@ -243,12 +245,18 @@ impl Exchange for H2Exchange {
                         &data
                     };
                     if let Err(error) = upstream_write.write_all(bytes).await {
-                        return Err(Failure::Broken { error, stale: false });
+                        return Err(Failure::Broken {
+                            error,
+                            stale: false,
+                        });
                     }
                 }
                 if chunked {
                     if let Err(error) = upstream_write.write_all(chunked::LAST_CHUNK).await {
-                        return Err(Failure::Broken { error, stale: false });
+                        return Err(Failure::Broken {
+                            error,
+                            stale: false,
+                        });
                     }
                 }
                 Ok(())
@@ -339,7 +347,10 @@ impl Upstream {
             Framing::Chunked => {
                 let mut plain = Vec::new();
                 let buf = &self.buf;
-                match self.chunks.decode(buf, |r| plain.extend_from_slice(&buf[r])) {
+                match self
+                    .chunks
+                    .decode(buf, |r| plain.extend_from_slice(&buf[r]))
+                {
                     Ok(Some(end)) => {
                         self.done = true;
                         self.clean &= end == self.buf.len();
@@ -389,7 +400,8 @@ impl Upstream {
                 ))));
             }
             self.buf.reserve(64 * 1024);
-            let read = tokio_util::io::poll_read_buf(Pin::new(&mut answer.conn.stream), cx, &mut self.buf);
+            let read =
+                tokio_util::io::poll_read_buf(Pin::new(&mut answer.conn.stream), cx, &mut self.buf);
             match read {
                 Poll::Ready(Ok(0)) if self.framing == Framing::UntilClose => {
                     self.answer = None;
@@ -410,7 +422,9 @@ impl Upstream {
                 Poll::Pending => {
                     ready!(self.stall.as_mut().poll(cx));
                     self.answer = None;
-                    return Poll::Ready(Some(Err(io::Error::other("upstream response body stalled"))));
+                    return Poll::Ready(Some(Err(io::Error::other(
+                        "upstream response body stalled",
+                    ))));
                 }
             }
         }
@@ -440,9 +454,13 @@ impl Body for H2Body {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            H2Body::Local(text) => SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64)),
+            H2Body::Local(text) => {
+                SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
+            }
             H2Body::Upstream(body) => match body.framing {
-                Framing::Length(n) if body.buf.is_empty() && body.left == n => SizeHint::with_exact(n),
+                Framing::Length(n) if body.buf.is_empty() && body.left == n => {
+                    SizeHint::with_exact(n)
+                }
                 _ => SizeHint::default(),
             },
         }

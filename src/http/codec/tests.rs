@@ -46,7 +46,10 @@ fn absolute_form_goes_upstream_in_origin_form_and_its_authority_wins() {
     let r = request("GET http://Other.Example:81/p?q HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(r.host(), Some("Other.Example:81"));
     let text = upstream_text(&r, None);
-    assert!(text.starts_with("GET /p?q HTTP/1.1\r\nhost: Other.Example:81\r\n"), "{text}");
+    assert!(
+        text.starts_with("GET /p?q HTTP/1.1\r\nhost: Other.Example:81\r\n"),
+        "{text}"
+    );
     let r = request("GET http://a HTTP/1.1\r\n\r\n");
     assert!(upstream_text(&r, None).starts_with("GET / HTTP/1.1\r\n"));
     let r = request("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -65,7 +68,11 @@ fn framing_is_said_once_by_the_proxy() {
     let r = request("POST /x HTTP/1.1\r\nTransfer-Encoding: cHuNkEd\r\n\r\n");
     assert_eq!(r.body, RequestBody::Chunked);
     let text = upstream_text(&r, None);
-    assert_eq!(text.matches("transfer-encoding: chunked\r\n").count(), 1, "{text}");
+    assert_eq!(
+        text.matches("transfer-encoding: chunked\r\n").count(),
+        1,
+        "{text}"
+    );
 }
 
 #[test]
@@ -127,14 +134,19 @@ fn upgrades_and_expect_are_carried() {
     let r = request("GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
     assert!(r.wants_upgrade());
     let text = upstream_text(&r, None);
-    assert!(text.ends_with("connection: upgrade\r\nupgrade: websocket\r\n\r\n"), "{text}");
+    assert!(
+        text.ends_with("connection: upgrade\r\nupgrade: websocket\r\n\r\n"),
+        "{text}"
+    );
     // Upgrade without Connection: upgrade is a plain request.
     let r = request("GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n");
     assert!(!r.wants_upgrade());
     assert!(!upstream_text(&r, None).contains("pgrade"));
     let r = request("PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n");
     assert!(r.expect_continue);
-    assert!(!upstream_text(&r, None).to_ascii_lowercase().contains("expect"));
+    assert!(!upstream_text(&r, None)
+        .to_ascii_lowercase()
+        .contains("expect"));
 }
 
 const ASKED: Asked = Asked {
@@ -158,7 +170,10 @@ fn response_framing_and_reuse() {
         "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nX-A: 1\r\n\r\nhello",
         ASKED,
     );
-    assert_eq!((r.status, r.framing, r.reusable), (200, Framing::Length(5), true));
+    assert_eq!(
+        (r.status, r.framing, r.reusable),
+        (200, Framing::Length(5), true)
+    );
     assert_eq!(r.head_len, 70);
     assert_eq!(
         out,
@@ -167,14 +182,25 @@ fn response_framing_and_reuse() {
 
     let (r, out) = response(
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-        Asked { close: true, ..ASKED },
+        Asked {
+            close: true,
+            ..ASKED
+        },
     );
-    assert_eq!((r.framing, r.reusable, r.close), (Framing::Chunked, true, true));
-    assert!(out.contains("transfer-encoding: chunked\r\n") && out.contains("connection: close\r\n"));
+    assert_eq!(
+        (r.framing, r.reusable, r.close),
+        (Framing::Chunked, true, true)
+    );
+    assert!(
+        out.contains("transfer-encoding: chunked\r\n") && out.contains("connection: close\r\n")
+    );
 
     let (r, out) = response(
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-        Asked { client: Version::Http10, ..ASKED },
+        Asked {
+            client: Version::Http10,
+            ..ASKED
+        },
     );
     assert!(r.dechunk && r.close && !out.contains("chunked"), "{out}");
 
@@ -184,12 +210,18 @@ fn response_framing_and_reuse() {
 
     let (r, out) = response(
         "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
-        Asked { head_method: true, ..ASKED },
+        Asked {
+            head_method: true,
+            ..ASKED
+        },
     );
     assert_eq!((r.framing, r.reusable), (Framing::None, true));
     assert!(out.contains("content-length: 5\r\n"), "{out}");
 
-    let (r, _) = response("HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n", ASKED);
+    let (r, _) = response(
+        "HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n",
+        ASKED,
+    );
     assert_eq!((r.framing, r.reusable), (Framing::None, false));
 
     let (r, _) = response("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 \r\n", ASKED);
@@ -213,15 +245,27 @@ fn bad_responses_are_refused() {
         "HTTQ/1.1 200 OK\r\n\r\n",
         "HTTP/1.1 101 Switching Protocols\r\n\r\n",
     ] {
-        assert!(parse_response(head.as_bytes(), ASKED, &mut out).is_err(), "{head:?}");
+        assert!(
+            parse_response(head.as_bytes(), ASKED, &mut out).is_err(),
+            "{head:?}"
+        );
     }
-    let asked = Asked { upgrade: true, ..ASKED };
+    let asked = Asked {
+        upgrade: true,
+        ..ASKED
+    };
     let (r, text) = response(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
         asked,
     );
-    assert_eq!((r.status, r.framing, r.reusable), (101, Framing::None, false));
-    assert!(text.ends_with("connection: upgrade\r\nupgrade: websocket\r\n\r\n"), "{text}");
+    assert_eq!(
+        (r.status, r.framing, r.reusable),
+        (101, Framing::None, false)
+    );
+    assert!(
+        text.ends_with("connection: upgrade\r\nupgrade: websocket\r\n\r\n"),
+        "{text}"
+    );
     assert!(parse_response(b"HTTP/1.1 200 OK\r\n", ASKED, &mut out)
         .unwrap()
         .is_none());

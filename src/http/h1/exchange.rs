@@ -101,7 +101,9 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
                 RequestBody::Chunked => match chunks.feed(avail) {
                     Ok(Some(end)) => (end, true),
                     Ok(None) => (avail.len(), false),
-                    Err(BadChunk(why)) => return Err(UploadError::Client(Some(Reply::BadBody(why)))),
+                    Err(BadChunk(why)) => {
+                        return Err(UploadError::Client(Some(Reply::BadBody(why))))
+                    }
                 },
                 _ => {
                     let take = left.min(avail.len() as u64);
@@ -133,7 +135,11 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
                     _ => return Err(UploadError::Client(None)),
                 }
             }
-            buf.reserve(if left > HEAD_READ as u64 || left == 0 { BODY_READ } else { HEAD_READ });
+            buf.reserve(if left > HEAD_READ as u64 || left == 0 {
+                BODY_READ
+            } else {
+                HEAD_READ
+            });
             match tokio::time::timeout(limits.body_read_timeout, stream.read_buf(buf)).await {
                 Ok(Ok(1..)) => {}
                 Ok(Ok(0) | Err(_)) => return Err(UploadError::Client(None)),
@@ -224,7 +230,11 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
             // Bytes past the end of the response leave the connection in
             // no state to reuse.
             clean &= take == body.len();
-            let data = if head.dechunk { &plain[..] } else { &body[..take] };
+            let data = if head.dechunk {
+                &plain[..]
+            } else {
+                &body[..take]
+            };
             if first {
                 // The head and what came with it of the body: one write.
                 self.out.extend_from_slice(data);
@@ -299,9 +309,13 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
 enum Relayed {
     /// The response ended where its framing said: the upstream connection
     /// may be reused.
-    Clean { keep_alive: bool },
+    Clean {
+        keep_alive: bool,
+    },
     /// Relayed whole, but the upstream connection cannot be reused.
-    Dirty { keep_alive: bool },
+    Dirty {
+        keep_alive: bool,
+    },
     Upgraded,
     /// Either side broke off.
     Broken,
@@ -379,7 +393,9 @@ impl<S: Transport> Exchange for H1Exchange<'_, '_, S> {
             };
             self.body_sent = !uploading.load(Ordering::Relaxed);
             match &result {
-                Err(Failure::Broken { stale: true, .. } | Failure::Connect(_)) if self.untouched => {
+                Err(Failure::Broken { stale: true, .. } | Failure::Connect(_))
+                    if self.untouched =>
+                {
                     // Kept whole in `buf` for a resend.
                 }
                 _ => {
