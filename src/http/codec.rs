@@ -579,12 +579,10 @@ pub fn parse_response(
     for (name, value) in fields() {
         match classify(name) {
             Name::TransferEncoding => codings.add(value),
-            Name::ContentLength => {
-                if merge_length(&mut length, value).is_err() {
-                    return Err(BadResponse(
-                        "the response's Content-Length is not one whole number",
-                    ));
-                }
+            Name::ContentLength if merge_length(&mut length, value).is_err() => {
+                return Err(BadResponse(
+                    "the response's Content-Length is not one whole number",
+                ));
             }
             _ => {}
         }

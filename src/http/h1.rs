@@ -270,7 +270,7 @@ impl<S: Transport> Client<'_, S> {
     ) -> Result<Option<codec::Request>, ()> {
         let limits = self.conn.limits;
         let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
-        loop {
+        let refusal = loop {
             let preface = first && buf.len() <= PREFACE.len() && PREFACE.starts_with(buf);
             if first && buf.starts_with(PREFACE) {
                 return Ok(None);
@@ -278,31 +278,23 @@ impl<S: Transport> Client<'_, S> {
             if !preface {
                 match codec::parse_request(buf, self.conn.client_ip()) {
                     Ok(Some(r)) if r.head_len <= limits.max_header_bytes => return Ok(Some(r)),
-                    Ok(Some(_)) => {
-                        return Err(self
-                            .refuse(Reply::HeadTooLarge(limits.max_header_bytes))
-                            .await)
-                    }
+                    Ok(Some(_)) => break Reply::HeadTooLarge(limits.max_header_bytes),
                     Ok(None) if buf.len() > limits.max_header_bytes => {
-                        return Err(self
-                            .refuse(Reply::HeadTooLarge(limits.max_header_bytes))
-                            .await)
+                        break Reply::HeadTooLarge(limits.max_header_bytes)
                     }
                     Ok(None) => {}
-                    Err(refused) => return Err(self.refuse(Reply::Refused(refused)).await),
+                    Err(refused) => break Reply::Refused(refused),
                 }
             }
             buf.reserve(buffers::HEAD_READ);
             match tokio::time::timeout_at(deadline, self.stream.read_buf(buf)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return Err(()),
                 Ok(Ok(_)) => {}
-                Err(_) => {
-                    return Err(self
-                        .refuse(Reply::HeadTimeout(limits.header_read_timeout))
-                        .await)
-                }
+                Err(_) => break Reply::HeadTimeout(limits.header_read_timeout),
             }
-        }
+        };
+        self.refuse(refusal).await;
+        Err(())
     }
 
     /// Answers a request the proxy refuses before routing, then closes

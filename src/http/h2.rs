@@ -190,12 +190,12 @@ struct H2Exchange {
 }
 
 impl Exchange for H2Exchange {
-    fn attempt<'a>(
+    async fn attempt<'a>(
         &'a mut self,
         conn: &'a mut RawConn,
         host: Option<&'a [u8]>,
-    ) -> impl Future<Output = Result<codec::Response, Failure>> + Send + 'a {
-        async move {
+    ) -> Result<codec::Response, Failure> {
+        {
             let reused = conn.reused;
             self.request.write_upstream(host, &mut self.out);
             let (mut upstream_read, mut upstream_write) = conn.stream.split();

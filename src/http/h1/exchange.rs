@@ -47,6 +47,15 @@ pub(crate) struct H1Exchange<'c, 'a, S> {
     rest: Vec<u8>,
 }
 
+/// Where a request body comes from: the client's buffer, then its stream.
+struct Source<'u, S> {
+    stream: &'u mut S,
+    limits: super::Limits,
+    buf: &'u mut Vec<u8>,
+    untouched: &'u mut bool,
+    sent_continue: &'u mut bool,
+}
+
 /// Why sending the body stopped.
 enum UploadError {
     Client(Option<Reply>),
@@ -80,15 +89,18 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
     /// Sends what is left of the body: from `buf[*sent..]`, then read from
     /// the client, each read within `body_read_timeout`.
     async fn upload(
-        stream: &mut S,
-        limits: super::Limits,
+        from: Source<'_, S>,
         request: &codec::Request,
-        buf: &mut Vec<u8>,
         sent: &mut usize,
-        untouched: &mut bool,
-        sent_continue: &mut bool,
         upstream: &mut WriteHalf<'_>,
     ) -> Result<(), UploadError> {
+        let Source {
+            stream,
+            limits,
+            buf,
+            untouched,
+            sent_continue,
+        } = from;
         let mut chunks = Chunks::new();
         let mut left = match request.body {
             RequestBody::None => return Ok(()),
@@ -322,12 +334,12 @@ enum Relayed {
 }
 
 impl<S: Transport> Exchange for H1Exchange<'_, '_, S> {
-    fn attempt<'x>(
+    async fn attempt<'x>(
         &'x mut self,
         conn: &'x mut RawConn,
         host: Option<&'x [u8]>,
-    ) -> impl std::future::Future<Output = Result<codec::Response, Failure>> + Send + 'x {
-        async move {
+    ) -> Result<codec::Response, Failure> {
+        {
             let reused = conn.reused;
             self.request.write_upstream(host, &mut self.out);
             let (mut upstream_read, mut upstream_write) = conn.stream.split();
@@ -347,16 +359,14 @@ impl<S: Transport> Exchange for H1Exchange<'_, '_, S> {
             let mut sent = 0;
             let limits = self.client.conn.limits;
             let result = {
-                let upload = Self::upload(
-                    &mut *self.client.stream,
+                let source = Source {
+                    stream: &mut *self.client.stream,
                     limits,
-                    self.request,
-                    self.buf,
-                    &mut sent,
-                    &mut self.untouched,
-                    &mut self.sent_continue,
-                    &mut upstream_write,
-                );
+                    buf: self.buf,
+                    untouched: &mut self.untouched,
+                    sent_continue: &mut self.sent_continue,
+                };
+                let upload = Self::upload(source, self.request, &mut sent, &mut upstream_write);
                 let closing = Closing {
                     uploading: &uploading,
                     stop: Some(&self.client.conn.listening.stop),
