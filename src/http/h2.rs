@@ -10,7 +10,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -49,6 +49,44 @@ struct Ctx {
     metrics: Arc<ListenerMetrics>,
     client_ip: Vec<u8>,
     body_read_timeout: Duration,
+    streams: Arc<Streams>,
+}
+
+/// Streams in flight on one connection, and when the last one ended: what
+/// `idle_timeout` is measured from.
+struct Streams {
+    open: AtomicUsize,
+    base: tokio::time::Instant,
+    /// Milliseconds after `base` when a stream last ended.
+    last_ms: AtomicU64,
+}
+
+impl Streams {
+    fn idle_for(&self) -> Option<Duration> {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        Some(self.base.elapsed().saturating_sub(last))
+    }
+}
+
+/// One stream in flight; dropped with its response body.
+struct StreamGuard(Arc<Streams>);
+
+impl StreamGuard {
+    fn new(streams: &Arc<Streams>) -> Self {
+        streams.open.fetch_add(1, Ordering::AcqRel);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let ms = self.0.base.elapsed().as_millis() as u64;
+        self.0.last_ms.store(ms, Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Serves an HTTP/2 connection whose preface has arrived (it is still in
@@ -60,7 +98,13 @@ pub(crate) async fn serve<S: Transport>(
     metrics: &Arc<ListenerMetrics>,
 ) {
     let limits = listening.snapshot.load().limits.clone();
+    let streams = Arc::new(Streams {
+        open: AtomicUsize::new(0),
+        base: tokio::time::Instant::now(),
+        last_ms: AtomicU64::new(0),
+    });
     let ctx = Arc::new(Ctx {
+        streams: streams.clone(),
         bind: listening.bind,
         snapshot: listening.snapshot.clone(),
         metrics: metrics.clone(),
@@ -82,9 +126,25 @@ pub(crate) async fn serve<S: Transport>(
         );
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
+    // Closes the connection once no stream was open for `idle_timeout`.
+    let idle = async {
+        let mut wait = limits.idle_timeout;
+        loop {
+            tokio::time::sleep(wait).await;
+            match streams.idle_for() {
+                Some(idle) if idle >= limits.idle_timeout => return,
+                Some(idle) => wait = limits.idle_timeout - idle,
+                None => wait = limits.idle_timeout,
+            }
+        }
+    };
     let result = tokio::select! {
         result = conn.as_mut() => result,
         () = listening.stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        () = idle => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -97,6 +157,13 @@ pub(crate) async fn serve<S: Transport>(
 type H2Response = Response<H2Body>;
 
 async fn handle(req: Request<Incoming>, ctx: &Ctx) -> H2Response {
+    let guard = StreamGuard::new(&ctx.streams);
+    let mut response = route_and_forward(req, ctx).await;
+    response.body_mut().guard = Some(guard);
+    response
+}
+
+async fn route_and_forward(req: Request<Incoming>, ctx: &Ctx) -> H2Response {
     let started = Instant::now();
     let service = {
         let snapshot = ctx.snapshot.load();
@@ -146,7 +213,7 @@ async fn handle(req: Request<Incoming>, ctx: &Ctx) -> H2Response {
 }
 
 fn local(reply: Reply) -> H2Response {
-    reply.h2().map(|text| H2Body::Local(Some(text)))
+    reply.h2().map(|text| H2Body::new(Kind::Local(Some(text))))
 }
 
 /// The response to an HTTP/2 client from an upstream's head and body.
@@ -157,7 +224,7 @@ fn respond(answer: Answer, rest: Vec<u8>, raw: &[u8]) -> H2Response {
     let framing = answer.head.framing;
     let idle = answer.service.request_timeout;
     let cut = answer.cut.clone().cancelled_owned();
-    let body = H2Body::Upstream(Box::new(Upstream {
+    let body = H2Body::new(Kind::Upstream(Box::new(Upstream {
         left: match framing {
             Framing::Length(n) => n,
             _ => 0,
@@ -171,7 +238,7 @@ fn respond(answer: Answer, rest: Vec<u8>, raw: &[u8]) -> H2Response {
         stall: Box::pin(tokio::time::sleep(idle)),
         cut: Box::pin(cut),
         answer: Some(answer),
-    }));
+    })));
     let mut response = Response::new(body);
     *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     *response.headers_mut() = headers;
@@ -308,10 +375,22 @@ impl Exchange for H2Exchange {
     }
 }
 
-/// A response body for hyper: a proxy-made text or an upstream's body.
-enum H2Body {
+/// A response body for hyper: a proxy-made text or an upstream's body. It
+/// holds its stream's place in the connection's count while it lives.
+struct H2Body {
+    kind: Kind,
+    guard: Option<StreamGuard>,
+}
+
+enum Kind {
     Local(Option<Bytes>),
     Upstream(Box<Upstream>),
+}
+
+impl H2Body {
+    fn new(kind: Kind) -> Self {
+        Self { kind, guard: None }
+    }
 }
 
 /// An upstream's response body, read off its socket as hyper asks.
@@ -439,25 +518,23 @@ impl Body for H2Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        match self.get_mut() {
-            H2Body::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
-            H2Body::Upstream(body) => body.poll_data(cx).map(|d| d.map(|d| d.map(Frame::data))),
+        match &mut self.get_mut().kind {
+            Kind::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
+            Kind::Upstream(body) => body.poll_data(cx).map(|d| d.map(|d| d.map(Frame::data))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            H2Body::Local(text) => text.is_none(),
-            H2Body::Upstream(body) => body.done && body.buf.is_empty(),
+        match &self.kind {
+            Kind::Local(text) => text.is_none(),
+            Kind::Upstream(body) => body.done && body.buf.is_empty(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            H2Body::Local(text) => {
-                SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
-            }
-            H2Body::Upstream(body) => match body.framing {
+        match &self.kind {
+            Kind::Local(text) => SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64)),
+            Kind::Upstream(body) => match body.framing {
                 Framing::Length(n) if body.buf.is_empty() && body.left == n => {
                     SizeHint::with_exact(n)
                 }
