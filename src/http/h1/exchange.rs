@@ -89,7 +89,7 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
     /// Sends what is left of the body: from `buf[*sent..]`, then read from
     /// the client, each read within `body_read_timeout`.
     async fn upload(
-        from: Source<'_, S>,
+        from: &mut Source<'_, S>,
         request: &codec::Request,
         sent: &mut usize,
         upstream: &mut WriteHalf<'_>,
@@ -101,6 +101,7 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
             untouched,
             sent_continue,
         } = from;
+        let limits = *limits;
         let mut chunks = Chunks::new();
         let mut left = match request.body {
             RequestBody::None => return Ok(()),
@@ -137,10 +138,10 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
                 // Too much to keep for a resend: stream from here on.
                 buf.drain(..*sent);
                 *sent = 0;
-                *untouched = false;
+                **untouched = false;
             }
-            if request.expect_continue && !*sent_continue {
-                *sent_continue = true;
+            if request.expect_continue && !**sent_continue {
+                **sent_continue = true;
                 let reply = b"HTTP/1.1 100 Continue\r\n\r\n";
                 match tokio::time::timeout(limits.send_timeout, stream.write_all(reply)).await {
                     Ok(Ok(())) => {}
@@ -318,6 +319,22 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
     }
 }
 
+/// Watches the client while the response head is awaited: a client that
+/// closes (or fails) ends the attempt, and the connection is let go. What a
+/// pipelining client sends meanwhile is kept in the buffer, up to a bound.
+async fn watch<S: Transport>(from: &mut Source<'_, S>) -> UploadError {
+    loop {
+        if from.buf.len() >= REPLAY_KEEP {
+            std::future::pending::<()>().await;
+        }
+        from.buf.reserve(HEAD_READ);
+        match from.stream.read_buf(from.buf).await {
+            Ok(0) | Err(_) => return UploadError::Client(None),
+            Ok(_) => {}
+        }
+    }
+}
+
 enum Relayed {
     /// The response ended where its framing said: the upstream connection
     /// may be reused.
@@ -359,16 +376,29 @@ impl<S: Transport> Exchange for H1Exchange<'_, '_, S> {
             let mut sent = 0;
             let limits = self.client.conn.limits;
             let result = {
-                let source = Source {
+                let mut source = Source {
                     stream: &mut *self.client.stream,
                     limits,
                     buf: self.buf,
                     untouched: &mut self.untouched,
                     sent_continue: &mut self.sent_continue,
                 };
-                let upload = Self::upload(source, self.request, &mut sent, &mut upstream_write);
+                let request = self.request;
+                let uploading = &uploading;
+                let sent = &mut sent;
+                // The client side of the wait: its body goes up, then the
+                // client is watched, so one that hangs up is let go at once.
+                let upload = async move {
+                    if let Err(stopped) =
+                        Self::upload(&mut source, request, sent, &mut upstream_write).await
+                    {
+                        return stopped;
+                    }
+                    uploading.store(false, Ordering::Relaxed);
+                    watch(&mut source).await
+                };
                 let closing = Closing {
-                    uploading: &uploading,
+                    uploading,
                     stop: Some(&self.client.conn.listening.stop),
                 };
                 let read = read_head(
@@ -391,12 +421,11 @@ impl<S: Transport> Exchange for H1Exchange<'_, '_, S> {
                             (Failure::Broken { stale, .. }, Some(error)) => Failure::Broken { error, stale },
                             (e, _) => e,
                         }),
-                        up = &mut upload, if uploading.load(Ordering::Relaxed) && upload_failed.is_none() => match up {
-                            Ok(()) => uploading.store(false, Ordering::Relaxed),
-                            Err(UploadError::Client(reply)) => break Err(Failure::Client(reply)),
+                        stopped = &mut upload, if upload_failed.is_none() => match stopped {
+                            UploadError::Client(reply) => break Err(Failure::Client(reply)),
                             // The upstream may have answered already and
                             // closed (HAProxy relays that answer): read on.
-                            Err(UploadError::Upstream(error)) => upload_failed = Some(error),
+                            UploadError::Upstream(error) => upload_failed = Some(error),
                         },
                     }
                 }
