@@ -1,7 +1,9 @@
-//! The configuration file: its schema, how it is read, and how its problems are
-//! reported with a file position. This module owns parsing and validation only;
-//! turning a valid configuration into routing state is `snapshot`'s job.
+//! The configuration file: its schema, how it is read and validated into typed
+//! values, and how its problems are reported with a file position. This
+//! module owns parsing and validation only; turning a valid configuration
+//! into routing state is `snapshot`'s job.
 
+mod model;
 mod schema;
 mod validate;
 
@@ -9,8 +11,9 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-pub use schema::{
-    Admin, Config, Health, HealthKind, Limits, Listener, Outlier, Pool, Protocol, Runtime, Service,
+pub use model::{
+    Admin, Config, Endpoint, Expect, Health, HealthKind, Host, Limits, Listener, Outlier, Pool,
+    Protocol, Runtime, Service,
 };
 pub use validate::{MAX_RETRIES, MAX_WEIGHT};
 
@@ -120,8 +123,8 @@ pub fn read(path: &Path) -> Result<(String, Config), ConfigError> {
 
 /// Parses and validates configuration text; `path` is used in messages only.
 pub fn parse(path: &Path, text: String) -> Result<Config, ConfigError> {
-    let config: Config = match toml::from_str(&text) {
-        Ok(config) => config,
+    let raw: schema::Config = match toml::from_str(&text) {
+        Ok(raw) => raw,
         Err(e) => {
             let problem = Problem {
                 span: e.span(),
@@ -130,10 +133,10 @@ pub fn parse(path: &Path, text: String) -> Result<Config, ConfigError> {
             return Err(ConfigError::single(path, text, problem));
         }
     };
-    let mut problems = validate::validate(&config);
-    if problems.is_empty() {
-        return Ok(config);
-    }
+    let mut problems = match validate::validate(&raw) {
+        Ok(config) => return Ok(config),
+        Err(problems) => problems,
+    };
     problems.sort_by_key(|p| p.span.as_ref().map_or(0, |s| s.start));
     Err(ConfigError {
         path: path.to_path_buf(),

@@ -37,7 +37,7 @@ pub enum RunError {
     Token(#[from] admin::TokenError),
     #[error("admin API: cannot bind {addr}: {source}")]
     AdminBind {
-        addr: String,
+        addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
@@ -65,12 +65,11 @@ pub async fn start_admin(
         .as_deref()
         .map(admin::Token::load)
         .transpose()?;
-    let listen = config.listen.get_ref();
     let bind_err = |source| RunError::AdminBind {
-        addr: listen.clone(),
+        addr: config.listen,
         source,
     };
-    let listener = tokio::net::TcpListener::bind(listen.as_str())
+    let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(bind_err)?;
     let addr = listener.local_addr().map_err(bind_err)?;

@@ -91,7 +91,7 @@ impl AcceptLoop {
             stop: stop.clone(),
             tracker: self.tracker.clone(),
         });
-        let max = || *self.snapshot.load().limits.max_connections.get_ref();
+        let max = || self.snapshot.load().limits.max_connections;
         loop {
             let slot = tokio::select! {
                 slot = limit.acquire(max) => slot,

@@ -137,7 +137,7 @@ impl Server {
             file_changed_at: config
                 .services
                 .iter()
-                .map(|s| (s.name.get_ref().clone(), now.clone()))
+                .map(|s| (s.name.clone(), now.clone()))
                 .collect(),
             config,
             overrides,
@@ -279,12 +279,8 @@ impl Server {
         }
         let now = now_rfc3339();
         for service in &config.services {
-            let name = service.name.get_ref();
-            let before = self
-                .config
-                .services
-                .iter()
-                .find(|s| s.name.get_ref() == name);
+            let name = &service.name;
+            let before = self.config.services.iter().find(|s| s.name == *name);
             if before.map(state::file_weights) != Some(state::file_weights(service)) {
                 self.file_changed_at.insert(name.clone(), now.clone());
             }
@@ -402,19 +398,19 @@ impl Server {
         let _data_plane = self.data_plane.enter();
         let mut opened = Vec::new();
         for l in &config.listeners {
-            let addr: SocketAddr = l.bind.get_ref().parse().expect("validated bind");
+            let addr = l.bind;
             if let Some(running) = self.listeners.get_mut(&addr) {
-                if running.name != *l.name.get_ref() {
+                if running.name != l.name {
                     self.metrics.forget_listener(&running.name);
-                    running.name.clone_from(l.name.get_ref());
+                    running.name.clone_from(&l.name);
                 }
                 continue;
             }
             match listener::bind(addr) {
-                Ok(socket) => opened.push((l.name.get_ref().clone(), addr, socket)),
+                Ok(socket) => opened.push((l.name.clone(), addr, socket)),
                 Err(source) => {
                     return Err(ServerError::Bind {
-                        name: l.name.get_ref().clone(),
+                        name: l.name.clone(),
                         addr,
                         source,
                     })
@@ -443,10 +439,7 @@ impl Server {
         let metrics = &self.metrics;
         let mut removed = false;
         self.listeners.retain(|addr, running| {
-            let kept = config
-                .listeners
-                .iter()
-                .any(|l| l.bind.get_ref().parse::<SocketAddr>().ok() == Some(*addr));
+            let kept = config.listeners.iter().any(|l| l.bind == *addr);
             if !kept {
                 tracing::info!(listener = %running.name, local = %running.local, "closing removed listener");
                 running.stop.cancel();

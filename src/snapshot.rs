@@ -15,7 +15,7 @@ use http::uri::Authority;
 use http::HeaderValue;
 
 use crate::balance::{PickTable, RoundRobin};
-use crate::config::{Config, Limits, Outlier};
+use crate::config::{Config, Host, Limits, Outlier};
 use crate::drain::{Activities, Activity};
 use crate::health::{EndpointHealth, HealthChecks};
 use crate::metrics::{ListenerMetrics, Metrics, PoolMetrics, ServiceMetrics};
@@ -179,26 +179,23 @@ impl Snapshot {
             .services
             .iter()
             .map(|s| {
-                let service_name = s.name.get_ref().as_str();
+                let service_name = s.name.as_str();
                 let weights = inputs.overrides.effective(s);
                 let pools: Box<[Pool]> = s
                     .pools
                     .iter()
                     .zip(&weights)
                     .map(|(p, &weight)| {
-                        let pool_name = p.name.get_ref().as_str();
+                        let pool_name = p.name.as_str();
                         let pool_metrics = inputs.metrics.pool(service_name, pool_name);
-                        let host = p.host.as_ref().map(|h| h.get_ref().as_str());
                         let endpoints = p
                             .endpoints
                             .iter()
                             .map(|e| {
-                                let address = e.get_ref().as_str();
+                                let address = &*e.address;
                                 Endpoint {
-                                    address: address.into(),
-                                    authority: address
-                                        .parse()
-                                        .expect("validated endpoints are authorities"),
+                                    address: e.address.clone(),
+                                    authority: e.authority.clone(),
                                     conns: clients.endpoint(EndpointSpec {
                                         service: service_name,
                                         pool: pool_name,
@@ -207,9 +204,9 @@ impl Snapshot {
                                         connections: &pool_metrics.upstream_connections,
                                     }),
                                     health: health.endpoint(
-                                        address,
+                                        e,
                                         &s.health,
-                                        host,
+                                        p.host.as_ref(),
                                         inputs.metrics.endpoint(service_name, pool_name, address),
                                     ),
                                     draining: inputs.overrides.is_drained(
@@ -225,7 +222,7 @@ impl Snapshot {
                             weight,
                             draining: inputs.overrides.is_drained(service_name, pool_name, None),
                             endpoints,
-                            host: host.and_then(|h| h.parse().ok()),
+                            host: p.host.clone(),
                             metrics: pool_metrics,
                             activity: inputs.activities.get(service_name, pool_name),
                             next: RoundRobin::default(),
@@ -242,7 +239,7 @@ impl Snapshot {
                     pools,
                     request_timeout: s.request_timeout,
                     drain_timeout: s.drain_timeout,
-                    retries: *s.retries.get_ref(),
+                    retries: s.retries,
                     failover: s.failover,
                     outlier: s.outlier.clone(),
                     metrics: inputs.metrics.service(service_name),
@@ -253,8 +250,8 @@ impl Snapshot {
         clients.finish();
         health.finish();
         let metrics = inputs.metrics;
-        // Built in configuration order, so each service pairs with its table.
-        let by_name: HashMap<&str, (&Arc<Service>, &[toml::Spanned<String>])> = services
+        // Built in configuration order, so each service pairs with its hosts.
+        let by_name: HashMap<&str, (&Arc<Service>, &[Host])> = services
             .iter()
             .zip(&config.services)
             .map(|(s, c)| (&*s.name, (s, c.hosts.as_slice())))
@@ -263,28 +260,28 @@ impl Snapshot {
         let routers = config
             .listeners
             .iter()
-            .filter_map(|l| {
-                let bind: SocketAddr = l.bind.get_ref().parse().ok()?;
+            .map(|l| {
                 let mut router = Router {
-                    name: l.name.get_ref().as_str().into(),
-                    metrics: Arc::new(metrics.listener(l.name.get_ref())),
+                    name: l.name.as_str().into(),
+                    metrics: Arc::new(metrics.listener(&l.name)),
                     exact: HashMap::new(),
                     wildcard: Vec::new(),
                     default: None,
                 };
-                for name in l.services.get_ref() {
-                    let Some(&(service, hosts)) = by_name.get(name.get_ref().as_str()) else {
+                for name in &l.services {
+                    let Some(&(service, hosts)) = by_name.get(name.as_str()) else {
                         continue;
                     };
                     if hosts.is_empty() {
                         router.default = Some(service.clone());
                     }
                     for host in hosts {
-                        let host = host.get_ref().to_ascii_lowercase();
-                        match host.strip_prefix('*') {
-                            Some(suffix) => router.wildcard.push((suffix.into(), service.clone())),
-                            None => {
-                                router.exact.insert(host.into(), service.clone());
+                        match host {
+                            Host::Suffix(suffix) => router
+                                .wildcard
+                                .push((suffix.as_str().into(), service.clone())),
+                            Host::Exact(name) => {
+                                router.exact.insert(name.as_str().into(), service.clone());
                             }
                         }
                     }
@@ -292,7 +289,7 @@ impl Snapshot {
                 router
                     .wildcard
                     .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-                Some((bind, router))
+                (l.bind, router)
             })
             .collect();
 

@@ -84,7 +84,7 @@ pub fn file_weights(service: &Service) -> Weights {
     service
         .pools
         .iter()
-        .map(|p| (p.name.get_ref().clone(), p.weight()))
+        .map(|p| (p.name.clone(), p.weight))
         .collect()
 }
 
@@ -178,7 +178,7 @@ impl Overrides {
     /// Sets `service`'s weights, as the newest change.
     pub fn set(&mut self, service: &Service, weights: Weights) {
         self.by_service.insert(
-            service.name.get_ref().clone(),
+            service.name.clone(),
             Override {
                 weights,
                 file_weights: file_weights(service),
@@ -196,7 +196,7 @@ impl Overrides {
             let keep = config
                 .services
                 .iter()
-                .find(|s| s.name.get_ref() == name)
+                .find(|s| s.name == *name)
                 .is_some_and(|s| file_weights(s) == o.file_weights);
             if !keep {
                 ended.push(name.clone());
@@ -205,7 +205,7 @@ impl Overrides {
         });
         // Drain settings last as long as what they name exists.
         self.drained.retain(|name, set| {
-            let Some(service) = config.services.iter().find(|s| s.name.get_ref() == name) else {
+            let Some(service) = config.services.iter().find(|s| s.name == *name) else {
                 return false;
             };
             set.retain(|key| {
@@ -213,8 +213,8 @@ impl Overrides {
                     .split_once('/')
                     .map_or((key.as_str(), None), |(p, e)| (p, Some(e)));
                 service.pools.iter().any(|p| {
-                    p.name.get_ref() == pool
-                        && endpoint.is_none_or(|e| p.endpoints.iter().any(|x| x.get_ref() == e))
+                    p.name == pool
+                        && endpoint.is_none_or(|e| p.endpoints.iter().any(|x| &*x.address == e))
                 })
             });
             !set.is_empty()
@@ -224,13 +224,13 @@ impl Overrides {
 
     /// The weights a service's pools take, in pool order.
     pub fn effective(&self, service: &Service) -> Vec<u32> {
-        let o = self.by_service.get(service.name.get_ref());
+        let o = self.by_service.get(&service.name);
         service
             .pools
             .iter()
             .map(|p| {
-                o.and_then(|o| o.weights.get(p.name.get_ref()).copied())
-                    .unwrap_or_else(|| p.weight())
+                o.and_then(|o| o.weights.get(&p.name).copied())
+                    .unwrap_or(p.weight)
             })
             .collect()
     }

@@ -49,8 +49,8 @@ pub fn services(
         .services
         .iter()
         .map(|s| {
-            let name = s.name.get_ref().clone();
-            let pools: Vec<String> = s.pools.iter().map(|p| p.name.get_ref().clone()).collect();
+            let name = s.name.clone();
+            let pools: Vec<String> = s.pools.iter().map(|p| p.name.clone()).collect();
             let effective = pools.iter().cloned().zip(overrides.effective(s)).collect();
             let over = overrides.get(&name);
             ServiceView {
