@@ -1,7 +1,8 @@
 //! cutover: a traffic-switching proxy for blue/green platform upgrades.
 //!
-//! Data plane: `listener` (sockets, accept loop), `http` (per-request routing
-//! and forwarding), `balance` (weighted picks). Control plane: `config`
+//! Data plane: `listener` (sockets, accept loop), `limit` (connections per
+//! listener), `http` (per-request routing and forwarding), `balance`
+//! (weighted picks), `drain` (work in flight per pool). Control plane: `config`
 //! (schema, validation), `snapshot` (routing state built from a config),
 //! `server` (publishes snapshots, owns listeners), `reload` (what triggers a
 //! reload). `demo` wires sample backends to a proxy for a first look.
@@ -13,6 +14,7 @@ pub mod demo;
 pub mod drain;
 pub mod health;
 pub mod http;
+pub mod limit;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

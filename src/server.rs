@@ -7,6 +7,7 @@
 //! the new snapshot is published, removed ones close after it.
 
 mod changes;
+mod drains;
 mod handle;
 mod status;
 
@@ -22,13 +23,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, ConfigError};
-use crate::drain::{Activities, Drains};
+use crate::drain::Activities;
 use crate::health::HealthChecks;
+use crate::limit::ConnLimit;
 use crate::listener::{self, AcceptLoop};
 use crate::metrics::Metrics;
 use crate::snapshot::{Inputs, SharedSnapshot, Snapshot};
 use crate::state::{self, Overrides, StateError};
 use crate::upstream::Upstreams;
+use drains::Drains;
 use handle::Command;
 pub use handle::{Handle, Options, Trigger};
 pub use status::{ServiceView, Status};
@@ -79,6 +82,8 @@ struct RunningListener {
     name: String,
     local: SocketAddr,
     stop: CancellationToken,
+    /// Its connection limit, resized when `max_connections` changes.
+    limit: Arc<ConnLimit>,
 }
 
 /// How often idle upstream connections are reaped.
@@ -359,6 +364,9 @@ impl Server {
         }
         let previous = self.snapshot.swap(snapshot.clone());
         self.drains.update(&previous, &snapshot);
+        for listener in self.listeners.values() {
+            listener.limit.resize(self.config.limits.max_connections);
+        }
         for service in &previous.services {
             for pool in service.pools.iter() {
                 let key = (&*service.name, &*pool.name);
@@ -420,16 +428,25 @@ impl Server {
         for (name, addr, socket) in opened {
             let local = socket.local_addr().unwrap_or(addr);
             let stop = self.shutdown.child_token();
+            let limit = Arc::new(ConnLimit::new(config.limits.max_connections));
             let accept = AcceptLoop {
                 listener: socket,
                 bind: addr,
                 snapshot: self.snapshot.clone(),
                 tracker: self.tracker.clone(),
+                limit: limit.clone(),
             };
             self.data_plane.spawn(accept.run(stop.clone()));
             tracing::info!(listener = %name, %local, "listening");
-            self.listeners
-                .insert(addr, RunningListener { name, local, stop });
+            self.listeners.insert(
+                addr,
+                RunningListener {
+                    name,
+                    local,
+                    stop,
+                    limit,
+                },
+            );
         }
         Ok(())
     }
