@@ -347,6 +347,7 @@ impl Server {
             &self.config,
             generation,
             Inputs {
+                previous: &self.snapshot.load(),
                 overrides: &self.overrides,
                 upstreams: &mut self.upstreams,
                 checks: &mut self.checks,

@@ -40,6 +40,8 @@ pub struct Snapshot {
 /// What a snapshot is built from besides the configuration: the override
 /// rules, and the long-lived parts it reuses from the previous snapshot.
 pub struct Inputs<'a> {
+    /// The snapshot in force, whose services that stay keep their mode.
+    pub previous: &'a Snapshot,
     pub overrides: &'a Overrides,
     pub upstreams: &'a mut Upstreams,
     pub checks: &'a mut HealthChecks,
@@ -71,8 +73,10 @@ pub struct Service {
     failover: bool,
     pub outlier: Outlier,
     pub metrics: ServiceMetrics,
-    /// How the service is serving, to log and count transitions once.
-    mode: AtomicU8,
+    /// How the service is serving, to log and count transitions once:
+    /// shared by every snapshot the service is in, so a reload during a
+    /// failover is not a second failover.
+    mode: Arc<AtomicU8>,
 }
 
 /// How a service is serving.
@@ -171,7 +175,8 @@ impl Snapshot {
     /// Builds the routing state for a configuration that `config::parse`
     /// accepted, with the weights and drains `inputs.overrides` give.
     /// Connections, health checkers and activity records of endpoints that
-    /// stay are reused; metric handles come from `inputs.metrics`.
+    /// stay are reused, and so is the mode of services that stay; metric
+    /// handles come from `inputs.metrics`.
     pub fn build(config: &Config, generation: u64, inputs: Inputs<'_>) -> Self {
         let mut clients = inputs.upstreams.next_generation();
         let mut health = inputs.checks.next_generation();
@@ -243,7 +248,10 @@ impl Snapshot {
                     failover: s.failover,
                     outlier: s.outlier.clone(),
                     metrics: inputs.metrics.service(service_name),
-                    mode: AtomicU8::new(Mode::Normal as u8),
+                    mode: inputs
+                        .previous
+                        .service(service_name)
+                        .map_or_else(Arc::default, |before| before.mode.clone()),
                 })
             })
             .collect();
