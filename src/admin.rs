@@ -123,12 +123,11 @@ async fn set_weights(req: Request<Incoming>, svc: &str, admin: &Admin) -> Respon
     match admin.handle.set_weights(svc, weights).await {
         Ok(generation) => {
             let status = admin.handle.status();
-            let snapshot = admin.handle.snapshot();
             let service = status
                 .services
                 .iter()
                 .find(|s| s.name == svc)
-                .map(|view| view::service(admin, view, &snapshot));
+                .map(|view| view::service(admin, view, &status.snapshot));
             json_response(
                 StatusCode::OK,
                 &json!({ "generation": generation, "service": service }),

@@ -1,6 +1,6 @@
 //! The control plane's core: owns the running configuration, the weight
 //! overrides, the listening sockets and the upstream clients, and is the one
-//! place that publishes a new snapshot. Every change — a reload, an API weight
+//! place that publishes a new snapshot, and the status with it. Every change — a reload, an API weight
 //! change — arrives as a `Command` and is applied by this one task, in order.
 //! A reload validates the whole file first; only a valid file changes
 //! anything. Unchanged listeners are never re-bound; added ones open before
@@ -391,8 +391,10 @@ impl Server {
         self.activities.retain(|s, p| kept.contains(&(s, p)));
         self.metrics.config_generation.set(generation as i64);
         let services = status::services(&self.config, &self.overrides, &self.file_changed_at);
+        // The status and the snapshot it describes go out together, so a
+        // reader of the status never joins two generations.
         self.status.send_modify(|s| {
-            s.generation = generation;
+            s.snapshot = snapshot;
             s.services = services;
             s.read_only = self.config.admin.read_only;
             s.config_file = self.path.clone();

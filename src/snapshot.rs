@@ -161,6 +161,12 @@ pub struct Endpoint {
     pub draining: bool,
 }
 
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
 impl Snapshot {
     /// Routes nothing: what the data plane sees before the first publish.
     pub fn empty() -> Self {

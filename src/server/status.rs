@@ -1,20 +1,25 @@
-//! What the server reports of itself after every change: generation, bound
-//! listeners, the last reload error, and per service the file's weights, the
-//! effective ones and the override behind them. Live traffic figures are not
-//! here; the admin API reads those from the snapshot's metric handles.
+//! What the server reports of itself after every change: bound listeners,
+//! the last reload error, and per service the file's weights, the effective
+//! ones and the override behind them — together with the snapshot published
+//! with them, whose generation it is and whose metric handles hold the live
+//! traffic figures. One `Status` is one published state: a view built from
+//! it never joins two generations.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::snapshot::Snapshot;
 use crate::state::{self, Overrides, Weights};
 
 #[derive(Debug, Clone, Default)]
 pub struct Status {
-    pub generation: u64,
+    /// The snapshot published with `services`.
+    pub snapshot: Arc<Snapshot>,
     pub config_file: PathBuf,
     /// Bound address of each listener, by name.
     pub listeners: BTreeMap<String, SocketAddr>,
@@ -23,6 +28,13 @@ pub struct Status {
     pub reloads_failed: u64,
     pub read_only: bool,
     pub services: Vec<ServiceView>,
+}
+
+impl Status {
+    /// The generation of the configuration and overrides in force.
+    pub fn generation(&self) -> u64 {
+        self.snapshot.generation
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
