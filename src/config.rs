@@ -11,19 +11,17 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-pub use model::{
-    Admin, Config, Endpoint, Expect, Health, HealthKind, Host, Limits, Listener, Outlier, Pool,
-    Protocol, Runtime, Service,
-};
-pub use validate::{MAX_RETRIES, MAX_WEIGHT};
+pub use model::{Admin, Config, Runtime};
+pub(crate) use model::{Endpoint, Health, HealthKind, Host, Limits, Outlier, Service};
+pub(crate) use validate::{MAX_RETRIES, MAX_WEIGHT};
 
 /// One thing wrong with a configuration file, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
+pub(crate) struct Problem {
     /// Byte range in the file's text; `None` when the problem has no place (an
     /// empty file, an unreadable one).
-    pub span: Option<Range<usize>>,
-    pub message: String,
+    pub(crate) span: Option<Range<usize>>,
+    pub(crate) message: String,
 }
 
 impl Problem {
@@ -38,10 +36,10 @@ impl Problem {
 /// Every problem found in one file, ready to print as `file:line:col: message`.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The file's text, kept to turn byte offsets into lines and columns.
     source_text: String,
-    pub problems: Vec<Problem>,
+    pub(crate) problems: Vec<Problem>,
 }
 
 impl ConfigError {

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What one pool of one service has in flight, and when it last served.
 #[derive(Debug, Default)]
-pub struct Activity {
+pub(crate) struct Activity {
     in_flight: AtomicUsize,
     /// Unix milliseconds when the last piece of work ended; 0 if none yet.
     last_served_ms: AtomicU64,
@@ -21,17 +21,17 @@ pub struct Activity {
 impl Activity {
     /// Counts a piece of work in flight until the guard is dropped.
     #[inline]
-    pub fn start(self: &Arc<Self>) -> Work {
+    pub(crate) fn start(self: &Arc<Self>) -> Work {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Work(self.clone())
     }
 
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
 
     /// When the pool last finished serving something.
-    pub fn last_served(&self) -> Option<SystemTime> {
+    pub(crate) fn last_served(&self) -> Option<SystemTime> {
         match self.last_served_ms.load(Ordering::Relaxed) {
             0 => None,
             ms => Some(UNIX_EPOCH + Duration::from_millis(ms)),
@@ -41,7 +41,7 @@ impl Activity {
 
 /// One piece of work in flight on a pool.
 #[derive(Debug)]
-pub struct Work(Arc<Activity>);
+pub(crate) struct Work(Arc<Activity>);
 
 impl Drop for Work {
     fn drop(&mut self) {
@@ -60,7 +60,7 @@ pub struct Activities {
 }
 
 impl Activities {
-    pub fn get(&mut self, service: &str, pool: &str) -> Arc<Activity> {
+    pub(crate) fn get(&mut self, service: &str, pool: &str) -> Arc<Activity> {
         self.by_pool
             .entry((service.to_owned(), pool.to_owned()))
             .or_default()
@@ -68,7 +68,7 @@ impl Activities {
     }
 
     /// Forgets pools no longer configured, once nothing of theirs is in flight.
-    pub fn retain(&mut self, keep: impl Fn(&str, &str) -> bool) {
+    pub(crate) fn retain(&mut self, keep: impl Fn(&str, &str) -> bool) {
         self.by_pool
             .retain(|(s, p), a| keep(s, p) || a.in_flight() > 0);
     }

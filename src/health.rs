@@ -45,7 +45,7 @@ pub struct HealthChecks {
 }
 
 impl HealthChecks {
-    pub fn next_generation(&mut self) -> HealthBuilder<'_> {
+    pub(crate) fn next_generation(&mut self) -> HealthBuilder<'_> {
         HealthBuilder {
             previous: self,
             used: HashMap::new(),
@@ -54,7 +54,7 @@ impl HealthChecks {
     }
 
     /// Waits until every checker has a first verdict, at most `limit`.
-    pub async fn first_round(&self, limit: Duration) {
+    pub(crate) async fn first_round(&self, limit: Duration) {
         let all_checked = || self.checkers.values().all(|c| c.health.detail().checked);
         let deadline = tokio::time::Instant::now() + limit;
         while !all_checked() && tokio::time::Instant::now() < deadline {
@@ -63,7 +63,7 @@ impl HealthChecks {
     }
 
     /// The longest check timeout in force, to bound `first_round`.
-    pub fn longest_timeout(&self) -> Duration {
+    pub(crate) fn longest_timeout(&self) -> Duration {
         self.checkers
             .keys()
             .map(|k| k.spec.timeout)
@@ -80,7 +80,7 @@ impl HealthChecks {
     }
 }
 
-pub struct HealthBuilder<'a> {
+pub(crate) struct HealthBuilder<'a> {
     previous: &'a mut HealthChecks,
     used: HashMap<Key, (Checker, Vec<EndpointMetrics>)>,
     unmonitored: Vec<(Arc<EndpointHealth>, EndpointMetrics)>,
@@ -90,7 +90,7 @@ impl HealthBuilder<'_> {
     /// The health of `endpoint` as `spec` checks it, for one pool of one
     /// service (whose Host rewrite is `rewrite`, and whose metric handles
     /// are `metrics`).
-    pub fn endpoint(
+    pub(crate) fn endpoint(
         &mut self,
         endpoint: &Endpoint,
         spec: &Health,
@@ -109,7 +109,7 @@ impl HealthBuilder<'_> {
             _ => None,
         };
         let key = Key {
-            address: endpoint.address.clone(),
+            address: endpoint.address().into(),
             spec: spec.clone(),
             host,
         };
@@ -148,7 +148,7 @@ impl HealthBuilder<'_> {
 
     /// Stops the checkers no longer used and makes the used ones current,
     /// with their users' metric handles.
-    pub fn finish(self) {
+    pub(crate) fn finish(self) {
         for checker in self.previous.checkers.values() {
             checker.stop.cancel();
         }

@@ -15,7 +15,7 @@ pub mod drain;
 pub mod health;
 pub mod http;
 pub mod limit;
-pub mod listener;
+pub(crate) mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod reload;

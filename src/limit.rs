@@ -13,7 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How many connections one listener may hold open at once.
 #[derive(Debug)]
-pub struct ConnLimit {
+pub(crate) struct ConnLimit {
     permits: Arc<Semaphore>,
     /// The limit in force; changed by `resize` only, under this lock.
     max: Mutex<usize>,
@@ -32,7 +32,7 @@ pub struct Slot {
 }
 
 impl ConnLimit {
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max)),
             max: Mutex::new(max),
@@ -42,7 +42,7 @@ impl ConnLimit {
 
     /// Waits until fewer than the limit's connections are open, then takes a
     /// place for one more.
-    pub async fn acquire(&self) -> Slot {
+    pub(crate) async fn acquire(&self) -> Slot {
         // The semaphore is never closed, so a permit always comes.
         let permit = self.permits.clone().acquire_owned().await.ok();
         Slot {
@@ -53,7 +53,7 @@ impl ConnLimit {
 
     /// Makes `max` the limit. Open connections are never cut: when more
     /// than `max` are open, no new one is accepted until enough have closed.
-    pub fn resize(&self, max: usize) {
+    pub(crate) fn resize(&self, max: usize) {
         let mut current = self.max.lock().unwrap_or_else(PoisonError::into_inner);
         if max > *current {
             // What an earlier shrink still owes is simply no longer owed.

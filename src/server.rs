@@ -33,7 +33,8 @@ use crate::state::{self, Overrides, StateError};
 use crate::upstream::Upstreams;
 use drains::Drains;
 use handle::Command;
-pub use handle::{Handle, Options, Trigger};
+pub(crate) use handle::Trigger;
+pub use handle::{Handle, Options};
 pub use status::{ServiceView, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +54,7 @@ pub enum ServerError {
 
 /// Why a requested change was refused; the admin API maps each to a status.
 #[derive(Debug, thiserror::Error)]
-pub enum ChangeError {
+pub(crate) enum ChangeError {
     #[error("unknown service {0:?}")]
     UnknownService(String),
     #[error("service {service:?} has no pool {pool:?}")]

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::uri::Authority;
 use http::HeaderValue;
 
 use crate::balance::{PickTable, RoundRobin};
@@ -28,8 +27,8 @@ pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 #[derive(Debug)]
 pub struct Snapshot {
     /// Increases by one with every published snapshot.
-    pub generation: u64,
-    pub limits: Limits,
+    pub(crate) generation: u64,
+    pub(crate) limits: Limits,
     /// Host routing per listener, keyed by the listener's configured bind
     /// address, which is what identifies a listener across reloads.
     routers: Vec<(SocketAddr, Router)>,
@@ -51,9 +50,8 @@ pub struct Inputs<'a> {
 
 /// Host → service map of one listener.
 #[derive(Debug)]
-pub struct Router {
-    pub name: Arc<str>,
-    pub metrics: Arc<ListenerMetrics>,
+pub(crate) struct Router {
+    pub(crate) metrics: Arc<ListenerMetrics>,
     exact: HashMap<Box<str>, Arc<Service>>,
     /// `*.suffix` entries as `.suffix`, longest first.
     wildcard: Vec<(Box<str>, Arc<Service>)>,
@@ -62,17 +60,17 @@ pub struct Router {
 
 #[derive(Debug)]
 pub struct Service {
-    pub name: Arc<str>,
+    pub(crate) name: Arc<str>,
     pub pools: Box<[Pool]>,
     /// Picks among the pools in rotation; `None` when none is (all drained).
     table: Option<PickTable>,
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// How long work on a pool or endpoint leaving rotation may finish.
-    pub drain_timeout: Duration,
-    pub retries: u32,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) retries: u32,
     failover: bool,
-    pub outlier: Outlier,
-    pub metrics: ServiceMetrics,
+    pub(crate) outlier: Outlier,
+    pub(crate) metrics: ServiceMetrics,
     /// How the service is serving, to log and count transitions once:
     /// shared by every snapshot the service is in, so a reload during a
     /// failover is not a second failover.
@@ -103,7 +101,7 @@ impl Mode {
 
 /// Endpoints a request has tried, as (pool, endpoint) indexes.
 #[derive(Debug, Default)]
-pub struct Tried {
+pub(crate) struct Tried {
     items: [(u8, u16); 1 + crate::config::MAX_RETRIES as usize],
     len: usize,
 }
@@ -138,27 +136,26 @@ impl Tried {
 
 #[derive(Debug)]
 pub struct Pool {
-    pub name: Arc<str>,
-    pub weight: u32,
+    pub(crate) name: Arc<str>,
+    pub(crate) weight: u32,
     pub endpoints: Box<[Endpoint]>,
     /// Set to drain: takes no new work, whatever its weight.
-    pub draining: bool,
+    pub(crate) draining: bool,
     /// Host header for this pool's requests, when the pool rewrites it.
-    pub host: Option<HeaderValue>,
-    pub metrics: PoolMetrics,
-    pub activity: Arc<Activity>,
+    pub(crate) host: Option<HeaderValue>,
+    pub(crate) metrics: PoolMetrics,
+    pub(crate) activity: Arc<Activity>,
     next: RoundRobin,
 }
 
 #[derive(Debug)]
 pub struct Endpoint {
     /// As written in the configuration, `host:port`.
-    pub address: Arc<str>,
-    pub authority: Authority,
-    pub conns: Arc<EndpointConns>,
+    pub(crate) address: Arc<str>,
+    pub(crate) conns: Arc<EndpointConns>,
     pub health: Arc<EndpointHealth>,
     /// Set to drain: takes no new work.
-    pub draining: bool,
+    pub(crate) draining: bool,
 }
 
 impl Default for Snapshot {
@@ -203,10 +200,9 @@ impl Snapshot {
                             .endpoints
                             .iter()
                             .map(|e| {
-                                let address = &*e.address;
+                                let address = e.address();
                                 Endpoint {
-                                    address: e.address.clone(),
-                                    authority: e.authority.clone(),
+                                    address: address.into(),
                                     conns: clients.endpoint(EndpointSpec {
                                         service: service_name,
                                         pool: pool_name,
@@ -276,7 +272,6 @@ impl Snapshot {
             .iter()
             .map(|l| {
                 let mut router = Router {
-                    name: l.name.as_str().into(),
                     metrics: Arc::new(metrics.listener(&l.name)),
                     exact: HashMap::new(),
                     wildcard: Vec::new(),
@@ -315,13 +310,13 @@ impl Snapshot {
         }
     }
 
-    pub fn service(&self, name: &str) -> Option<&Arc<Service>> {
+    pub(crate) fn service(&self, name: &str) -> Option<&Arc<Service>> {
         self.services.iter().find(|s| &*s.name == name)
     }
 
     /// The host router of the listener configured with `bind`.
     #[inline]
-    pub fn router(&self, bind: SocketAddr) -> Option<&Router> {
+    pub(crate) fn router(&self, bind: SocketAddr) -> Option<&Router> {
         self.routers
             .iter()
             .find(|(addr, _)| *addr == bind)
@@ -332,7 +327,7 @@ impl Snapshot {
 impl Router {
     /// The service for a request's host (`Host` header or URI authority, port
     /// allowed); the listener's default service when no host matches.
-    pub fn route(&self, host: Option<&str>) -> Option<&Arc<Service>> {
+    pub(crate) fn route(&self, host: Option<&str>) -> Option<&Arc<Service>> {
         let Some(host) = host.map(strip_port).filter(|h| !h.is_empty()) else {
             return self.default.as_ref();
         };
@@ -387,7 +382,7 @@ impl Service {
 
     /// The (pool, endpoint) for a retry after `pool` failed: another usable
     /// endpoint of the same pool not tried yet, else of another pool.
-    pub fn pick_retry(&self, pool: usize, tried: &Tried) -> Option<(usize, usize)> {
+    pub(crate) fn pick_retry(&self, pool: usize, tried: &Tried) -> Option<(usize, usize)> {
         if let Some(endpoint) = self.pools[pool].pick_endpoint(pool, tried) {
             return Some((pool, endpoint));
         }
@@ -454,7 +449,7 @@ impl Service {
 
 impl Pool {
     /// Whether the pool takes its share of new work.
-    pub fn in_rotation(&self) -> bool {
+    pub(crate) fn in_rotation(&self) -> bool {
         self.weight > 0 && !self.draining
     }
 

@@ -8,7 +8,6 @@ use std::fmt;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery};
@@ -19,10 +18,10 @@ use toml::Spanned;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub runtime: Runtime,
-    pub limits: Limits,
-    pub admin: Admin,
-    pub listeners: Vec<Listener>,
-    pub services: Vec<Service>,
+    pub(crate) limits: Limits,
+    pub(crate) admin: Admin,
+    pub(crate) listeners: Vec<Listener>,
+    pub(crate) services: Vec<Service>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -35,7 +34,7 @@ pub struct Runtime {
 
 /// Client-side limits applied to every listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Open client connections per listener, at least 1; further clients
     /// wait in the kernel's accept backlog.
     pub max_connections: usize,
@@ -70,25 +69,25 @@ impl Default for Limits {
 /// The admin API's listener and how changes through it are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// File holding the bearer token every `/v1` call must present; set
     /// whenever `listen` is not a loopback address.
-    pub token_file: Option<PathBuf>,
+    pub(crate) token_file: Option<PathBuf>,
     /// The file is the only source of truth: API changes are refused (409).
-    pub read_only: bool,
+    pub(crate) read_only: bool,
     /// Where API overrides are kept so they survive a restart.
-    pub state_file: Option<PathBuf>,
+    pub(crate) state_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Protocol {
+pub(crate) enum Protocol {
     Http,
     Tcp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listener {
+pub(crate) struct Listener {
     pub name: String,
     /// The configured address, which identifies the listener across reloads.
     pub bind: SocketAddr,
@@ -98,7 +97,7 @@ pub struct Listener {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Service {
+pub(crate) struct Service {
     pub name: String,
     /// Hosts this service answers; empty makes it the default of the
     /// listeners that name it.
@@ -122,7 +121,7 @@ pub struct Service {
 
 /// A `hosts` entry, lowercased.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Host {
+pub(crate) enum Host {
     /// `example.com`: this name only.
     Exact(String),
     /// `*.example.com`, kept as `.example.com`: any name ending so.
@@ -152,7 +151,7 @@ impl Host {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pool {
+pub(crate) struct Pool {
     pub name: String,
     /// Relative share of new work, at most `MAX_WEIGHT`.
     pub weight: u32,
@@ -165,10 +164,8 @@ pub struct Pool {
 /// An upstream endpoint, `host:port`: an IP address or a DNS name, resolved
 /// when connecting. One validated text, in the form each use needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    /// As written in the file: for display, and to connect to.
-    pub address: Arc<str>,
-    /// The same, as a URI authority.
+pub(crate) struct Endpoint {
+    /// As a URI authority, which keeps the text as written in the file.
     pub authority: Authority,
     /// The same, as a `Host` header: what an HTTP health check sends when
     /// its pool does not rewrite the Host.
@@ -189,16 +186,14 @@ impl Endpoint {
             return None;
         }
         Some(Self {
-            address: text.into(),
             authority: text.parse().ok()?,
             host: HeaderValue::from_str(text).ok()?,
         })
     }
-}
 
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.address)
+    /// The address as written in the file: for display, and to connect to.
+    pub fn address(&self) -> &str {
+        self.authority.as_str()
     }
 }
 
@@ -218,7 +213,7 @@ fn is_dns_name(name: &str, max_label: usize) -> bool {
 /// Active health checks of a service's endpoints. Two endpoints with equal
 /// settings share a checker, so this is a map key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Health {
+pub(crate) struct Health {
     pub kind: HealthKind,
     /// Path of the HTTP check.
     pub path: PathAndQuery,
@@ -234,7 +229,7 @@ pub struct Health {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum HealthKind {
+pub(crate) enum HealthKind {
     /// GET `path`; healthy when the status is in `expect`.
     Http,
     /// Healthy when a TCP connection opens.
@@ -245,7 +240,7 @@ pub enum HealthKind {
 
 /// HTTP statuses that pass a check.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Expect(Vec<RangeInclusive<u16>>);
+pub(crate) struct Expect(Vec<RangeInclusive<u16>>);
 
 impl Expect {
     /// "200-399", "200", "200,204,300-399".
@@ -290,7 +285,7 @@ impl fmt::Display for Expect {
 /// Passive ejection: endpoints failing in a row are taken out for a while.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Outlier {
+pub(crate) struct Outlier {
     /// Connect failures or 5xx in a row that eject an endpoint; 0 disables.
     pub consecutive_failures: u32,
     /// First ejection's length, above 0; each repeated ejection lasts longer.
@@ -316,10 +311,9 @@ mod tests {
         for good in ["10.0.0.10:80", "[::1]:8080", "ingress.local:443"] {
             let endpoint = Endpoint::parse(good).unwrap();
             assert_eq!(
-                (&*endpoint.address, endpoint.authority.as_str()),
-                (good, good)
+                (endpoint.address(), endpoint.host.to_str()),
+                (good, Ok(good))
             );
-            assert_eq!(endpoint.host, good);
         }
         for bad in [
             "10.0.0.10",

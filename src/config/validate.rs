@@ -17,13 +17,13 @@ use super::model::{
 use super::{schema, Problem};
 
 /// Largest weight a pool may have. Weights are relative; percentages in practice.
-pub const MAX_WEIGHT: i64 = 10_000;
+pub(crate) const MAX_WEIGHT: i64 = 10_000;
 
 /// Most attempts a request may make beyond its first.
-pub const MAX_RETRIES: u32 = 10;
+pub(crate) const MAX_RETRIES: u32 = 10;
 
 /// The typed configuration of `raw`, or every problem found in it.
-pub fn validate(raw: &schema::Config) -> Result<Config, Vec<Problem>> {
+pub(crate) fn validate(raw: &schema::Config) -> Result<Config, Vec<Problem>> {
     let mut problems = Vec::new();
     let limits = limits(raw, &mut problems);
     let listeners: Vec<Option<Listener>> = listeners(raw, &mut problems);

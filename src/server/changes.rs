@@ -79,7 +79,7 @@ impl Server {
             if !pool_config
                 .endpoints
                 .iter()
-                .any(|e| &*e.address == endpoint)
+                .any(|e| e.address() == endpoint)
             {
                 return Err(ChangeError::UnknownEndpoint {
                     service: name.to_owned(),

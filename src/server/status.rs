@@ -19,14 +19,14 @@ use crate::state::{self, Overrides, Weights};
 #[derive(Debug, Clone, Default)]
 pub struct Status {
     /// The snapshot published with `services`.
-    pub snapshot: Arc<Snapshot>,
-    pub config_file: PathBuf,
+    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) config_file: PathBuf,
     /// Bound address of each listener, by name.
-    pub listeners: BTreeMap<String, SocketAddr>,
+    pub(crate) listeners: BTreeMap<String, SocketAddr>,
     /// The last failed reload's problems; cleared by a successful change.
     pub last_reload_error: Option<String>,
     pub reloads_failed: u64,
-    pub read_only: bool,
+    pub(crate) read_only: bool,
     pub services: Vec<ServiceView>,
 }
 
@@ -39,20 +39,20 @@ impl Status {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceView {
-    pub name: String,
+    pub(crate) name: String,
     /// Pool names in configuration order.
-    pub pools: Vec<String>,
-    pub file_weights: Weights,
+    pub(crate) pools: Vec<String>,
+    pub(crate) file_weights: Weights,
     pub effective_weights: Weights,
     /// Whether an API override is in force.
-    pub override_active: bool,
+    pub(crate) override_active: bool,
     /// Who set the weights in force: "api" or "file".
-    pub weights_source: &'static str,
+    pub(crate) weights_source: &'static str,
     /// When they were set, RFC 3339.
-    pub weights_set_at: String,
+    pub(crate) weights_set_at: String,
 }
 
-pub fn services(
+pub(crate) fn services(
     config: &Config,
     overrides: &Overrides,
     file_changed_at: &HashMap<String, String>,
