@@ -103,6 +103,7 @@ fn build_once(config: &Config) -> Snapshot {
         config,
         1,
         Inputs {
+            previous: &Snapshot::empty(),
             overrides: &Overrides::default(),
             upstreams: &mut Upstreams::default(),
             checks: &mut HealthChecks::default(),
@@ -154,6 +155,7 @@ fn reload(c: &mut Criterion) {
                         config,
                         1,
                         Inputs {
+                            previous: &Snapshot::empty(),
                             overrides: &overrides,
                             upstreams: &mut upstreams,
                             checks: &mut checks,
@@ -169,25 +171,26 @@ fn reload(c: &mut Criterion) {
     group.finish();
 
     // A reload or API weight change that keeps every endpoint: connection
-    // pools, health checkers (the default, tcp) and activity records are
-    // looked up and kept.
+    // pools, health checkers (the default, tcp), activity records and each
+    // service's mode are looked up and kept.
     let mut group = c.benchmark_group("snapshot_build_reload");
     for services in SERVICE_COUNTS {
         let config = parse(&config_text(services, "tcp"));
         let mut upstreams = Upstreams::default();
         let mut checks = HealthChecks::default();
         let mut activities = Activities::default();
-        drop(Snapshot::build(
+        let first = Snapshot::build(
             &config,
             1,
             Inputs {
+                previous: &Snapshot::empty(),
                 overrides: &overrides,
                 upstreams: &mut upstreams,
                 checks: &mut checks,
                 activities: &mut activities,
                 metrics: &metrics,
             },
-        ));
+        );
         group.bench_with_input(
             BenchmarkId::from_parameter(services),
             &config,
@@ -197,6 +200,7 @@ fn reload(c: &mut Criterion) {
                         config,
                         2,
                         Inputs {
+                            previous: &first,
                             overrides: &overrides,
                             upstreams: &mut upstreams,
                             checks: &mut checks,

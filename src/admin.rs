@@ -23,11 +23,13 @@ use serde_json::json;
 use crate::config::MAX_WEIGHT;
 use crate::server::{ChangeError, Handle, Trigger};
 use crate::state::Weights;
-pub use auth::{Token, TokenError};
-pub use conn::{serve, HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS};
-pub use rates::Rates;
-use routes::{resolve, Call, Resolved};
-pub use routes::{Access, Route, ROUTES};
+pub(crate) use auth::Token;
+pub use auth::TokenError;
+pub(crate) use conn::serve;
+pub use conn::{HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS};
+pub(crate) use rates::Rates;
+use routes::{resolve, Access, Call, Resolved};
+pub use routes::{Route, ROUTES};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -36,10 +38,10 @@ const MAX_BODY: usize = 64 * 1024;
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every admin request shares.
-pub struct Admin {
-    pub handle: Handle,
-    pub token: Option<Token>,
-    pub rates: Rates,
+pub(crate) struct Admin {
+    pub(crate) handle: Handle,
+    pub(crate) token: Option<Token>,
+    pub(crate) rates: Rates,
 }
 
 async fn handle(req: Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
@@ -123,12 +125,11 @@ async fn set_weights(req: Request<Incoming>, svc: &str, admin: &Admin) -> Respon
     match admin.handle.set_weights(svc, weights).await {
         Ok(generation) => {
             let status = admin.handle.status();
-            let snapshot = admin.handle.snapshot();
             let service = status
                 .services
                 .iter()
                 .find(|s| s.name == svc)
-                .map(|view| view::service(admin, view, &snapshot));
+                .map(|view| view::service(admin, view, &status.snapshot));
             json_response(
                 StatusCode::OK,
                 &json!({ "generation": generation, "service": service }),

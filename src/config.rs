@@ -1,7 +1,9 @@
-//! The configuration file: its schema, how it is read, and how its problems are
-//! reported with a file position. This module owns parsing and validation only;
-//! turning a valid configuration into routing state is `snapshot`'s job.
+//! The configuration file: its schema, how it is read and validated into typed
+//! values, and how its problems are reported with a file position. This
+//! module owns parsing and validation only; turning a valid configuration
+//! into routing state is `snapshot`'s job.
 
+mod model;
 mod schema;
 mod validate;
 
@@ -9,18 +11,17 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-pub use schema::{
-    Admin, Config, Health, HealthKind, Limits, Listener, Outlier, Pool, Protocol, Runtime, Service,
-};
-pub use validate::{MAX_RETRIES, MAX_WEIGHT};
+pub use model::{Admin, Config, Runtime};
+pub(crate) use model::{Endpoint, Health, HealthKind, Host, Limits, Outlier, Service};
+pub(crate) use validate::{MAX_RETRIES, MAX_WEIGHT};
 
 /// One thing wrong with a configuration file, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
+pub(crate) struct Problem {
     /// Byte range in the file's text; `None` when the problem has no place (an
     /// empty file, an unreadable one).
-    pub span: Option<Range<usize>>,
-    pub message: String,
+    pub(crate) span: Option<Range<usize>>,
+    pub(crate) message: String,
 }
 
 impl Problem {
@@ -35,10 +36,10 @@ impl Problem {
 /// Every problem found in one file, ready to print as `file:line:col: message`.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The file's text, kept to turn byte offsets into lines and columns.
     source_text: String,
-    pub problems: Vec<Problem>,
+    pub(crate) problems: Vec<Problem>,
 }
 
 impl ConfigError {
@@ -120,8 +121,8 @@ pub fn read(path: &Path) -> Result<(String, Config), ConfigError> {
 
 /// Parses and validates configuration text; `path` is used in messages only.
 pub fn parse(path: &Path, text: String) -> Result<Config, ConfigError> {
-    let config: Config = match toml::from_str(&text) {
-        Ok(config) => config,
+    let raw: schema::Config = match toml::from_str(&text) {
+        Ok(raw) => raw,
         Err(e) => {
             let problem = Problem {
                 span: e.span(),
@@ -130,10 +131,10 @@ pub fn parse(path: &Path, text: String) -> Result<Config, ConfigError> {
             return Err(ConfigError::single(path, text, problem));
         }
     };
-    let mut problems = validate::validate(&config);
-    if problems.is_empty() {
-        return Ok(config);
-    }
+    let mut problems = match validate::validate(&raw) {
+        Ok(config) => return Ok(config),
+        Err(problems) => problems,
+    };
     problems.sort_by_key(|p| p.span.as_ref().map_or(0, |s| s.start));
     Err(ConfigError {
         path: path.to_path_buf(),

@@ -55,7 +55,7 @@ pub async fn serve_sample(pool: Arc<str>) -> std::io::Result<()> {
 /// A sample backend running as a child process of this one; killed with it.
 pub struct SampleProcess {
     pub addr: SocketAddr,
-    pub pid: u32,
+    pub(crate) pid: u32,
     _child: tokio::process::Child,
 }
 
@@ -117,7 +117,7 @@ fn sample_page(pool: &str, req: &Request<Incoming>) -> Response<Either<Full<Byte
 }
 
 /// The body of `/slow`: a line a second for `SLOW_SECONDS`.
-pub struct Slow {
+pub(crate) struct Slow {
     pool: Arc<str>,
     sent: u32,
     tick: tokio::time::Interval,

@@ -1,25 +1,18 @@
-//! Work in flight per pool, and drains. Every in-flight request, streaming
-//! response and upgraded tunnel holds a `Work` guard on its pool; dropping it
-//! is how the work says it is done. When a pool or endpoint leaves rotation
-//! (weight 0, set to drain, removed by a reload) its idle upstream
-//! connections close at once and what is in flight may finish until the
-//! service's `drain_timeout`; then its connections are closed and the work
-//! cut short is counted. Coming back before the deadline cancels the drain.
-//! The data plane only holds guards; `Drains` runs on the control plane.
+//! Work in flight per pool, which is what a drain waits for. Every in-flight
+//! request, streaming response and upgraded tunnel holds a `Work` guard on
+//! its pool; dropping it is how the work says it is done. The records live
+//! across snapshots (`Activities`), so a pool that leaves rotation still
+//! counts what it has in flight. The data plane only holds guards; the drains
+//! themselves, deadlines and all, are the server's (`server::drains`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio_util::sync::CancellationToken;
-
-use crate::snapshot::Snapshot;
-use crate::upstream::EndpointConns;
-
 /// What one pool of one service has in flight, and when it last served.
 #[derive(Debug, Default)]
-pub struct Activity {
+pub(crate) struct Activity {
     in_flight: AtomicUsize,
     /// Unix milliseconds when the last piece of work ended; 0 if none yet.
     last_served_ms: AtomicU64,
@@ -28,17 +21,17 @@ pub struct Activity {
 impl Activity {
     /// Counts a piece of work in flight until the guard is dropped.
     #[inline]
-    pub fn start(self: &Arc<Self>) -> Work {
+    pub(crate) fn start(self: &Arc<Self>) -> Work {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Work(self.clone())
     }
 
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
 
     /// When the pool last finished serving something.
-    pub fn last_served(&self) -> Option<SystemTime> {
+    pub(crate) fn last_served(&self) -> Option<SystemTime> {
         match self.last_served_ms.load(Ordering::Relaxed) {
             0 => None,
             ms => Some(UNIX_EPOCH + Duration::from_millis(ms)),
@@ -48,7 +41,7 @@ impl Activity {
 
 /// One piece of work in flight on a pool.
 #[derive(Debug)]
-pub struct Work(Arc<Activity>);
+pub(crate) struct Work(Arc<Activity>);
 
 impl Drop for Work {
     fn drop(&mut self) {
@@ -67,7 +60,7 @@ pub struct Activities {
 }
 
 impl Activities {
-    pub fn get(&mut self, service: &str, pool: &str) -> Arc<Activity> {
+    pub(crate) fn get(&mut self, service: &str, pool: &str) -> Arc<Activity> {
         self.by_pool
             .entry((service.to_owned(), pool.to_owned()))
             .or_default()
@@ -75,161 +68,8 @@ impl Activities {
     }
 
     /// Forgets pools no longer configured, once nothing of theirs is in flight.
-    pub fn retain(&mut self, keep: impl Fn(&str, &str) -> bool) {
+    pub(crate) fn retain(&mut self, keep: impl Fn(&str, &str) -> bool) {
         self.by_pool
             .retain(|(s, p), a| keep(s, p) || a.in_flight() > 0);
     }
-}
-
-/// What a drain applies to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Target {
-    Pool {
-        service: String,
-        pool: String,
-    },
-    Endpoint {
-        service: String,
-        pool: String,
-        address: String,
-    },
-}
-
-/// Drains in progress, by what they drain: how to cancel each, and the
-/// connection sets it retired.
-#[derive(Default)]
-pub struct Drains {
-    pending: HashMap<Target, (CancellationToken, Vec<Arc<EndpointConns>>)>,
-}
-
-/// What leaves rotation, with what is needed to end its connections.
-struct Leaving {
-    target: Target,
-    conns: Vec<Arc<EndpointConns>>,
-    activity: Option<Arc<Activity>>,
-    timeout: Duration,
-}
-
-impl Drains {
-    /// Compares what was in rotation with what is now: starts a drain for
-    /// what left, cancels the drain of what came back.
-    pub fn update(&mut self, previous: &Snapshot, next: &Snapshot) {
-        let now_in = in_rotation(next);
-        let mut leaving = Vec::new();
-        for service in &previous.services {
-            for pool in service.pools.iter() {
-                let pool_target = Target::Pool {
-                    service: service.name.to_string(),
-                    pool: pool.name.to_string(),
-                };
-                let pool_was_in = pool.in_rotation();
-                if pool_was_in && !now_in.contains(&pool_target) {
-                    leaving.push(Leaving {
-                        target: pool_target,
-                        conns: pool.endpoints.iter().map(|e| e.conns.clone()).collect(),
-                        activity: Some(pool.activity.clone()),
-                        timeout: service.drain_timeout,
-                    });
-                    continue;
-                }
-                for endpoint in pool.endpoints.iter() {
-                    let target = Target::Endpoint {
-                        service: service.name.to_string(),
-                        pool: pool.name.to_string(),
-                        address: endpoint.address.to_string(),
-                    };
-                    if pool_was_in && !endpoint.draining && !now_in.contains(&target) {
-                        leaving.push(Leaving {
-                            target,
-                            conns: vec![endpoint.conns.clone()],
-                            activity: None,
-                            timeout: service.drain_timeout,
-                        });
-                    }
-                }
-            }
-        }
-        self.pending.retain(|target, (cancel, conns)| {
-            let back = now_in.contains(target);
-            if back {
-                tracing::info!(?target, "back in rotation: drain cancelled");
-                cancel.cancel();
-                for conns in conns.iter() {
-                    conns.retire(false);
-                }
-            }
-            !back && !cancel.is_cancelled()
-        });
-        for leave in leaving {
-            self.start(leave);
-        }
-        // Whatever is in rotation keeps its connections for reuse, whether
-        // or not a drain of it was still pending.
-        for service in &next.services {
-            for pool in service.pools.iter().filter(|p| p.in_rotation()) {
-                for endpoint in pool.endpoints.iter().filter(|e| !e.draining) {
-                    endpoint.conns.retire(false);
-                }
-            }
-        }
-    }
-
-    fn start(&mut self, leave: Leaving) {
-        // The work in flight now is what the deadline may cut; work that
-        // starts later (failover onto this pool) watches a fresh token.
-        let cut: Vec<CancellationToken> = leave.conns.iter().map(|c| c.begin_drain()).collect();
-        for conns in &leave.conns {
-            conns.retire(true);
-        }
-        tracing::info!(target = ?leave.target, deadline = ?leave.timeout, "left rotation: draining");
-        let cancel = CancellationToken::new();
-        self.pending
-            .insert(leave.target.clone(), (cancel.clone(), leave.conns.clone()));
-        tokio::spawn(async move {
-            tokio::select! {
-                () = tokio::time::sleep(leave.timeout) => {}
-                () = cancel.cancelled() => return,
-            }
-            // The data plane counts each piece of work it closes for this
-            // (`drain_closed`); failover work started since is left alone.
-            for token in &cut {
-                token.cancel();
-            }
-            for conns in &leave.conns {
-                conns.close_idle();
-            }
-            let in_flight = leave.activity.as_ref().map_or(0, |a| a.in_flight());
-            tracing::info!(target = ?leave.target, in_flight, "drain deadline reached: work begun before the drain closed");
-            cancel.cancel();
-        });
-    }
-
-    /// Cancels every pending drain (shutdown).
-    pub fn stop(&mut self) {
-        for (cancel, _) in self.pending.values() {
-            cancel.cancel();
-        }
-        self.pending.clear();
-    }
-}
-
-/// Every pool and endpoint in rotation in a snapshot.
-fn in_rotation(snapshot: &Snapshot) -> HashSet<Target> {
-    let mut set = HashSet::new();
-    for service in &snapshot.services {
-        for pool in service.pools.iter().filter(|p| p.in_rotation()) {
-            set.insert(Target::Pool {
-                service: service.name.to_string(),
-                pool: pool.name.to_string(),
-            });
-            for endpoint in pool.endpoints.iter().filter(|e| !e.draining) {
-                set.insert(Target::Endpoint {
-                    service: service.name.to_string(),
-                    pool: pool.name.to_string(),
-                    address: endpoint.address.to_string(),
-                });
-            }
-        }
-    }
-    set
 }

@@ -7,59 +7,28 @@
 mod state;
 
 use std::collections::HashMap;
-use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::Request;
+use http::{header, HeaderValue, Request, Uri};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Health, HealthKind};
+use crate::config::{Endpoint, Health, HealthKind};
 use crate::metrics::EndpointMetrics;
 pub use state::{Detail, EndpointHealth};
-
-/// HTTP statuses that pass a check, parsed from `expect`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Expect(Vec<RangeInclusive<u16>>);
-
-impl Expect {
-    /// "200-399", "200", "200,204,300-399".
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("expect {text:?} is not a list of statuses or ranges, like \"200-399\" or \"200,204\"")
-        };
-        let ranges = text
-            .split(',')
-            .map(|part| {
-                let part = part.trim();
-                let (lo, hi) = part.split_once('-').unwrap_or((part, part));
-                let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
-                let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
-                if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
-                    return Err(bad());
-                }
-                Ok(lo..=hi)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self(ranges))
-    }
-
-    pub fn matches(&self, status: u16) -> bool {
-        self.0.iter().any(|r| r.contains(&status))
-    }
-}
 
 /// Everything that makes two checks the same check.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
-    address: String,
+    address: Arc<str>,
     spec: Health,
-    /// Host header of an HTTP check: the pool's rewrite, else the address.
-    host: String,
+    /// Host header of an HTTP check: the pool's rewrite, else the address;
+    /// `None` for other checks.
+    host: Option<HeaderValue>,
 }
 
 struct Checker {
@@ -76,7 +45,7 @@ pub struct HealthChecks {
 }
 
 impl HealthChecks {
-    pub fn next_generation(&mut self) -> HealthBuilder<'_> {
+    pub(crate) fn next_generation(&mut self) -> HealthBuilder<'_> {
         HealthBuilder {
             previous: self,
             used: HashMap::new(),
@@ -85,7 +54,7 @@ impl HealthChecks {
     }
 
     /// Waits until every checker has a first verdict, at most `limit`.
-    pub async fn first_round(&self, limit: Duration) {
+    pub(crate) async fn first_round(&self, limit: Duration) {
         let all_checked = || self.checkers.values().all(|c| c.health.detail().checked);
         let deadline = tokio::time::Instant::now() + limit;
         while !all_checked() && tokio::time::Instant::now() < deadline {
@@ -94,7 +63,7 @@ impl HealthChecks {
     }
 
     /// The longest check timeout in force, to bound `first_round`.
-    pub fn longest_timeout(&self) -> Duration {
+    pub(crate) fn longest_timeout(&self) -> Duration {
         self.checkers
             .keys()
             .map(|k| k.spec.timeout)
@@ -111,20 +80,21 @@ impl HealthChecks {
     }
 }
 
-pub struct HealthBuilder<'a> {
+pub(crate) struct HealthBuilder<'a> {
     previous: &'a mut HealthChecks,
     used: HashMap<Key, (Checker, Vec<EndpointMetrics>)>,
     unmonitored: Vec<(Arc<EndpointHealth>, EndpointMetrics)>,
 }
 
 impl HealthBuilder<'_> {
-    /// The health of `address` as `spec` checks it, for one pool of one
-    /// service (whose metric handles are `metrics`).
-    pub fn endpoint(
+    /// The health of `endpoint` as `spec` checks it, for one pool of one
+    /// service (whose Host rewrite is `rewrite`, and whose metric handles
+    /// are `metrics`).
+    pub(crate) fn endpoint(
         &mut self,
-        address: &str,
+        endpoint: &Endpoint,
         spec: &Health,
-        host: Option<&str>,
+        rewrite: Option<&HeaderValue>,
         metrics: EndpointMetrics,
     ) -> Arc<EndpointHealth> {
         if spec.kind == HealthKind::None {
@@ -135,13 +105,13 @@ impl HealthBuilder<'_> {
         // Only an HTTP check sends a Host; a TCP check is the same check
         // whatever the pool's rewrite.
         let host = match spec.kind {
-            HealthKind::Http => host.unwrap_or(address),
-            _ => "",
+            HealthKind::Http => Some(rewrite.unwrap_or(&endpoint.host).clone()),
+            _ => None,
         };
         let key = Key {
-            address: address.to_owned(),
+            address: endpoint.address().into(),
             spec: spec.clone(),
-            host: host.to_owned(),
+            host,
         };
         if let Some((checker, users)) = self.used.get_mut(&key) {
             users.push(metrics);
@@ -178,7 +148,7 @@ impl HealthBuilder<'_> {
 
     /// Stops the checkers no longer used and makes the used ones current,
     /// with their users' metric handles.
-    pub fn finish(self) {
+    pub(crate) fn finish(self) {
         for checker in self.previous.checkers.values() {
             checker.stop.cancel();
         }
@@ -208,21 +178,16 @@ async fn run(
     stop: CancellationToken,
 ) {
     let spec = &key.spec;
-    let expect = Expect::parse(spec.expect.get_ref()).expect("validated expect");
     loop {
         let result = tokio::select! {
-            result = tokio::time::timeout(spec.timeout, probe(&key, &expect)) => {
+            result = tokio::time::timeout(spec.timeout, probe(&key)) => {
                 result.unwrap_or_else(|_| Err(format!("no answer within {:?}", spec.timeout)))
             }
             () = stop.cancelled() => return,
         };
         let passed = result.is_ok();
         let error = result.as_ref().err().cloned();
-        let change = health.record_check(
-            result,
-            *spec.healthy_threshold.get_ref(),
-            *spec.unhealthy_threshold.get_ref(),
-        );
+        let change = health.record_check(result, spec.healthy_threshold, spec.unhealthy_threshold);
         for m in users.lock().expect("users lock").iter() {
             m.check(passed);
             if let Some(healthy) = change {
@@ -246,8 +211,8 @@ async fn run(
     }
 }
 
-async fn probe(key: &Key, expect: &Expect) -> Result<(), String> {
-    let stream = TcpStream::connect(&key.address)
+async fn probe(key: &Key) -> Result<(), String> {
+    let stream = TcpStream::connect(&*key.address)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     if key.spec.kind == HealthKind::Tcp {
@@ -257,37 +222,25 @@ async fn probe(key: &Key, expect: &Expect) -> Result<(), String> {
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     let conn = tokio::spawn(conn);
-    let req = Request::get(key.spec.path.get_ref().as_str())
-        .header(http::header::HOST, &key.host)
-        .header(http::header::USER_AGENT, "cutover-health-check")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("request: {e}"))?;
+    let mut req = Request::new(Empty::<Bytes>::new());
+    *req.uri_mut() = Uri::from(key.spec.path.clone());
+    let headers = req.headers_mut();
+    if let Some(host) = &key.host {
+        headers.insert(header::HOST, host.clone());
+    }
+    headers.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static("cutover-health-check"),
+    );
     let response = sender
         .send_request(req)
         .await
         .map_err(|e| format!("request: {e}"));
     conn.abort();
     let status = response?.status().as_u16();
-    if expect.matches(status) {
+    if key.spec.expect.matches(status) {
         Ok(())
     } else {
-        Err(format!(
-            "status {status}, expected {}",
-            key.spec.expect.get_ref()
-        ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Expect;
-
-    #[test]
-    fn expect_lists_and_ranges() {
-        let e = Expect::parse("200-299, 304").unwrap();
-        assert!(e.matches(204) && e.matches(304) && !e.matches(301) && !e.matches(500));
-        for bad in ["", "2xx", "399-200", "200-", "99", "600"] {
-            assert!(Expect::parse(bad).is_err(), "{bad}");
-        }
+        Err(format!("status {status}, expected {}", key.spec.expect))
     }
 }

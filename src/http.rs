@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::listener::Slot;
+use crate::limit::Slot;
 use crate::metrics::ListenerMetrics;
 use crate::snapshot::SharedSnapshot;
 

@@ -1,7 +1,8 @@
 //! cutover: a traffic-switching proxy for blue/green platform upgrades.
 //!
-//! Data plane: `listener` (sockets, accept loop), `http` (per-request routing
-//! and forwarding), `balance` (weighted picks). Control plane: `config`
+//! Data plane: `listener` (sockets, accept loop), `limit` (connections per
+//! listener), `http` (per-request routing and forwarding), `balance`
+//! (weighted picks), `drain` (work in flight per pool). Control plane: `config`
 //! (schema, validation), `snapshot` (routing state built from a config),
 //! `server` (publishes snapshots, owns listeners), `reload` (what triggers a
 //! reload). `demo` wires sample backends to a proxy for a first look.
@@ -13,7 +14,8 @@ pub mod demo;
 pub mod drain;
 pub mod health;
 pub mod http;
-pub mod listener;
+pub mod limit;
+pub(crate) mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod reload;
@@ -37,7 +39,7 @@ pub enum RunError {
     Token(#[from] admin::TokenError),
     #[error("admin API: cannot bind {addr}: {source}")]
     AdminBind {
-        addr: String,
+        addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
@@ -65,12 +67,11 @@ pub async fn start_admin(
         .as_deref()
         .map(admin::Token::load)
         .transpose()?;
-    let listen = config.listen.get_ref();
     let bind_err = |source| RunError::AdminBind {
-        addr: listen.clone(),
+        addr: config.listen,
         source,
     };
-    let listener = tokio::net::TcpListener::bind(listen.as_str())
+    let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(bind_err)?;
     let addr = listener.local_addr().map_err(bind_err)?;

@@ -1,19 +1,19 @@
-//! Client-facing sockets: binding, the accept loop, and the per-listener
-//! connection limit. A listener is identified by its configured bind address,
-//! so a reload that keeps the address keeps the socket. What a connection does
-//! once accepted is `http`'s business.
+//! Client-facing sockets: binding, and the accept loop, which takes a slot
+//! of the listener's connection limit (`limit`) before each accept. A
+//! listener is identified by its configured bind address, so a reload that
+//! keeps the address keeps the socket. What a connection does once accepted
+//! is `http`'s business.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::limit::ConnLimit;
 use crate::snapshot::SharedSnapshot;
 
 /// Binds a listening socket with `SO_REUSEADDR`, so a restart does not wait
@@ -32,44 +32,6 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-/// Open connections of one listener, against the snapshot's `max_connections`.
-#[derive(Default)]
-struct ConnLimit {
-    open: AtomicUsize,
-    freed: Notify,
-}
-
-/// Releases a connection's slot when dropped.
-pub struct Slot(Arc<ConnLimit>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-        self.0.freed.notify_one();
-    }
-}
-
-impl ConnLimit {
-    /// Waits until fewer than `max` connections are open, then takes a slot.
-    async fn acquire(self: &Arc<Self>, max: impl Fn() -> usize) -> Slot {
-        loop {
-            let freed = self.freed.notified();
-            let open = self.open.load(Ordering::Acquire);
-            if open < max() {
-                if self
-                    .open
-                    .compare_exchange(open, open + 1, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    return Slot(self.clone());
-                }
-                continue;
-            }
-            freed.await;
-        }
-    }
-}
-
 /// The accept loop of one listening socket.
 pub struct AcceptLoop {
     pub listener: TcpListener,
@@ -78,23 +40,23 @@ pub struct AcceptLoop {
     pub snapshot: SharedSnapshot,
     /// Connection tasks, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Open connections of this listener, against `max_connections`.
+    pub limit: Arc<ConnLimit>,
 }
 
 impl AcceptLoop {
     /// Accepts until `stop` is cancelled; then the connections it started are
     /// asked to finish their current request and close.
     pub async fn run(self, stop: CancellationToken) {
-        let limit = Arc::new(ConnLimit::default());
         let listening = Arc::new(crate::http::Listening {
             bind: self.bind,
             snapshot: self.snapshot.clone(),
             stop: stop.clone(),
             tracker: self.tracker.clone(),
         });
-        let max = || *self.snapshot.load().limits.max_connections.get_ref();
         loop {
             let slot = tokio::select! {
-                slot = limit.acquire(max) => slot,
+                slot = self.limit.acquire() => slot,
                 () = stop.cancelled() => break,
             };
             let accepted = tokio::select! {

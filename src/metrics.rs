@@ -23,7 +23,7 @@ const CODES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 
 /// Why an upstream request failed, as the `kind` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamErrorKind {
+pub(crate) enum UpstreamErrorKind {
     Connect = 0,
     Timeout = 1,
     Reset = 2,
@@ -47,14 +47,14 @@ pub struct Metrics {
     health_checks: IntCounterVec,
     failovers: IntCounterVec,
     unavailable: IntCounterVec,
-    pub config_reloads_success: IntCounter,
-    pub config_reloads_failure: IntCounter,
-    pub config_generation: IntGauge,
+    pub(crate) config_reloads_success: IntCounter,
+    pub(crate) config_reloads_failure: IntCounter,
+    pub(crate) config_generation: IntGauge,
 }
 
 /// Handles for one pool of one service.
 #[derive(Debug, Clone)]
-pub struct PoolMetrics {
+pub(crate) struct PoolMetrics {
     requests: [IntCounter; 4],
     duration: Histogram,
     errors: [IntCounter; 3],
@@ -67,7 +67,7 @@ pub struct PoolMetrics {
 
 /// Handles for one endpoint of one pool.
 #[derive(Debug, Clone)]
-pub struct EndpointMetrics {
+pub(crate) struct EndpointMetrics {
     healthy: IntGauge,
     /// Active checks: passed, failed.
     checks: [IntCounter; 2],
@@ -75,7 +75,7 @@ pub struct EndpointMetrics {
 
 /// Handles for one service.
 #[derive(Debug, Clone)]
-pub struct ServiceMetrics {
+pub(crate) struct ServiceMetrics {
     /// Times traffic moved to a weight-0 pool because the weighted ones died.
     pub failovers: IntCounter,
     /// Requests answered 503 because no endpoint was healthy.
@@ -85,7 +85,7 @@ pub struct ServiceMetrics {
 /// Handles for one listener.
 #[derive(Debug, Clone)]
 pub struct ListenerMetrics {
-    pub connections_active: IntGauge,
+    pub(crate) connections_active: IntGauge,
     /// Requests the proxy answered itself for bad input, by status.
     rejected: IntCounterVec,
     listener: String,
@@ -211,7 +211,7 @@ impl Metrics {
         }
     }
 
-    pub fn pool(&self, service: &str, pool: &str) -> PoolMetrics {
+    pub(crate) fn pool(&self, service: &str, pool: &str) -> PoolMetrics {
         PoolMetrics {
             requests: CODES.map(|code| self.requests.with_label_values(&[service, pool, code])),
             duration: self.duration.with_label_values(&[service, pool]),
@@ -228,7 +228,7 @@ impl Metrics {
         }
     }
 
-    pub fn endpoint(&self, service: &str, pool: &str, endpoint: &str) -> EndpointMetrics {
+    pub(crate) fn endpoint(&self, service: &str, pool: &str, endpoint: &str) -> EndpointMetrics {
         let labels = [service, pool, endpoint];
         EndpointMetrics {
             healthy: self.endpoint_healthy.with_label_values(&labels),
@@ -239,7 +239,7 @@ impl Metrics {
         }
     }
 
-    pub fn service(&self, service: &str) -> ServiceMetrics {
+    pub(crate) fn service(&self, service: &str) -> ServiceMetrics {
         ServiceMetrics {
             failovers: self.failovers.with_label_values(&[service]),
             unavailable: self.unavailable.with_label_values(&[service]),
@@ -247,7 +247,7 @@ impl Metrics {
     }
 
     /// Drops the series of an endpoint that no longer exists in a pool.
-    pub fn forget_endpoint(&self, service: &str, pool: &str, endpoint: &str) {
+    pub(crate) fn forget_endpoint(&self, service: &str, pool: &str, endpoint: &str) {
         _ = self
             .endpoint_healthy
             .remove_label_values(&[service, pool, endpoint]);
@@ -258,7 +258,7 @@ impl Metrics {
         }
     }
 
-    pub fn listener(&self, name: &str) -> ListenerMetrics {
+    pub(crate) fn listener(&self, name: &str) -> ListenerMetrics {
         ListenerMetrics {
             connections_active: self.connections_active.with_label_values(&[name]),
             rejected: self.rejected.clone(),
@@ -267,7 +267,7 @@ impl Metrics {
     }
 
     /// Drops the series of a pool that no longer exists.
-    pub fn forget_pool(&self, service: &str, pool: &str) {
+    pub(crate) fn forget_pool(&self, service: &str, pool: &str) {
         for code in CODES {
             _ = self.requests.remove_label_values(&[service, pool, code]);
         }
@@ -285,7 +285,7 @@ impl Metrics {
     }
 
     /// Drops the series of a listener that no longer exists.
-    pub fn forget_listener(&self, name: &str) {
+    pub(crate) fn forget_listener(&self, name: &str) {
         _ = self.connections_active.remove_label_values(&[name]);
     }
 
@@ -346,7 +346,7 @@ impl EndpointMetrics {
 impl ListenerMetrics {
     /// Counts a request the proxy answered itself. Off the hot path: only bad
     /// input gets here, so resolving the label now is fine.
-    pub fn rejected(&self, status: StatusCode) {
+    pub(crate) fn rejected(&self, status: StatusCode) {
         self.rejected
             .with_label_values(&[self.listener.as_str(), status.as_str()])
             .inc();

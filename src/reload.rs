@@ -77,14 +77,14 @@ impl FileWatcher {
 }
 
 /// The process signals the proxy answers, installed before it starts serving.
-pub struct Signals {
+pub(crate) struct Signals {
     hangup: Signal,
     terminate: Signal,
     interrupt: Signal,
 }
 
 impl Signals {
-    pub fn install() -> std::io::Result<Self> {
+    pub(crate) fn install() -> std::io::Result<Self> {
         Ok(Self {
             hangup: signal(SignalKind::hangup())?,
             terminate: signal(SignalKind::terminate())?,
@@ -94,7 +94,7 @@ impl Signals {
 
     /// Turns SIGHUP into reloads and SIGTERM/SIGINT into a graceful shutdown;
     /// a second SIGTERM/SIGINT exits at once.
-    pub async fn run(mut self, handle: Handle) {
+    pub(crate) async fn run(mut self, handle: Handle) {
         let mut stopping = false;
         loop {
             tokio::select! {

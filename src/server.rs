@@ -1,12 +1,13 @@
 //! The control plane's core: owns the running configuration, the weight
 //! overrides, the listening sockets and the upstream clients, and is the one
-//! place that publishes a new snapshot. Every change — a reload, an API weight
+//! place that publishes a new snapshot, and the status with it. Every change — a reload, an API weight
 //! change — arrives as a `Command` and is applied by this one task, in order.
 //! A reload validates the whole file first; only a valid file changes
 //! anything. Unchanged listeners are never re-bound; added ones open before
 //! the new snapshot is published, removed ones close after it.
 
 mod changes;
+mod drains;
 mod handle;
 mod status;
 
@@ -22,15 +23,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, Config, ConfigError};
-use crate::drain::{Activities, Drains};
+use crate::drain::Activities;
 use crate::health::HealthChecks;
+use crate::limit::ConnLimit;
 use crate::listener::{self, AcceptLoop};
 use crate::metrics::Metrics;
 use crate::snapshot::{Inputs, SharedSnapshot, Snapshot};
 use crate::state::{self, Overrides, StateError};
 use crate::upstream::Upstreams;
+use drains::Drains;
 use handle::Command;
-pub use handle::{Handle, Options, Trigger};
+pub(crate) use handle::Trigger;
+pub use handle::{Handle, Options};
 pub use status::{ServiceView, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +54,7 @@ pub enum ServerError {
 
 /// Why a requested change was refused; the admin API maps each to a status.
 #[derive(Debug, thiserror::Error)]
-pub enum ChangeError {
+pub(crate) enum ChangeError {
     #[error("unknown service {0:?}")]
     UnknownService(String),
     #[error("service {service:?} has no pool {pool:?}")]
@@ -79,6 +83,8 @@ struct RunningListener {
     name: String,
     local: SocketAddr,
     stop: CancellationToken,
+    /// Its connection limit, resized when `max_connections` changes.
+    limit: Arc<ConnLimit>,
 }
 
 /// How often idle upstream connections are reaped.
@@ -137,7 +143,7 @@ impl Server {
             file_changed_at: config
                 .services
                 .iter()
-                .map(|s| (s.name.get_ref().clone(), now.clone()))
+                .map(|s| (s.name.clone(), now.clone()))
                 .collect(),
             config,
             overrides,
@@ -279,12 +285,8 @@ impl Server {
         }
         let now = now_rfc3339();
         for service in &config.services {
-            let name = service.name.get_ref();
-            let before = self
-                .config
-                .services
-                .iter()
-                .find(|s| s.name.get_ref() == name);
+            let name = &service.name;
+            let before = self.config.services.iter().find(|s| s.name == *name);
             if before.map(state::file_weights) != Some(state::file_weights(service)) {
                 self.file_changed_at.insert(name.clone(), now.clone());
             }
@@ -346,6 +348,7 @@ impl Server {
             &self.config,
             generation,
             Inputs {
+                previous: &self.snapshot.load(),
                 overrides: &self.overrides,
                 upstreams: &mut self.upstreams,
                 checks: &mut self.checks,
@@ -363,6 +366,9 @@ impl Server {
         }
         let previous = self.snapshot.swap(snapshot.clone());
         self.drains.update(&previous, &snapshot);
+        for listener in self.listeners.values() {
+            listener.limit.resize(self.config.limits.max_connections);
+        }
         for service in &previous.services {
             for pool in service.pools.iter() {
                 let key = (&*service.name, &*pool.name);
@@ -386,8 +392,10 @@ impl Server {
         self.activities.retain(|s, p| kept.contains(&(s, p)));
         self.metrics.config_generation.set(generation as i64);
         let services = status::services(&self.config, &self.overrides, &self.file_changed_at);
+        // The status and the snapshot it describes go out together, so a
+        // reader of the status never joins two generations.
         self.status.send_modify(|s| {
-            s.generation = generation;
+            s.snapshot = snapshot;
             s.services = services;
             s.read_only = self.config.admin.read_only;
             s.config_file = self.path.clone();
@@ -402,19 +410,19 @@ impl Server {
         let _data_plane = self.data_plane.enter();
         let mut opened = Vec::new();
         for l in &config.listeners {
-            let addr: SocketAddr = l.bind.get_ref().parse().expect("validated bind");
+            let addr = l.bind;
             if let Some(running) = self.listeners.get_mut(&addr) {
-                if running.name != *l.name.get_ref() {
+                if running.name != l.name {
                     self.metrics.forget_listener(&running.name);
-                    running.name.clone_from(l.name.get_ref());
+                    running.name.clone_from(&l.name);
                 }
                 continue;
             }
             match listener::bind(addr) {
-                Ok(socket) => opened.push((l.name.get_ref().clone(), addr, socket)),
+                Ok(socket) => opened.push((l.name.clone(), addr, socket)),
                 Err(source) => {
                     return Err(ServerError::Bind {
-                        name: l.name.get_ref().clone(),
+                        name: l.name.clone(),
                         addr,
                         source,
                     })
@@ -424,16 +432,25 @@ impl Server {
         for (name, addr, socket) in opened {
             let local = socket.local_addr().unwrap_or(addr);
             let stop = self.shutdown.child_token();
+            let limit = Arc::new(ConnLimit::new(config.limits.max_connections));
             let accept = AcceptLoop {
                 listener: socket,
                 bind: addr,
                 snapshot: self.snapshot.clone(),
                 tracker: self.tracker.clone(),
+                limit: limit.clone(),
             };
             self.data_plane.spawn(accept.run(stop.clone()));
             tracing::info!(listener = %name, %local, "listening");
-            self.listeners
-                .insert(addr, RunningListener { name, local, stop });
+            self.listeners.insert(
+                addr,
+                RunningListener {
+                    name,
+                    local,
+                    stop,
+                    limit,
+                },
+            );
         }
         Ok(())
     }
@@ -443,10 +460,7 @@ impl Server {
         let metrics = &self.metrics;
         let mut removed = false;
         self.listeners.retain(|addr, running| {
-            let kept = config
-                .listeners
-                .iter()
-                .any(|l| l.bind.get_ref().parse::<SocketAddr>().ok() == Some(*addr));
+            let kept = config.listeners.iter().any(|l| l.bind == *addr);
             if !kept {
                 tracing::info!(listener = %running.name, local = %running.local, "closing removed listener");
                 running.stop.cancel();

@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::uri::Authority;
 use http::HeaderValue;
 
 use crate::balance::{PickTable, RoundRobin};
-use crate::config::{Config, Limits, Outlier};
+use crate::config::{Config, Host, Limits, Outlier};
 use crate::drain::{Activities, Activity};
 use crate::health::{EndpointHealth, HealthChecks};
 use crate::metrics::{ListenerMetrics, Metrics, PoolMetrics, ServiceMetrics};
@@ -28,8 +27,8 @@ pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 #[derive(Debug)]
 pub struct Snapshot {
     /// Increases by one with every published snapshot.
-    pub generation: u64,
-    pub limits: Limits,
+    pub(crate) generation: u64,
+    pub(crate) limits: Limits,
     /// Host routing per listener, keyed by the listener's configured bind
     /// address, which is what identifies a listener across reloads.
     routers: Vec<(SocketAddr, Router)>,
@@ -40,6 +39,8 @@ pub struct Snapshot {
 /// What a snapshot is built from besides the configuration: the override
 /// rules, and the long-lived parts it reuses from the previous snapshot.
 pub struct Inputs<'a> {
+    /// The snapshot in force, whose services that stay keep their mode.
+    pub previous: &'a Snapshot,
     pub overrides: &'a Overrides,
     pub upstreams: &'a mut Upstreams,
     pub checks: &'a mut HealthChecks,
@@ -49,9 +50,8 @@ pub struct Inputs<'a> {
 
 /// Host → service map of one listener.
 #[derive(Debug)]
-pub struct Router {
-    pub name: Arc<str>,
-    pub metrics: Arc<ListenerMetrics>,
+pub(crate) struct Router {
+    pub(crate) metrics: Arc<ListenerMetrics>,
     exact: HashMap<Box<str>, Arc<Service>>,
     /// `*.suffix` entries as `.suffix`, longest first.
     wildcard: Vec<(Box<str>, Arc<Service>)>,
@@ -60,19 +60,21 @@ pub struct Router {
 
 #[derive(Debug)]
 pub struct Service {
-    pub name: Arc<str>,
+    pub(crate) name: Arc<str>,
     pub pools: Box<[Pool]>,
     /// Picks among the pools in rotation; `None` when none is (all drained).
     table: Option<PickTable>,
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// How long work on a pool or endpoint leaving rotation may finish.
-    pub drain_timeout: Duration,
-    pub retries: u32,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) retries: u32,
     failover: bool,
-    pub outlier: Outlier,
-    pub metrics: ServiceMetrics,
-    /// How the service is serving, to log and count transitions once.
-    mode: AtomicU8,
+    pub(crate) outlier: Outlier,
+    pub(crate) metrics: ServiceMetrics,
+    /// How the service is serving, to log and count transitions once:
+    /// shared by every snapshot the service is in, so a reload during a
+    /// failover is not a second failover.
+    mode: Arc<AtomicU8>,
 }
 
 /// How a service is serving.
@@ -99,7 +101,7 @@ impl Mode {
 
 /// Endpoints a request has tried, as (pool, endpoint) indexes.
 #[derive(Debug, Default)]
-pub struct Tried {
+pub(crate) struct Tried {
     items: [(u8, u16); 1 + crate::config::MAX_RETRIES as usize],
     len: usize,
 }
@@ -134,27 +136,32 @@ impl Tried {
 
 #[derive(Debug)]
 pub struct Pool {
-    pub name: Arc<str>,
-    pub weight: u32,
+    pub(crate) name: Arc<str>,
+    pub(crate) weight: u32,
     pub endpoints: Box<[Endpoint]>,
     /// Set to drain: takes no new work, whatever its weight.
-    pub draining: bool,
+    pub(crate) draining: bool,
     /// Host header for this pool's requests, when the pool rewrites it.
-    pub host: Option<HeaderValue>,
-    pub metrics: PoolMetrics,
-    pub activity: Arc<Activity>,
+    pub(crate) host: Option<HeaderValue>,
+    pub(crate) metrics: PoolMetrics,
+    pub(crate) activity: Arc<Activity>,
     next: RoundRobin,
 }
 
 #[derive(Debug)]
 pub struct Endpoint {
     /// As written in the configuration, `host:port`.
-    pub address: Arc<str>,
-    pub authority: Authority,
-    pub conns: Arc<EndpointConns>,
+    pub(crate) address: Arc<str>,
+    pub(crate) conns: Arc<EndpointConns>,
     pub health: Arc<EndpointHealth>,
     /// Set to drain: takes no new work.
-    pub draining: bool,
+    pub(crate) draining: bool,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self::empty()
+    }
 }
 
 impl Snapshot {
@@ -171,7 +178,8 @@ impl Snapshot {
     /// Builds the routing state for a configuration that `config::parse`
     /// accepted, with the weights and drains `inputs.overrides` give.
     /// Connections, health checkers and activity records of endpoints that
-    /// stay are reused; metric handles come from `inputs.metrics`.
+    /// stay are reused, and so is the mode of services that stay; metric
+    /// handles come from `inputs.metrics`.
     pub fn build(config: &Config, generation: u64, inputs: Inputs<'_>) -> Self {
         let mut clients = inputs.upstreams.next_generation();
         let mut health = inputs.checks.next_generation();
@@ -179,26 +187,22 @@ impl Snapshot {
             .services
             .iter()
             .map(|s| {
-                let service_name = s.name.get_ref().as_str();
+                let service_name = s.name.as_str();
                 let weights = inputs.overrides.effective(s);
                 let pools: Box<[Pool]> = s
                     .pools
                     .iter()
                     .zip(&weights)
                     .map(|(p, &weight)| {
-                        let pool_name = p.name.get_ref().as_str();
+                        let pool_name = p.name.as_str();
                         let pool_metrics = inputs.metrics.pool(service_name, pool_name);
-                        let host = p.host.as_ref().map(|h| h.get_ref().as_str());
                         let endpoints = p
                             .endpoints
                             .iter()
                             .map(|e| {
-                                let address = e.get_ref().as_str();
+                                let address = e.address();
                                 Endpoint {
                                     address: address.into(),
-                                    authority: address
-                                        .parse()
-                                        .expect("validated endpoints are authorities"),
                                     conns: clients.endpoint(EndpointSpec {
                                         service: service_name,
                                         pool: pool_name,
@@ -207,9 +211,9 @@ impl Snapshot {
                                         connections: &pool_metrics.upstream_connections,
                                     }),
                                     health: health.endpoint(
-                                        address,
+                                        e,
                                         &s.health,
-                                        host,
+                                        p.host.as_ref(),
                                         inputs.metrics.endpoint(service_name, pool_name, address),
                                     ),
                                     draining: inputs.overrides.is_drained(
@@ -225,7 +229,7 @@ impl Snapshot {
                             weight,
                             draining: inputs.overrides.is_drained(service_name, pool_name, None),
                             endpoints,
-                            host: host.and_then(|h| h.parse().ok()),
+                            host: p.host.clone(),
                             metrics: pool_metrics,
                             activity: inputs.activities.get(service_name, pool_name),
                             next: RoundRobin::default(),
@@ -242,19 +246,22 @@ impl Snapshot {
                     pools,
                     request_timeout: s.request_timeout,
                     drain_timeout: s.drain_timeout,
-                    retries: *s.retries.get_ref(),
+                    retries: s.retries,
                     failover: s.failover,
                     outlier: s.outlier.clone(),
                     metrics: inputs.metrics.service(service_name),
-                    mode: AtomicU8::new(Mode::Normal as u8),
+                    mode: inputs
+                        .previous
+                        .service(service_name)
+                        .map_or_else(Arc::default, |before| before.mode.clone()),
                 })
             })
             .collect();
         clients.finish();
         health.finish();
         let metrics = inputs.metrics;
-        // Built in configuration order, so each service pairs with its table.
-        let by_name: HashMap<&str, (&Arc<Service>, &[toml::Spanned<String>])> = services
+        // Built in configuration order, so each service pairs with its hosts.
+        let by_name: HashMap<&str, (&Arc<Service>, &[Host])> = services
             .iter()
             .zip(&config.services)
             .map(|(s, c)| (&*s.name, (s, c.hosts.as_slice())))
@@ -263,28 +270,27 @@ impl Snapshot {
         let routers = config
             .listeners
             .iter()
-            .filter_map(|l| {
-                let bind: SocketAddr = l.bind.get_ref().parse().ok()?;
+            .map(|l| {
                 let mut router = Router {
-                    name: l.name.get_ref().as_str().into(),
-                    metrics: Arc::new(metrics.listener(l.name.get_ref())),
+                    metrics: Arc::new(metrics.listener(&l.name)),
                     exact: HashMap::new(),
                     wildcard: Vec::new(),
                     default: None,
                 };
-                for name in l.services.get_ref() {
-                    let Some(&(service, hosts)) = by_name.get(name.get_ref().as_str()) else {
+                for name in &l.services {
+                    let Some(&(service, hosts)) = by_name.get(name.as_str()) else {
                         continue;
                     };
                     if hosts.is_empty() {
                         router.default = Some(service.clone());
                     }
                     for host in hosts {
-                        let host = host.get_ref().to_ascii_lowercase();
-                        match host.strip_prefix('*') {
-                            Some(suffix) => router.wildcard.push((suffix.into(), service.clone())),
-                            None => {
-                                router.exact.insert(host.into(), service.clone());
+                        match host {
+                            Host::Suffix(suffix) => router
+                                .wildcard
+                                .push((suffix.as_str().into(), service.clone())),
+                            Host::Exact(name) => {
+                                router.exact.insert(name.as_str().into(), service.clone());
                             }
                         }
                     }
@@ -292,7 +298,7 @@ impl Snapshot {
                 router
                     .wildcard
                     .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-                Some((bind, router))
+                (l.bind, router)
             })
             .collect();
 
@@ -304,13 +310,13 @@ impl Snapshot {
         }
     }
 
-    pub fn service(&self, name: &str) -> Option<&Arc<Service>> {
+    pub(crate) fn service(&self, name: &str) -> Option<&Arc<Service>> {
         self.services.iter().find(|s| &*s.name == name)
     }
 
     /// The host router of the listener configured with `bind`.
     #[inline]
-    pub fn router(&self, bind: SocketAddr) -> Option<&Router> {
+    pub(crate) fn router(&self, bind: SocketAddr) -> Option<&Router> {
         self.routers
             .iter()
             .find(|(addr, _)| *addr == bind)
@@ -321,7 +327,7 @@ impl Snapshot {
 impl Router {
     /// The service for a request's host (`Host` header or URI authority, port
     /// allowed); the listener's default service when no host matches.
-    pub fn route(&self, host: Option<&str>) -> Option<&Arc<Service>> {
+    pub(crate) fn route(&self, host: Option<&str>) -> Option<&Arc<Service>> {
         let Some(host) = host.map(strip_port).filter(|h| !h.is_empty()) else {
             return self.default.as_ref();
         };
@@ -376,7 +382,7 @@ impl Service {
 
     /// The (pool, endpoint) for a retry after `pool` failed: another usable
     /// endpoint of the same pool not tried yet, else of another pool.
-    pub fn pick_retry(&self, pool: usize, tried: &Tried) -> Option<(usize, usize)> {
+    pub(crate) fn pick_retry(&self, pool: usize, tried: &Tried) -> Option<(usize, usize)> {
         if let Some(endpoint) = self.pools[pool].pick_endpoint(pool, tried) {
             return Some((pool, endpoint));
         }
@@ -443,7 +449,7 @@ impl Service {
 
 impl Pool {
     /// Whether the pool takes its share of new work.
-    pub fn in_rotation(&self) -> bool {
+    pub(crate) fn in_rotation(&self) -> bool {
         self.weight > 0 && !self.draining
     }
 

@@ -18,7 +18,7 @@ const VERSION: u32 = 1;
 pub type Weights = BTreeMap<String, u32>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Override {
+pub(crate) struct Override {
     /// Every pool's weight while the override holds.
     pub weights: Weights,
     /// The file's weights when the override was set: when the file's differ
@@ -72,7 +72,7 @@ pub struct Overrides {
 }
 
 /// A drain target within a service: `pool`, or `pool/endpoint`.
-pub fn drain_key(pool: &str, endpoint: Option<&str>) -> String {
+pub(crate) fn drain_key(pool: &str, endpoint: Option<&str>) -> String {
     match endpoint {
         Some(endpoint) => format!("{pool}/{endpoint}"),
         None => pool.to_owned(),
@@ -80,11 +80,11 @@ pub fn drain_key(pool: &str, endpoint: Option<&str>) -> String {
 }
 
 /// The weights a service's pools have in the file.
-pub fn file_weights(service: &Service) -> Weights {
+pub(crate) fn file_weights(service: &Service) -> Weights {
     service
         .pools
         .iter()
-        .map(|p| (p.name.get_ref().clone(), p.weight()))
+        .map(|p| (p.name.clone(), p.weight))
         .collect()
 }
 
@@ -92,7 +92,7 @@ impl Overrides {
     /// Reads the state file; a missing file means no overrides. Anything else
     /// unreadable is an error: starting without the overrides would silently
     /// send traffic back to where the file points.
-    pub fn load(path: &Path) -> Result<Self, StateError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, StateError> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
@@ -122,7 +122,7 @@ impl Overrides {
 
     /// Writes the state file atomically: a temporary file beside it, fsync,
     /// rename over it, fsync the directory.
-    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+    pub(crate) fn save(&self, path: &Path) -> Result<(), StateError> {
         let write_err = |source| StateError::Write {
             path: path.to_path_buf(),
             source,
@@ -147,23 +147,23 @@ impl Overrides {
         Ok(())
     }
 
-    pub fn get(&self, service: &str) -> Option<&Override> {
+    pub(crate) fn get(&self, service: &str) -> Option<&Override> {
         self.by_service.get(service)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.by_service.is_empty() && self.drained.is_empty()
     }
 
     /// Whether a pool (or one endpoint of it) is set to drain.
-    pub fn is_drained(&self, service: &str, pool: &str, endpoint: Option<&str>) -> bool {
+    pub(crate) fn is_drained(&self, service: &str, pool: &str, endpoint: Option<&str>) -> bool {
         self.drained
             .get(service)
             .is_some_and(|set| set.contains(&drain_key(pool, endpoint)))
     }
 
     /// Sets a pool or endpoint to drain, or back to ready.
-    pub fn set_drained(&mut self, service: &str, key: String, drain: bool) {
+    pub(crate) fn set_drained(&mut self, service: &str, key: String, drain: bool) {
         let set = self.drained.entry(service.to_owned()).or_default();
         if drain {
             set.insert(key);
@@ -176,9 +176,9 @@ impl Overrides {
     }
 
     /// Sets `service`'s weights, as the newest change.
-    pub fn set(&mut self, service: &Service, weights: Weights) {
+    pub(crate) fn set(&mut self, service: &Service, weights: Weights) {
         self.by_service.insert(
-            service.name.get_ref().clone(),
+            service.name.clone(),
             Override {
                 weights,
                 file_weights: file_weights(service),
@@ -190,13 +190,13 @@ impl Overrides {
     /// Applies the rules after the file was (re)read: an override ends when its
     /// service is gone, its pools changed, or the file's weights for it differ
     /// from those it was set over. Returns the services whose override ended.
-    pub fn reconcile(&mut self, config: &Config) -> Vec<String> {
+    pub(crate) fn reconcile(&mut self, config: &Config) -> Vec<String> {
         let mut ended = Vec::new();
         self.by_service.retain(|name, o| {
             let keep = config
                 .services
                 .iter()
-                .find(|s| s.name.get_ref() == name)
+                .find(|s| s.name == *name)
                 .is_some_and(|s| file_weights(s) == o.file_weights);
             if !keep {
                 ended.push(name.clone());
@@ -205,7 +205,7 @@ impl Overrides {
         });
         // Drain settings last as long as what they name exists.
         self.drained.retain(|name, set| {
-            let Some(service) = config.services.iter().find(|s| s.name.get_ref() == name) else {
+            let Some(service) = config.services.iter().find(|s| s.name == *name) else {
                 return false;
             };
             set.retain(|key| {
@@ -213,8 +213,8 @@ impl Overrides {
                     .split_once('/')
                     .map_or((key.as_str(), None), |(p, e)| (p, Some(e)));
                 service.pools.iter().any(|p| {
-                    p.name.get_ref() == pool
-                        && endpoint.is_none_or(|e| p.endpoints.iter().any(|x| x.get_ref() == e))
+                    p.name == pool
+                        && endpoint.is_none_or(|e| p.endpoints.iter().any(|x| x.address() == e))
                 })
             });
             !set.is_empty()
@@ -223,14 +223,14 @@ impl Overrides {
     }
 
     /// The weights a service's pools take, in pool order.
-    pub fn effective(&self, service: &Service) -> Vec<u32> {
-        let o = self.by_service.get(service.name.get_ref());
+    pub(crate) fn effective(&self, service: &Service) -> Vec<u32> {
+        let o = self.by_service.get(&service.name);
         service
             .pools
             .iter()
             .map(|p| {
-                o.and_then(|o| o.weights.get(p.name.get_ref()).copied())
-                    .unwrap_or_else(|| p.weight())
+                o.and_then(|o| o.weights.get(&p.name).copied())
+                    .unwrap_or(p.weight)
             })
             .collect()
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use prometheus::IntGauge;
 
-pub use pool::{ConnectError, EndpointConns, RawConn};
+pub(crate) use pool::{ConnectError, EndpointConns, RawConn};
 
 /// What makes two endpoints' connections interchangeable.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -30,7 +30,7 @@ pub struct Upstreams {
 }
 
 /// Where an endpoint's connections go and how they are counted.
-pub struct EndpointSpec<'a> {
+pub(crate) struct EndpointSpec<'a> {
     pub service: &'a str,
     pub pool: &'a str,
     pub address: &'a str,
@@ -42,7 +42,7 @@ pub struct EndpointSpec<'a> {
 impl Upstreams {
     /// Closes idle connections that their upstream closed or that aged out,
     /// on every endpoint; the server calls it on a timer.
-    pub fn reap(&self) {
+    pub(crate) fn reap(&self) {
         for conns in self.endpoints.values() {
             conns.reap();
         }
@@ -50,7 +50,7 @@ impl Upstreams {
 
     /// Starts a new generation: hands out connection sets, reusing this
     /// one's, and becomes the new set when finished.
-    pub fn next_generation(&mut self) -> UpstreamsBuilder<'_> {
+    pub(crate) fn next_generation(&mut self) -> UpstreamsBuilder<'_> {
         UpstreamsBuilder {
             previous: self,
             used: HashMap::new(),
@@ -58,13 +58,13 @@ impl Upstreams {
     }
 }
 
-pub struct UpstreamsBuilder<'a> {
+pub(crate) struct UpstreamsBuilder<'a> {
     previous: &'a mut Upstreams,
     used: HashMap<Key, Arc<EndpointConns>>,
 }
 
 impl UpstreamsBuilder<'_> {
-    pub fn endpoint(&mut self, spec: EndpointSpec<'_>) -> Arc<EndpointConns> {
+    pub(crate) fn endpoint(&mut self, spec: EndpointSpec<'_>) -> Arc<EndpointConns> {
         let key = Key {
             service: spec.service.to_owned(),
             pool: spec.pool.to_owned(),
@@ -88,7 +88,7 @@ impl UpstreamsBuilder<'_> {
 
     /// Makes the sets handed out the current ones; the idle connections of
     /// the others are closed (busy ones finish their request first).
-    pub fn finish(self) {
+    pub(crate) fn finish(self) {
         for (key, conns) in &self.previous.endpoints {
             if !self.used.contains_key(key) {
                 conns.retire(true);

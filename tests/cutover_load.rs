@@ -131,7 +131,7 @@ async fn invalid_file_under_load_changes_nothing_then_a_valid_one_applies() {
         "the invalid file moved traffic"
     );
     let status = proxy.handle.status();
-    assert_eq!(status.generation, 1);
+    assert_eq!(status.generation(), 1);
     let error = status.last_reload_error.expect("the error is kept");
     assert!(error.contains("weight -100"), "{error}");
     assert!(error.contains("cutover.toml:"), "{error}");

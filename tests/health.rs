@@ -245,6 +245,45 @@ async fn failover_to_a_weight_zero_pool_and_503_without_it() {
 }
 
 #[tokio::test]
+async fn a_reload_during_a_failover_is_not_a_second_failover() {
+    let standby = Backend::start("green").await;
+    let dead = closed_port();
+    let extra = |drain_timeout: &str| {
+        format!("failover = true\ndrain_timeout = \"{drain_timeout}\"\n{FAST_TCP}")
+    };
+    let proxy = Proxy::start(&config(&dead, &quoted(&standby), 100, 0, &extra("30s"))).await;
+    let failovers = || {
+        let text = String::from_utf8(proxy.handle.metrics.render()).unwrap();
+        text.lines()
+            .find(|l| l.starts_with("cutover_failovers_total{service=\"hello\"}"))
+            .map(str::to_owned)
+    };
+    let reply = get(proxy.addr(), "x", "/").await;
+    assert_eq!((reply.status, reply.pool()), (StatusCode::OK, "green"));
+    assert_eq!(
+        failovers().as_deref(),
+        Some("cutover_failovers_total{service=\"hello\"} 1")
+    );
+
+    // A field that has nothing to do with failover changes; blue is still dead.
+    proxy.rewrite(&config(&dead, &quoted(&standby), 100, 0, &extra("10s")));
+    proxy.wait_generation(2).await;
+    for _ in 0..3 {
+        let reply = get(proxy.addr(), "x", "/").await;
+        assert_eq!((reply.status, reply.pool()), (StatusCode::OK, "green"));
+    }
+    assert_eq!(
+        proxy.handle.snapshot().services[0].mode().as_str(),
+        "failover"
+    );
+    assert_eq!(
+        failovers().as_deref(),
+        Some("cutover_failovers_total{service=\"hello\"} 1"),
+        "the reload counted the failover again"
+    );
+}
+
+#[tokio::test]
 async fn nothing_healthy_is_503_at_once() {
     let extra = format!("failover = true\n{FAST_TCP}");
     let proxy = Proxy::start(&config(&closed_port(), &closed_port(), 50, 50, &extra)).await;

@@ -46,7 +46,7 @@ pub struct Route {
     pub method: Method,
     /// Path template with `{name}` parameters, as the OpenAPI document has it.
     pub path: &'static str,
-    pub access: Access,
+    pub(crate) access: Access,
     call: MakeCall,
 }
 

@@ -1,24 +1,24 @@
 //! The JSON body of `GET /v1/status`: the server's status joined with live
-//! figures read from the current snapshot's metric handles.
+//! figures read from the metric handles of the snapshot published with it,
+//! so every figure is of one generation.
+
+use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
 use super::Admin;
 use crate::server::ServiceView;
-use std::time::SystemTime;
-
 use crate::snapshot::{Endpoint, Pool, Service, Snapshot};
 
 pub fn status(admin: &Admin) -> Value {
     let status = admin.handle.status();
-    let snapshot = admin.handle.snapshot();
     let services: Vec<Value> = status
         .services
         .iter()
-        .map(|view| service(admin, view, &snapshot))
+        .map(|view| service(admin, view, &status.snapshot))
         .collect();
     json!({
-        "generation": status.generation,
+        "generation": status.generation(),
         "config_file": status.config_file,
         "read_only": status.read_only,
         "last_reload_error": status.last_reload_error,
@@ -27,7 +27,8 @@ pub fn status(admin: &Admin) -> Value {
     })
 }
 
-/// One service's part of the status.
+/// One service's part of the status; `snapshot` is the one published with
+/// `view`.
 pub fn service(admin: &Admin, view: &ServiceView, snapshot: &Snapshot) -> Value {
     let live = snapshot.service(&view.name);
     let pools: Vec<Value> = view

@@ -1,6 +1,9 @@
-//! The TOML schema, as serde types. Field names are the contract in DESIGN.md;
-//! every table rejects unknown keys. Fields whose position a validation message
-//! needs are `Spanned`. Defaults live here, next to the field they fill.
+//! The TOML schema, as serde types: the file as written, before validation.
+//! Field names are the contract in DESIGN.md; every table rejects unknown
+//! keys. Fields whose position a validation message needs are `Spanned`.
+//! Defaults live here, next to the field they fill, but for `[limits]` and
+//! `[service.outlier]`, whose typed values keep theirs. Nothing outside `config`
+//! sees these types: `validate` turns them into the typed `model`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,7 +11,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-#[derive(Debug, Clone, Deserialize)]
+use super::model::{self, HealthKind, Outlier, Protocol, Runtime};
+
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -23,16 +28,8 @@ pub struct Config {
     pub services: Vec<Service>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Runtime {
-    /// Data-plane worker threads; 0 means one per core.
-    #[serde(default)]
-    pub threads: usize,
-}
-
 /// Client-side limits applied to every listener.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Open client connections per listener; further clients wait in the
@@ -58,20 +55,22 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The typed defaults, at no place in the file.
     fn default() -> Self {
+        let typed = model::Limits::default();
         Self {
-            max_connections: Spanned::new(0..0, 10_000),
-            max_header_bytes: Spanned::new(0..0, 65_536),
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            body_read_timeout: Duration::from_secs(30),
-            send_timeout: Duration::from_secs(30),
+            max_connections: Spanned::new(0..0, typed.max_connections),
+            max_header_bytes: typed.max_header_bytes,
+            header_read_timeout: typed.header_read_timeout,
+            idle_timeout: typed.idle_timeout,
+            body_read_timeout: typed.body_read_timeout,
+            send_timeout: typed.send_timeout,
         }
     }
 }
 
 /// The admin API's listener and how changes through it are kept.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
     pub listen: Spanned<String>,
@@ -95,14 +94,7 @@ impl Default for Admin {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Http,
-    Tcp,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub name: Spanned<String>,
@@ -116,7 +108,7 @@ fn default_protocol() -> Spanned<Protocol> {
     Spanned::new(0..0, Protocol::Http)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
     pub name: Spanned<String>,
@@ -157,7 +149,7 @@ fn default_true() -> bool {
 }
 
 /// Active health checks of a service's endpoints.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Health {
     pub kind: HealthKind,
@@ -187,37 +179,6 @@ impl Default for Health {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HealthKind {
-    /// GET `path`; healthy when the status is in `expect`.
-    Http,
-    /// Healthy when a TCP connection opens.
-    Tcp,
-    /// No active checks: healthy unless passively ejected.
-    None,
-}
-
-/// Passive ejection: endpoints failing in a row are taken out for a while.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Outlier {
-    /// Connect failures or 5xx in a row that eject an endpoint; 0 disables.
-    pub consecutive_failures: u32,
-    /// First ejection's length; each repeated ejection lasts longer.
-    #[serde(with = "humantime_serde")]
-    pub base_ejection: Duration,
-}
-
-impl Default for Outlier {
-    fn default() -> Self {
-        Self {
-            consecutive_failures: 5,
-            base_ejection: Duration::from_secs(10),
-        }
-    }
-}
-
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(2)
 }
@@ -230,7 +191,7 @@ fn default_request_timeout() -> Duration {
     Duration::from_secs(60)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pool {
     pub name: Spanned<String>,
@@ -239,11 +200,4 @@ pub struct Pool {
     /// Host header sent to this pool's endpoints instead of the client's.
     #[serde(default)]
     pub host: Option<Spanned<String>>,
-}
-
-impl Pool {
-    /// The weight once validation has checked it is within range.
-    pub fn weight(&self) -> u32 {
-        u32::try_from(*self.weight.get_ref()).unwrap_or(0)
-    }
 }

@@ -1,29 +1,58 @@
-//! Checks that span more than one field: names that must be unique, references
-//! between listeners and services, value ranges. Collects every problem instead
-//! of stopping at the first, so `cutover check` can list them all.
+//! Turns the file as written (`schema`) into the typed `Config` (`model`):
+//! every value is read into its type, and the checks that span more than one
+//! field are made — names that must be unique, references between listeners
+//! and services, value ranges. Collects every problem, each with its place,
+//! instead of stopping at the first, so `cutover check` can list them all; a
+//! `Config` comes out only when there is none.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::time::Duration;
 
+use http::HeaderValue;
 use toml::Spanned;
 
-use super::{Config, Problem, Protocol};
+use super::model::{
+    Admin, Config, Endpoint, Expect, Health, Host, Limits, Listener, Pool, Protocol, Service,
+};
+use super::{schema, Problem};
 
 /// Largest weight a pool may have. Weights are relative; percentages in practice.
-pub const MAX_WEIGHT: i64 = 10_000;
+pub(crate) const MAX_WEIGHT: i64 = 10_000;
 
-pub fn validate(config: &Config) -> Vec<Problem> {
+/// Most attempts a request may make beyond its first.
+pub(crate) const MAX_RETRIES: u32 = 10;
+
+/// The typed configuration of `raw`, or every problem found in it.
+pub(crate) fn validate(raw: &schema::Config) -> Result<Config, Vec<Problem>> {
     let mut problems = Vec::new();
-    check_limits(config, &mut problems);
-    check_admin(config, &mut problems);
-    check_listeners(config, &mut problems);
-    check_services(config, &mut problems);
-    problems
+    let limits = limits(raw, &mut problems);
+    let listeners: Vec<Option<Listener>> = listeners(raw, &mut problems);
+    let admin = admin(&raw.admin, &listeners, &mut problems);
+    let services: Vec<Option<Service>> = services(raw, &mut problems);
+    let config = admin.and_then(|admin| {
+        Some(Config {
+            runtime: raw.runtime.clone(),
+            limits,
+            admin,
+            listeners: listeners.into_iter().collect::<Option<_>>()?,
+            services: services.into_iter().collect::<Option<_>>()?,
+        })
+    });
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => Err(problems),
+    }
 }
 
-fn check_limits(config: &Config, problems: &mut Vec<Problem>) {
-    let limits = &config.limits;
+/// Records `problem` and gives no value: the way every conversion below says
+/// a value could not be had, so no `None` comes without its problem.
+fn refuse<T>(problems: &mut Vec<Problem>, problem: Problem) -> Option<T> {
+    problems.push(problem);
+    None
+}
+
+fn limits(raw: &schema::Config, problems: &mut Vec<Problem>) -> Limits {
+    let limits = &raw.limits;
     if *limits.max_connections.get_ref() == 0 {
         problems.push(Problem::at(
             limits.max_connections.span(),
@@ -50,201 +79,272 @@ fn check_limits(config: &Config, problems: &mut Vec<Problem>) {
             });
         }
     }
-    if config.runtime.threads > 1024 {
+    if raw.runtime.threads > 1024 {
         problems.push(Problem {
             span: None,
             message: format!(
                 "[runtime] threads is {}; it must be between 0 (one per core) and 1024",
-                config.runtime.threads
+                raw.runtime.threads
             ),
         });
     }
-}
-
-fn check_admin(config: &Config, problems: &mut Vec<Problem>) {
-    let admin = &config.admin;
-    match admin.listen.get_ref().parse::<SocketAddr>() {
-        Ok(addr) => {
-            if !addr.ip().is_loopback() && admin.token_file.is_none() {
-                problems.push(Problem::at(
-                    admin.listen.span(),
-                    format!("[admin] listens on {addr}, which is not a loopback address, but has no token_file: anyone who can reach it could move traffic"),
-                ));
-            }
-            if config.listeners.iter().any(|l| {
-                l.bind.get_ref().parse::<SocketAddr>().ok() == Some(addr) && addr.port() != 0
-            }) {
-                problems.push(Problem::at(
-                    admin.listen.span(),
-                    format!("[admin] listen {addr} is also a listener's bind"),
-                ));
-            }
-        }
-        Err(_) => problems.push(Problem::at(
-            admin.listen.span(),
-            format!(
-                "[admin] listen {:?} is not an address and port, like \"127.0.0.1:9901\"",
-                admin.listen.get_ref()
-            ),
-        )),
+    Limits {
+        max_connections: *limits.max_connections.get_ref(),
+        max_header_bytes: limits.max_header_bytes.clone(),
+        header_read_timeout: limits.header_read_timeout,
+        idle_timeout: limits.idle_timeout,
+        body_read_timeout: limits.body_read_timeout,
+        send_timeout: limits.send_timeout,
     }
 }
 
-fn check_listeners(config: &Config, problems: &mut Vec<Problem>) {
-    if config.listeners.is_empty() {
+fn admin(
+    admin: &schema::Admin,
+    listeners: &[Option<Listener>],
+    problems: &mut Vec<Problem>,
+) -> Option<Admin> {
+    let Ok(listen) = admin.listen.get_ref().parse::<SocketAddr>() else {
+        return refuse(
+            problems,
+            Problem::at(
+                admin.listen.span(),
+                format!(
+                    "[admin] listen {:?} is not an address and port, like \"127.0.0.1:9901\"",
+                    admin.listen.get_ref()
+                ),
+            ),
+        );
+    };
+    if !listen.ip().is_loopback() && admin.token_file.is_none() {
+        problems.push(Problem::at(
+            admin.listen.span(),
+            format!("[admin] listens on {listen}, which is not a loopback address, but has no token_file: anyone who can reach it could move traffic"),
+        ));
+    }
+    if listen.port() != 0 && listeners.iter().flatten().any(|l| l.bind == listen) {
+        problems.push(Problem::at(
+            admin.listen.span(),
+            format!("[admin] listen {listen} is also a listener's bind"),
+        ));
+    }
+    Some(Admin {
+        listen,
+        token_file: admin.token_file.clone(),
+        read_only: admin.read_only,
+        state_file: admin.state_file.clone(),
+    })
+}
+
+fn listeners(raw: &schema::Config, problems: &mut Vec<Problem>) -> Vec<Option<Listener>> {
+    if raw.listeners.is_empty() {
         problems.push(Problem {
             span: Some(0..0),
             message: "no [[listener]]: the proxy would accept nothing".into(),
         });
     }
-    let services: HashMap<&str, &super::Service> = config
+    let services: HashMap<&str, &schema::Service> = raw
         .services
         .iter()
         .map(|s| (s.name.get_ref().as_str(), s))
         .collect();
     let mut names = Unique::new("listener");
     let mut binds = HashSet::new();
-    for listener in &config.listeners {
-        names.check(&listener.name, problems);
-        match listener.bind.get_ref().parse::<SocketAddr>() {
-            Ok(addr) => {
-                if !binds.insert(addr) {
-                    problems.push(Problem::at(
+    raw.listeners
+        .iter()
+        .map(|listener| {
+            names.check(&listener.name, problems);
+            let bind = match listener.bind.get_ref().parse::<SocketAddr>() {
+                Ok(addr) if !binds.insert(addr) => refuse(
+                    problems,
+                    Problem::at(
                         listener.bind.span(),
                         format!("bind {addr} is used by another listener"),
-                    ));
-                }
-            }
-            Err(_) => problems.push(Problem::at(
-                listener.bind.span(),
-                format!(
-                    "bind {:?} is not an address and port, like \"0.0.0.0:8080\" or \"[::]:8080\"",
-                    listener.bind.get_ref()
+                    ),
                 ),
-            )),
-        }
-        if *listener.protocol.get_ref() == Protocol::Tcp {
+                Ok(addr) => Some(addr),
+                Err(_) => refuse(
+                    problems,
+                    Problem::at(
+                        listener.bind.span(),
+                        format!(
+                            "bind {:?} is not an address and port, like \"0.0.0.0:8080\" or \"[::]:8080\"",
+                            listener.bind.get_ref()
+                        ),
+                    ),
+                ),
+            };
+            if *listener.protocol.get_ref() == Protocol::Tcp {
+                problems.push(Problem::at(
+                    listener.protocol.span(),
+                    "protocol \"tcp\" (layer 4) is not available in this version; use \"http\"",
+                ));
+            }
+            if listener.services.get_ref().is_empty() {
+                problems.push(Problem::at(
+                    listener.services.span(),
+                    format!("listener {:?} names no service", listener.name.get_ref()),
+                ));
+            }
+            check_listener_services(listener, &services, problems);
+            Some(Listener {
+                name: listener.name.get_ref().clone(),
+                bind: bind?,
+                protocol: *listener.protocol.get_ref(),
+                services: listener
+                    .services
+                    .get_ref()
+                    .iter()
+                    .map(|s| s.get_ref().clone())
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// The services a listener names: each must exist, at most one may be its
+/// default (no hosts), and no host may be claimed by two of them.
+fn check_listener_services(
+    listener: &schema::Listener,
+    services: &HashMap<&str, &schema::Service>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut hosts: HashMap<String, &str> = HashMap::new();
+    let mut default: Option<&str> = None;
+    for name in listener.services.get_ref() {
+        let Some(service) = services.get(name.get_ref().as_str()) else {
             problems.push(Problem::at(
-                listener.protocol.span(),
-                "protocol \"tcp\" (layer 4) is not available in this version; use \"http\"",
+                name.span(),
+                format!(
+                    "listener {:?} names unknown service {:?}",
+                    listener.name.get_ref(),
+                    name.get_ref()
+                ),
             ));
-        }
-        if listener.services.get_ref().is_empty() {
-            problems.push(Problem::at(
-                listener.services.span(),
-                format!("listener {:?} names no service", listener.name.get_ref()),
-            ));
-        }
-        let mut hosts: HashMap<String, &str> = HashMap::new();
-        let mut default: Option<&str> = None;
-        for name in listener.services.get_ref() {
-            let Some(service) = services.get(name.get_ref().as_str()) else {
+            continue;
+        };
+        if service.hosts.is_empty() {
+            if let Some(other) = default.replace(name.get_ref()) {
                 problems.push(Problem::at(
                     name.span(),
                     format!(
-                        "listener {:?} names unknown service {:?}",
-                        listener.name.get_ref(),
-                        name.get_ref()
+                        "services {other:?} and {:?} both have no hosts, so both would be listener {:?}'s default; give one of them hosts",
+                        name.get_ref(),
+                        listener.name.get_ref()
                     ),
                 ));
-                continue;
-            };
-            if service.hosts.is_empty() {
-                if let Some(other) = default.replace(name.get_ref()) {
+            }
+        }
+        for host in &service.hosts {
+            let key = host.get_ref().to_ascii_lowercase();
+            if let Some(other) = hosts.insert(key, name.get_ref()) {
+                if other != name.get_ref() {
                     problems.push(Problem::at(
-                        name.span(),
+                        host.span(),
                         format!(
-                            "services {other:?} and {:?} both have no hosts, so both would be listener {:?}'s default; give one of them hosts",
+                            "host {:?} is claimed by services {other:?} and {:?} on listener {:?}",
+                            host.get_ref(),
                             name.get_ref(),
                             listener.name.get_ref()
                         ),
                     ));
                 }
             }
-            for host in &service.hosts {
-                let key = host.get_ref().to_ascii_lowercase();
-                if let Some(other) = hosts.insert(key, name.get_ref()) {
-                    if other != name.get_ref() {
-                        problems.push(Problem::at(
-                            host.span(),
-                            format!(
-                                "host {:?} is claimed by services {other:?} and {:?} on listener {:?}",
-                                host.get_ref(),
-                                name.get_ref(),
-                                listener.name.get_ref()
-                            ),
-                        ));
-                    }
-                }
-            }
         }
     }
 }
 
-fn check_services(config: &Config, problems: &mut Vec<Problem>) {
-    let used: HashSet<&str> = config
+fn services(raw: &schema::Config, problems: &mut Vec<Problem>) -> Vec<Option<Service>> {
+    let used: HashSet<&str> = raw
         .listeners
         .iter()
         .flat_map(|l| l.services.get_ref().iter().map(|s| s.get_ref().as_str()))
         .collect();
     let mut names = Unique::new("service");
-    for service in &config.services {
-        let name = service.name.get_ref();
-        names.check(&service.name, problems);
-        if !used.contains(name.as_str()) {
-            problems.push(Problem::at(
-                service.name.span(),
-                format!("service {name:?} is not used by any listener"),
-            ));
-        }
-        for host in &service.hosts {
-            if let Err(why) = check_host_pattern(host.get_ref()) {
-                problems.push(Problem::at(
-                    host.span(),
-                    format!("host {:?} {why}", host.get_ref()),
-                ));
-            }
-        }
-        for (key, value) in [
-            ("connect_timeout", service.connect_timeout),
-            ("request_timeout", service.request_timeout),
-        ] {
-            if value == Duration::ZERO {
+    raw.services
+        .iter()
+        .map(|service| {
+            let name = service.name.get_ref();
+            names.check(&service.name, problems);
+            if !used.contains(name.as_str()) {
                 problems.push(Problem::at(
                     service.name.span(),
-                    format!("service {name:?}: {key} must be longer than 0s"),
+                    format!("service {name:?} is not used by any listener"),
                 ));
             }
-        }
-        check_pools(service, problems);
-        check_health(service, problems);
-    }
+            for (key, value) in [
+                ("connect_timeout", service.connect_timeout),
+                ("request_timeout", service.request_timeout),
+                ("outlier base_ejection", service.outlier.base_ejection),
+            ] {
+                if value.is_zero() {
+                    problems.push(Problem::at(
+                        service.name.span(),
+                        format!("service {name:?}: {key} must be longer than 0s"),
+                    ));
+                }
+            }
+            let retries = *service.retries.get_ref();
+            if retries > MAX_RETRIES {
+                problems.push(Problem::at(
+                    service.retries.span(),
+                    format!("retries is {retries}; at most {MAX_RETRIES}"),
+                ));
+            }
+            let hosts: Vec<Option<Host>> = service
+                .hosts
+                .iter()
+                .map(|host| match Host::parse(host.get_ref()) {
+                    Ok(parsed) => Some(parsed),
+                    Err(why) => refuse(
+                        problems,
+                        Problem::at(host.span(), format!("host {:?} {why}", host.get_ref())),
+                    ),
+                })
+                .collect();
+            let pools = pools(service, problems);
+            let health = health(service, problems);
+            Some(Service {
+                name: name.clone(),
+                hosts: hosts.into_iter().collect::<Option<_>>()?,
+                connect_timeout: service.connect_timeout,
+                request_timeout: service.request_timeout,
+                drain_timeout: service.drain_timeout,
+                retries,
+                failover: service.failover,
+                pools: pools?,
+                health: health?,
+                outlier: service.outlier.clone(),
+            })
+        })
+        .collect()
 }
 
-/// Most attempts a request may make beyond its first.
-pub const MAX_RETRIES: u32 = 10;
-
-fn check_health(service: &super::Service, problems: &mut Vec<Problem>) {
+fn health(service: &schema::Service, problems: &mut Vec<Problem>) -> Option<Health> {
     let name = service.name.get_ref();
-    if *service.retries.get_ref() > MAX_RETRIES {
-        problems.push(Problem::at(
-            service.retries.span(),
-            format!(
-                "retries is {}; at most {MAX_RETRIES}",
-                service.retries.get_ref()
-            ),
-        ));
-    }
     let health = &service.health;
-    if !health.path.get_ref().starts_with('/') {
-        problems.push(Problem::at(
-            health.path.span(),
-            format!("health path {:?} must start with /", health.path.get_ref()),
-        ));
-    }
-    if let Err(why) = crate::health::Expect::parse(health.expect.get_ref()) {
-        problems.push(Problem::at(health.expect.span(), why));
-    }
+    let path = health.path.get_ref();
+    let path = if !path.starts_with('/') {
+        refuse(
+            problems,
+            Problem::at(
+                health.path.span(),
+                format!("health path {path:?} must start with /"),
+            ),
+        )
+    } else {
+        path.parse().ok().or_else(|| {
+            refuse(
+                problems,
+                Problem::at(
+                    health.path.span(),
+                    format!("health path {path:?} is not a valid request path"),
+                ),
+            )
+        })
+    };
+    let expect = Expect::parse(health.expect.get_ref())
+        .map_err(|why| problems.push(Problem::at(health.expect.span(), why)))
+        .ok();
     for threshold in [&health.healthy_threshold, &health.unhealthy_threshold] {
         if *threshold.get_ref() == 0 {
             problems.push(Problem::at(
@@ -256,7 +356,6 @@ fn check_health(service: &super::Service, problems: &mut Vec<Problem>) {
     for (key, value) in [
         ("health interval", health.interval),
         ("health timeout", health.timeout),
-        ("outlier base_ejection", service.outlier.base_ejection),
     ] {
         if value.is_zero() {
             problems.push(Problem::at(
@@ -265,16 +364,27 @@ fn check_health(service: &super::Service, problems: &mut Vec<Problem>) {
             ));
         }
     }
+    Some(Health {
+        kind: health.kind,
+        path: path?,
+        expect: expect?,
+        interval: health.interval,
+        timeout: health.timeout,
+        healthy_threshold: *health.healthy_threshold.get_ref(),
+        unhealthy_threshold: *health.unhealthy_threshold.get_ref(),
+    })
 }
 
-fn check_pools(service: &super::Service, problems: &mut Vec<Problem>) {
+fn pools(service: &schema::Service, problems: &mut Vec<Problem>) -> Option<Vec<Pool>> {
     let name = service.name.get_ref();
     if service.pools.is_empty() {
-        problems.push(Problem::at(
-            service.name.span(),
-            format!("service {name:?} has no [[service.pool]]"),
-        ));
-        return;
+        return refuse(
+            problems,
+            Problem::at(
+                service.name.span(),
+                format!("service {name:?} has no [[service.pool]]"),
+            ),
+        );
     }
     if service.pools.len() > 255 {
         problems.push(Problem::at(
@@ -282,101 +392,100 @@ fn check_pools(service: &super::Service, problems: &mut Vec<Problem>) {
             format!("service {name:?} has more than 255 pools"),
         ));
     }
-    let mut pools = Unique::new("pool");
-    for pool in &service.pools {
-        pools.check(&pool.name, problems);
-        let weight = *pool.weight.get_ref();
-        if !(0..=MAX_WEIGHT).contains(&weight) {
-            problems.push(Problem::at(
-                pool.weight.span(),
-                format!(
-                    "pool {:?} has weight {weight}; weights are whole numbers from 0 to {MAX_WEIGHT}",
-                    pool.name.get_ref()
-                ),
-            ));
-        }
-        if pool.endpoints.is_empty() {
-            problems.push(Problem::at(
-                pool.name.span(),
-                format!("pool {:?} has no endpoints", pool.name.get_ref()),
-            ));
-        }
-        let mut seen = HashSet::new();
-        for endpoint in &pool.endpoints {
-            if split_host_port(endpoint.get_ref()).is_none() {
-                problems.push(Problem::at(
-                    endpoint.span(),
-                    format!(
-                        "endpoint {:?} is not host:port (like \"10.0.0.10:80\", \"[fd00::1]:80\" or \"ingress.local:80\")",
-                        endpoint.get_ref()
-                    ),
-                ));
-            } else if !seen.insert(endpoint.get_ref()) {
-                problems.push(Problem::at(
-                    endpoint.span(),
-                    format!(
-                        "endpoint {:?} is listed twice in pool {:?}",
-                        endpoint.get_ref(),
-                        pool.name.get_ref()
-                    ),
-                ));
-            }
-        }
-        if let Some(host) = &pool.host {
-            if http::HeaderValue::from_str(host.get_ref()).is_err() || host.get_ref().is_empty() {
-                problems.push(Problem::at(
-                    host.span(),
-                    format!("host {:?} is not a valid Host header value", host.get_ref()),
-                ));
-            }
-        }
-    }
     if service.pools.iter().all(|p| *p.weight.get_ref() <= 0) {
         problems.push(Problem::at(
             service.name.span(),
             format!("service {name:?} has no pool with weight > 0, so it could serve nothing"),
         ));
     }
-}
-
-/// Splits `host:port`, where host is an IPv4 address, a bracketed IPv6 address or
-/// a DNS name. `None` when the text is not of that form.
-pub fn split_host_port(text: &str) -> Option<(&str, u16)> {
-    let (host, port) = text.rsplit_once(':')?;
-    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
-    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        v6.parse::<std::net::Ipv6Addr>().ok()?;
-        return Some((host, port));
-    }
-    let valid_name = !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
-    valid_name.then_some((host, port))
-}
-
-/// A `hosts` entry: a DNS name, or `*.` and a suffix; no port.
-fn check_host_pattern(pattern: &str) -> Result<(), &'static str> {
-    let name = pattern.strip_prefix("*.").unwrap_or(pattern);
-    if name.contains(':') {
-        return Err("must not carry a port: requests are matched on the host name alone");
-    }
-    if name.is_empty()
-        || !name.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    let mut names = Unique::new("pool");
+    let pools: Vec<Option<Pool>> = service
+        .pools
+        .iter()
+        .map(|pool| {
+            names.check(&pool.name, problems);
+            pool_of(pool, problems)
         })
-    {
-        return Err("is not a host name or a \"*.suffix\" wildcard");
+        .collect();
+    pools.into_iter().collect()
+}
+
+fn pool_of(pool: &schema::Pool, problems: &mut Vec<Problem>) -> Option<Pool> {
+    let name = pool.name.get_ref();
+    let weight = *pool.weight.get_ref();
+    let weight = match u32::try_from(weight) {
+        Ok(w) if i64::from(w) <= MAX_WEIGHT => Some(w),
+        _ => refuse(
+            problems,
+            Problem::at(
+                pool.weight.span(),
+                format!(
+                    "pool {name:?} has weight {weight}; weights are whole numbers from 0 to {MAX_WEIGHT}"
+                ),
+            ),
+        ),
+    };
+    if pool.endpoints.is_empty() {
+        problems.push(Problem::at(
+            pool.name.span(),
+            format!("pool {name:?} has no endpoints"),
+        ));
     }
-    Ok(())
+    let mut seen = HashSet::new();
+    let endpoints: Vec<Option<Endpoint>> = pool
+        .endpoints
+        .iter()
+        .map(|endpoint| endpoint_of(endpoint, name, &mut seen, problems))
+        .collect();
+    let host = match &pool.host {
+        None => Some(None),
+        Some(host) => match HeaderValue::from_str(host.get_ref()) {
+            Ok(value) if !value.is_empty() => Some(Some(value)),
+            _ => refuse(
+                problems,
+                Problem::at(
+                    host.span(),
+                    format!("host {:?} is not a valid Host header value", host.get_ref()),
+                ),
+            ),
+        },
+    };
+    Some(Pool {
+        name: name.clone(),
+        weight: weight?,
+        endpoints: endpoints.into_iter().collect::<Option<_>>()?,
+        host: host?,
+    })
+}
+
+fn endpoint_of<'a>(
+    endpoint: &'a Spanned<String>,
+    pool: &str,
+    seen: &mut HashSet<&'a str>,
+    problems: &mut Vec<Problem>,
+) -> Option<Endpoint> {
+    let text = endpoint.get_ref().as_str();
+    let Some(parsed) = Endpoint::parse(text) else {
+        return refuse(
+            problems,
+            Problem::at(
+                endpoint.span(),
+                format!(
+                    "endpoint {text:?} is not host:port (like \"10.0.0.10:80\", \"[fd00::1]:80\" or \"ingress.local:80\")"
+                ),
+            ),
+        );
+    };
+    if !seen.insert(text) {
+        return refuse(
+            problems,
+            Problem::at(
+                endpoint.span(),
+                format!("endpoint {text:?} is listed twice in pool {pool:?}"),
+            ),
+        );
+    }
+    Some(parsed)
 }
 
 /// Tracks names that must be unique among their kind.
@@ -406,26 +515,5 @@ impl<'a> Unique<'a> {
                 format!("duplicate {} name {text:?}", self.kind),
             ));
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_host_port;
-
-    #[test]
-    fn host_port_forms() {
-        assert_eq!(split_host_port("10.0.0.10:80"), Some(("10.0.0.10", 80)));
-        assert_eq!(split_host_port("[::1]:8080"), Some(("[::1]", 8080)));
-        assert_eq!(
-            split_host_port("ingress.local:443"),
-            Some(("ingress.local", 443))
-        );
-        assert_eq!(split_host_port("10.0.0.10"), None);
-        assert_eq!(split_host_port("10.0.0.10:0"), None);
-        assert_eq!(split_host_port("10.0.0.10:99999"), None);
-        assert_eq!(split_host_port(":80"), None);
-        assert_eq!(split_host_port("http://x:80"), None);
-        assert_eq!(split_host_port("[zz]:80"), None);
     }
 }

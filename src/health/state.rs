@@ -32,23 +32,23 @@ pub struct EndpointHealth {
 #[derive(Debug, Clone)]
 pub struct Detail {
     /// Whether any active check has completed yet.
-    pub checked: bool,
+    pub(crate) checked: bool,
     pub consecutive_passes: u32,
     pub consecutive_failures: u32,
     pub last_error: Option<String>,
     /// When the verdict last changed.
-    pub since: SystemTime,
+    pub(crate) since: SystemTime,
 }
 
 impl EndpointHealth {
     /// An endpoint with no verdict yet: it takes no traffic until its first
     /// check passes.
-    pub fn unchecked() -> Self {
+    pub(crate) fn unchecked() -> Self {
         Self::with(false, false)
     }
 
     /// An endpoint without active checks: healthy unless ejected.
-    pub fn unmonitored() -> Self {
+    pub(crate) fn unmonitored() -> Self {
         Self::with(true, true)
     }
 
@@ -71,7 +71,7 @@ impl EndpointHealth {
 
     /// A new checker's state for an endpoint that had another checker
     /// (its check settings changed): the verdict carries over.
-    pub fn inherit(previous: &EndpointHealth) -> Self {
+    pub(crate) fn inherit(previous: &EndpointHealth) -> Self {
         let detail = previous.detail();
         let next = Self::with(previous.healthy.load(Ordering::Relaxed), detail.checked);
         *next.detail.lock().expect("health lock") = detail;
@@ -85,7 +85,7 @@ impl EndpointHealth {
 
     /// Whether the endpoint may take a request now.
     #[inline]
-    pub fn usable(&self) -> bool {
+    pub(crate) fn usable(&self) -> bool {
         if !self.healthy.load(Ordering::Relaxed) {
             return false;
         }
@@ -110,7 +110,7 @@ impl EndpointHealth {
 
     /// A request to this endpoint succeeded.
     #[inline]
-    pub fn record_success(&self) {
+    pub(crate) fn record_success(&self) {
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
         }
@@ -118,7 +118,7 @@ impl EndpointHealth {
 
     /// A request to this endpoint failed (connect failure or 5xx). Returns
     /// the ejection's length when this failure ejected it.
-    pub fn record_failure(&self, outlier: &Outlier) -> Option<Duration> {
+    pub(crate) fn record_failure(&self, outlier: &Outlier) -> Option<Duration> {
         if outlier.consecutive_failures == 0 {
             return None;
         }
@@ -137,7 +137,7 @@ impl EndpointHealth {
     /// Records an active check's result; returns the new verdict when it
     /// changed. The first result decides at once; after that the thresholds
     /// apply. A pass also ends a passive ejection.
-    pub fn record_check(
+    pub(crate) fn record_check(
         &self,
         result: Result<(), String>,
         healthy_threshold: u32,

@@ -28,7 +28,7 @@ use super::attempt::{self, Outcome};
 use super::codec::{self, RequestBody};
 use super::replies::Reply;
 use super::{buffers, Listening};
-use crate::listener::Slot;
+use crate::limit::Slot;
 use crate::metrics::ListenerMetrics;
 use exchange::H1Exchange;
 

@@ -14,7 +14,7 @@ impl Server {
         self.config
             .services
             .iter()
-            .find(|s| s.name.get_ref() == name)
+            .find(|s| s.name == name)
             .ok_or_else(|| ChangeError::UnknownService(name.to_owned()))
     }
 
@@ -35,7 +35,7 @@ impl Server {
         let mut merged: Weights = service
             .pools
             .iter()
-            .map(|p| p.name.get_ref().clone())
+            .map(|p| p.name.clone())
             .zip(self.overrides.effective(service))
             .collect();
         for (pool, weight) in weights {
@@ -70,7 +70,7 @@ impl Server {
         let pool_config = service
             .pools
             .iter()
-            .find(|p| p.name.get_ref() == pool)
+            .find(|p| p.name == pool)
             .ok_or_else(|| ChangeError::UnknownPool {
                 service: name.to_owned(),
                 pool: pool.to_owned(),
@@ -79,7 +79,7 @@ impl Server {
             if !pool_config
                 .endpoints
                 .iter()
-                .any(|e| e.get_ref() == endpoint)
+                .any(|e| e.address() == endpoint)
             {
                 return Err(ChangeError::UnknownEndpoint {
                     service: name.to_owned(),
@@ -96,7 +96,7 @@ impl Server {
                 .pools
                 .iter()
                 .zip(weights)
-                .any(|(p, w)| w > 0 && !next.is_drained(name, p.name.get_ref(), None));
+                .any(|(p, w)| w > 0 && !next.is_drained(name, &p.name, None));
             if !any_left {
                 return Err(ChangeError::LastPool {
                     service: name.to_owned(),

@@ -16,7 +16,7 @@ use crate::state::Weights;
 
 /// Why the configuration is being read again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
+pub(crate) enum Trigger {
     /// The file (or its directory) changed; skipped if the text is unchanged.
     FileChanged,
     /// SIGHUP: always re-read.
@@ -98,7 +98,7 @@ impl Handle {
 
     /// Re-reads the configuration file; returns the new generation once it
     /// is in force.
-    pub async fn reload(&self, trigger: Trigger) -> Result<u64, ChangeError> {
+    pub(crate) async fn reload(&self, trigger: Trigger) -> Result<u64, ChangeError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Reload {
             trigger,
@@ -109,7 +109,7 @@ impl Handle {
     }
 
     /// Asks for a reload without waiting for its outcome.
-    pub async fn request_reload(&self, trigger: Trigger) {
+    pub(crate) async fn request_reload(&self, trigger: Trigger) {
         if self
             .send(Command::Reload {
                 trigger,
@@ -124,7 +124,11 @@ impl Handle {
 
     /// Overrides some of a service's pool weights (the others keep theirs);
     /// returns the generation in force once the change is.
-    pub async fn set_weights(&self, service: &str, weights: Weights) -> Result<u64, ChangeError> {
+    pub(crate) async fn set_weights(
+        &self,
+        service: &str,
+        weights: Weights,
+    ) -> Result<u64, ChangeError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::SetWeights {
             service: service.to_owned(),
@@ -137,7 +141,7 @@ impl Handle {
 
     /// Sets a pool, or one endpoint of it, to drain (`drain`) or back to
     /// ready; returns the generation in force once the change is.
-    pub async fn set_drain(
+    pub(crate) async fn set_drain(
         &self,
         service: &str,
         pool: &str,
@@ -168,7 +172,7 @@ impl Handle {
         self.shutdown.cancel();
     }
 
-    pub fn is_shutting_down(&self) -> bool {
+    pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutdown.is_cancelled()
     }
 }

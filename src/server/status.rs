@@ -1,46 +1,58 @@
-//! What the server reports of itself after every change: generation, bound
-//! listeners, the last reload error, and per service the file's weights, the
-//! effective ones and the override behind them. Live traffic figures are not
-//! here; the admin API reads those from the snapshot's metric handles.
+//! What the server reports of itself after every change: bound listeners,
+//! the last reload error, and per service the file's weights, the effective
+//! ones and the override behind them — together with the snapshot published
+//! with them, whose generation it is and whose metric handles hold the live
+//! traffic figures. One `Status` is one published state: a view built from
+//! it never joins two generations.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::snapshot::Snapshot;
 use crate::state::{self, Overrides, Weights};
 
 #[derive(Debug, Clone, Default)]
 pub struct Status {
-    pub generation: u64,
-    pub config_file: PathBuf,
+    /// The snapshot published with `services`.
+    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) config_file: PathBuf,
     /// Bound address of each listener, by name.
-    pub listeners: BTreeMap<String, SocketAddr>,
+    pub(crate) listeners: BTreeMap<String, SocketAddr>,
     /// The last failed reload's problems; cleared by a successful change.
     pub last_reload_error: Option<String>,
     pub reloads_failed: u64,
-    pub read_only: bool,
+    pub(crate) read_only: bool,
     pub services: Vec<ServiceView>,
+}
+
+impl Status {
+    /// The generation of the configuration and overrides in force.
+    pub fn generation(&self) -> u64 {
+        self.snapshot.generation
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceView {
-    pub name: String,
+    pub(crate) name: String,
     /// Pool names in configuration order.
-    pub pools: Vec<String>,
-    pub file_weights: Weights,
+    pub(crate) pools: Vec<String>,
+    pub(crate) file_weights: Weights,
     pub effective_weights: Weights,
     /// Whether an API override is in force.
-    pub override_active: bool,
+    pub(crate) override_active: bool,
     /// Who set the weights in force: "api" or "file".
-    pub weights_source: &'static str,
+    pub(crate) weights_source: &'static str,
     /// When they were set, RFC 3339.
-    pub weights_set_at: String,
+    pub(crate) weights_set_at: String,
 }
 
-pub fn services(
+pub(crate) fn services(
     config: &Config,
     overrides: &Overrides,
     file_changed_at: &HashMap<String, String>,
@@ -49,8 +61,8 @@ pub fn services(
         .services
         .iter()
         .map(|s| {
-            let name = s.name.get_ref().clone();
-            let pools: Vec<String> = s.pools.iter().map(|p| p.name.get_ref().clone()).collect();
+            let name = s.name.clone();
+            let pools: Vec<String> = s.pools.iter().map(|p| p.name.clone()).collect();
             let effective = pools.iter().cloned().zip(overrides.effective(s)).collect();
             let over = overrides.get(&name);
             ServiceView {

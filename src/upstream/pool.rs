@@ -123,10 +123,6 @@ impl EndpointConns {
         &self.address
     }
 
-    pub fn connect_timeout(&self) -> Duration {
-        self.connect_timeout
-    }
-
     /// A socket: the most recently used idle one, or a new one.
     pub async fn checkout(&self) -> Result<RawConn, ConnectError> {
         loop {

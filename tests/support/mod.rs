@@ -235,7 +235,7 @@ impl Proxy {
     }
 
     pub fn generation(&self) -> u64 {
-        self.handle.status().generation
+        self.handle.status().generation()
     }
 
     /// Rewrites the configuration file as an editor does: write a temporary
@@ -250,7 +250,7 @@ impl Proxy {
     pub async fn wait_generation(&self, generation: u64) {
         tokio::time::timeout(
             Duration::from_secs(10),
-            self.handle.wait_for(|s| s.generation >= generation),
+            self.handle.wait_for(|s| s.generation() >= generation),
         )
         .await
         .expect("reload within 10s");
