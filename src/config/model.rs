@@ -310,10 +310,8 @@ mod tests {
     fn endpoint_forms() {
         for good in ["10.0.0.10:80", "[::1]:8080", "ingress.local:443"] {
             let endpoint = Endpoint::parse(good).unwrap();
-            assert_eq!(
-                (endpoint.address(), endpoint.host.to_str()),
-                (good, Ok(good))
-            );
+            assert_eq!(endpoint.address(), good);
+            assert_eq!(endpoint.host.to_str().ok(), Some(good));
         }
         for bad in [
             "10.0.0.10",
