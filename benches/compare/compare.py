@@ -30,10 +30,11 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 
 PROXIES = ["direct", "cutover", "haproxy", "nginx"]
 THROUGHPUT = [
-    # name, path, extra request headers
-    ("small_ka", "/", ()),
-    ("big_ka", configs.BIG_PATH, ()),
-    ("close", "/", ("Connection: close",)),
+    # name, path, extra request headers, wrk script
+    ("small_ka", "/", (), "report.lua"),
+    ("big_ka", configs.BIG_PATH, (), "report.lua"),
+    ("chunked_up", "/", (), "chunked.lua"),
+    ("close", "/", ("Connection: close",), "report.lua"),
 ]
 LATENCY_FRACTIONS = [0.25, 0.50, 0.75]
 QUIET_PCT = 10.0  # machine busy below this (all CPUs) counts as quiet
@@ -290,7 +291,6 @@ def run(a, tmp, binary, procs):
     with open(os.path.join(tmp, "www", configs.BIG_PATH.lstrip("/")), "wb") as f:
         f.write(b"x" * configs.BIG_SIZE)
     os.chmod(os.path.join(tmp, "www"), 0o755)
-    lua = os.path.join(tmp, "report.lua")
     files = {
         "backend.conf": configs.backend_nginx(tmp, blue, green, a.nofile),
         "cutover.toml": configs.cutover_toml(p_cut, p_admin, blue, green, a.threads,
@@ -298,6 +298,7 @@ def run(a, tmp, binary, procs):
         "haproxy.cfg": configs.haproxy_cfg(p_hap, blue, green, a.threads, a.nofile // 2 - 100),
         "nginx-proxy.conf": configs.nginx_proxy(tmp, p_ngx, blue, green, a.threads, a.nofile),
         "report.lua": configs.WRK_LUA,
+        "chunked.lua": configs.WRK_CHUNKED_LUA,
     }
     for name, text in files.items():
         with open(os.path.join(tmp, name), "w") as f:
@@ -355,8 +356,9 @@ def run(a, tmp, binary, procs):
         for name in PROXIES[1:]:
             res["idle"][name] = attempt(lambda: measure.idle_memory(ports[name], pid[name], a.idle_conns),
                                         f"idle {name}", notes)
-        def throughput(scen, path, headers):
+        def throughput(scen, path, headers, script):
             res[scen] = {}
+            lua = os.path.join(tmp, script)
             for name in PROXIES:
                 url = f"http://127.0.0.1:{ports[name]}{path}"
 
@@ -392,9 +394,9 @@ def run(a, tmp, binary, procs):
 
         # The connection-per-request scenario goes last: its TIME_WAIT sockets
         # slow the kernel's loopback path for a minute after it.
-        for scen, path, headers in THROUGHPUT:
+        for scen, path, headers, script in THROUGHPUT:
             if scen != "close":
-                throughput(scen, path, headers)
+                throughput(scen, path, headers, script)
         if rates is None:
             peak = res["small_ka"]["haproxy"].get("rps")
             if not peak:
@@ -402,9 +404,9 @@ def run(a, tmp, binary, procs):
             rates = [max(1, int(peak * f)) for f in LATENCY_FRACTIONS]
             log(f"open-loop rates: {rates} req/s (25/50/75% of HAProxy's {peak:.0f} req/s)")
         latency(rates)
-        for scen, path, headers in THROUGHPUT:
+        for scen, path, headers, script in THROUGHPUT:
             if scen == "close":
-                throughput(scen, path, headers)
+                throughput(scen, path, headers, script)
 
         res["resources"] = {name: {"peak_rss_mib": measure.peak_rss_kib(pid[name]) / 1024}
                             for name in PROXIES[1:]}

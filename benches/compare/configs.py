@@ -178,3 +178,19 @@ done = function(summary, latency, requests)
     e.read, e.write, e.status, e.timeout))
 end
 """
+
+
+# A chunked upload per request: `POST /` with two 512-byte chunks, sent as
+# raw bytes, since wrk's own request builder would add a Content-Length.
+WRK_CHUNKED_LUA = WRK_LUA + """
+local chunk = string.rep("x", 512)
+local req
+init = function(args)
+  req = "POST / HTTP/1.1\\r\\nHost: " .. wrk.host .. ":" .. wrk.port ..
+    "\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n" ..
+    string.format("%x\\r\\n%s\\r\\n%x\\r\\n%s\\r\\n0\\r\\n\\r\\n", #chunk, chunk, #chunk, chunk)
+end
+request = function()
+  return req
+end
+"""

@@ -40,6 +40,7 @@ def sections(rates):
         ("small_ka", "small response (13 B), keep-alive  [headline]", _THROUGHPUT),
         ("big_ka", "100 KiB response, keep-alive", _THROUGHPUT[:1]
          + [("mib_per_s", "MiB/s", "higher", "{:,.0f}")] + _THROUGHPUT[1:]),
+        ("chunked_up", "chunked upload (2 x 512 B), keep-alive", _THROUGHPUT),
         ("close", "new connection per request (Connection: close)", _THROUGHPUT),
     ]
     for i, rate in enumerate(rates or []):
