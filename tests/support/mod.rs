@@ -1,6 +1,7 @@
 //! Test harness: real hyper backends on ephemeral loopback ports, a proxy
-//! started from a configuration file in a temporary directory, and keep-alive
-//! HTTP/1.1 clients. Nothing here fakes a socket.
+//! started from a configuration file in a temporary directory (written by
+//! the `config` builder), and keep-alive HTTP/1.1 clients. Nothing here
+//! fakes a socket.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
@@ -20,7 +21,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+pub mod config;
 pub mod raw_backend;
+
+pub use config::Config;
 
 /// A request as a backend saw it.
 #[derive(Debug, Clone)]
@@ -275,33 +280,28 @@ impl Drop for Proxy {
 }
 
 /// A config with one listener `web` on an ephemeral port and one default
-/// service `hello` with a blue and a green pool.
-pub fn blue_green(blue: &Backend, green: &Backend, wb: u32, wg: u32) -> String {
-    format!(
-        r#"
-[limits]
-header_read_timeout = "2s"
+/// service `hello` with a blue and a green pool, one endpoint each, and a
+/// 2 s `header_read_timeout`.
+pub fn blue_green(blue: &Backend, green: &Backend, wb: i64, wg: i64) -> Config {
+    blue_green_with(blue, green, wb, wg, |s| s)
+}
 
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-services = ["hello"]
-
-[[service]]
-name = "hello"
-
-  [[service.pool]]
-  name = "blue"
-  weight = {wb}
-  endpoints = ["{}"]
-
-  [[service.pool]]
-  name = "green"
-  weight = {wg}
-  endpoints = ["{}"]
-"#,
-        blue.addr, green.addr
-    )
+/// `blue_green`, with what `service` adds to the `hello` service.
+pub fn blue_green_with(
+    blue: &Backend,
+    green: &Backend,
+    wb: i64,
+    wg: i64,
+    service: impl FnOnce(config::Service) -> config::Service,
+) -> Config {
+    Config::new()
+        .limits(|l| l.header_read_timeout("2s"))
+        .listener("web")
+        .service("hello", |s| {
+            service(s)
+                .pool("blue", wb, &[blue.addr])
+                .pool("green", wg, &[green.addr])
+        })
 }
 
 /// One client keep-alive connection (HTTP/1.1) to `addr`.
