@@ -15,8 +15,6 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use support::{full, get, Backend, BoxBody, Client, Config, Proxy};
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -41,28 +39,7 @@ async fn backend(name: &'static str) -> Backend {
                         });
                         Response::new(BoxBody::new(StreamBody::new(chunks)))
                     }
-                    "/ws" => {
-                        let key = req.headers()["sec-websocket-key"].as_bytes().to_vec();
-                        let upgrade = hyper::upgrade::on(&mut req);
-                        tokio::spawn(async move {
-                            let Ok(upgraded) = upgrade.await else { return };
-                            let io = hyper_util::rt::TokioIo::new(upgraded);
-                            let mut ws =
-                                WebSocketStream::from_raw_socket(io, Role::Server, None).await;
-                            while let Some(Ok(msg)) = ws.next().await {
-                                if msg.is_text() && ws.send(msg).await.is_err() {
-                                    return;
-                                }
-                            }
-                        });
-                        Response::builder()
-                            .status(StatusCode::SWITCHING_PROTOCOLS)
-                            .header("connection", "upgrade")
-                            .header("upgrade", "websocket")
-                            .header("sec-websocket-accept", derive_accept_key(&key))
-                            .body(full(""))
-                            .unwrap()
-                    }
+                    "/ws" => support::websocket_echo(&mut req),
                     _ => Response::new(full(name)),
                 }
             })

@@ -22,10 +22,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+pub mod arrival;
 pub mod config;
 pub mod raw_backend;
+mod raw_client;
 
 pub use config::Config;
+#[allow(unused_imports)] // as with dead code: each binary uses a different part
+pub use raw_client::{RawClient, RawResponse, RAW_LIMIT};
 
 /// A request as a backend saw it.
 #[derive(Debug, Clone)]
@@ -168,6 +172,35 @@ impl Backend {
         let listener = TcpListener::bind(self.addr).await.unwrap();
         self.serve(listener);
     }
+}
+
+/// Answers a WebSocket upgrade request with a `101`, then echoes every
+/// text message on the upgraded connection until the client closes.
+pub fn websocket_echo(req: &mut Request<Incoming>) -> Response<BoxBody> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let key = req.headers()["sec-websocket-key"].as_bytes().to_vec();
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let io = TokioIo::new(upgraded);
+        let mut ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() && ws.send(msg).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", derive_accept_key(&key))
+        .body(full(""))
+        .unwrap()
 }
 
 /// A proxy running in this process from a file in a temporary directory, with
@@ -390,55 +423,4 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(limit, stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A client connection driven byte by byte, for what HTTP clients will not
-/// send (bad heads, pipelining, slow writes); every read is bounded by
-/// `RAW_LIMIT`.
-pub struct RawClient {
-    stream: TcpStream,
-    /// Bytes read but not yet consumed (the start of a later response).
-    pub buf: Vec<u8>,
-}
-
-/// Upper bound on every read of a `RawClient`; generous, for a loaded machine.
-pub const RAW_LIMIT: Duration = Duration::from_secs(5);
-
-impl RawClient {
-    pub async fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        Self {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    pub async fn send(&mut self, bytes: &[u8]) {
-        use tokio::io::AsyncWriteExt;
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
-    /// Reads more bytes; panics on timeout or error, returns 0 at EOF.
-    pub async fn fill(&mut self, what: &str) -> usize {
-        self.try_fill(what)
-            .await
-            .unwrap_or_else(|e| panic!("reading {what}: {e}"))
-    }
-
-    /// Reads more bytes; panics on timeout, returns 0 at EOF.
-    pub async fn try_fill(&mut self, what: &str) -> std::io::Result<usize> {
-        use tokio::io::AsyncReadExt;
-        let mut chunk = vec![0u8; 16 * 1024];
-        let n = tokio::time::timeout(RAW_LIMIT, self.stream.read(&mut chunk))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "no {what} within {RAW_LIMIT:?}; have {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                )
-            })?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
-    }
 }
