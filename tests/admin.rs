@@ -6,23 +6,20 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cutover::admin::{BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_CONNECTIONS};
 use http::{Method, Request, StatusCode};
-use support::{full, get, Backend, Client, Proxy, RawClient, Reply};
+use support::{full, get, Backend, Client, Config, Proxy, RawClient, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The usual blue/green config with the admin API on an ephemeral port and
-/// `admin_extra` lines in `[admin]`.
-fn config(blue: &Backend, green: &Backend, wb: u32, wg: u32, admin_extra: &str) -> String {
-    format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n{admin_extra}\n{}",
-        support::blue_green(blue, green, wb, wg)
-    )
+/// The usual blue/green config with the admin API on an ephemeral port.
+fn config(blue: &Backend, green: &Backend, wb: i64, wg: i64) -> Config {
+    support::blue_green(blue, green, wb, wg).admin()
 }
 
 /// One admin call on a fresh connection.
@@ -50,8 +47,8 @@ async fn call(
 /// The token the token-protected proxies of this file are given.
 const TOKEN: &str = "s3cret-token";
 
-/// Writes `TOKEN` to a private file in `dir`; the `[admin]` line naming it.
-fn token_file(dir: &tempfile::TempDir) -> String {
+/// Writes `TOKEN` to a private file in `dir`; its path.
+fn token_file(dir: &tempfile::TempDir) -> PathBuf {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     std::fs::set_permissions(
@@ -59,7 +56,7 @@ fn token_file(dir: &tempfile::TempDir) -> String {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
-    format!("token_file = \"{}\"", token_file.display())
+    token_file
 }
 
 /// One admin call written as raw bytes, so the path arrives exactly as
@@ -136,7 +133,7 @@ async fn effective(admin: SocketAddr) -> serde_json::Value {
 async fn api_switch_under_load_loses_nothing_and_is_immediate() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "")).await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0).toml()).await;
     let admin = proxy.admin.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -196,8 +193,8 @@ async fn v1_needs_the_bearer_token_and_probes_do_not() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
     let dir = tempfile::tempdir().unwrap();
-    let extra = token_file(&dir);
-    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, &extra)).await;
+    let text = config(&blue, &green, 100, 0).admin_token(&token_file(&dir));
+    let proxy = Proxy::with_admin(&text.toml()).await;
     let admin = proxy.admin.unwrap();
 
     for token in [
@@ -240,8 +237,8 @@ async fn odd_spellings_of_a_path_neither_skip_the_token_nor_reach_a_route() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
     let dir = tempfile::tempdir().unwrap();
-    let extra = token_file(&dir);
-    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, &extra)).await;
+    let text = config(&blue, &green, 100, 0).admin_token(&token_file(&dir));
+    let proxy = Proxy::with_admin(&text.toml()).await;
     let admin = proxy.admin.unwrap();
     let generation = proxy.generation();
 
@@ -317,8 +314,8 @@ async fn wrong_methods_get_405_after_the_token_check() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
     let dir = tempfile::tempdir().unwrap();
-    let extra = token_file(&dir);
-    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, &extra)).await;
+    let text = config(&blue, &green, 100, 0).admin_token(&token_file(&dir));
+    let proxy = Proxy::with_admin(&text.toml()).await;
     let admin = proxy.admin.unwrap();
     let reply = call(admin, Method::DELETE, "/v1/status", "", None).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
@@ -338,7 +335,7 @@ async fn wrong_methods_get_405_after_the_token_check() {
 async fn a_slow_admin_head_is_closed_after_the_header_read_timeout() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "")).await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0).toml()).await;
     let admin = proxy.admin.unwrap();
     tokio::time::pause();
     let mut client = send_raw(admin, b"GET /v1/status HTTP/1.1\r\n").await;
@@ -362,7 +359,7 @@ async fn a_slow_admin_head_is_closed_after_the_header_read_timeout() {
 async fn a_silent_admin_connection_is_closed_when_idle() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "")).await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0).toml()).await;
     let admin = proxy.admin.unwrap();
     tokio::time::pause();
     // Not a byte: the proxy cannot yet tell HTTP/1 from HTTP/2.
@@ -379,7 +376,7 @@ async fn a_silent_admin_connection_is_closed_when_idle() {
 async fn a_slow_admin_body_gets_408() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "")).await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0).toml()).await;
     let admin = proxy.admin.unwrap();
     tokio::time::pause();
     let mut client = send_raw(
@@ -404,7 +401,7 @@ async fn a_slow_admin_body_gets_408() {
 async fn admin_connections_past_the_limit_wait_for_one_to_close() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "")).await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0).toml()).await;
     let admin = proxy.admin.unwrap();
     let mut held = Vec::new();
     for _ in 0..MAX_CONNECTIONS {
@@ -463,8 +460,8 @@ async fn token_file_problems_refuse_start() {
             .unwrap();
         }
         let path = dir.path().join("cutover.toml");
-        let extra = format!("token_file = \"{}\"", token_file.display());
-        std::fs::write(&path, config(&blue, &green, 100, 0, &extra)).unwrap();
+        let text = config(&blue, &green, 100, 0).admin_token(&token_file);
+        std::fs::write(&path, text.toml()).unwrap();
         let err = Proxy::try_start_at(dir, path, true)
             .await
             .err()
@@ -480,7 +477,7 @@ async fn token_file_problems_refuse_start() {
 async fn bad_calls_get_their_status_and_change_nothing() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "")).await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0).toml()).await;
     let admin = proxy.admin.unwrap();
     let cases = [
         ("{not json", StatusCode::BAD_REQUEST, "not valid JSON"),
@@ -541,7 +538,7 @@ async fn bad_calls_get_their_status_and_change_nothing() {
 async fn overrides_hold_until_the_file_changes_its_weights() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "")).await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0).toml()).await;
     let admin = proxy.admin.unwrap();
 
     assert_eq!(
@@ -560,11 +557,9 @@ async fn overrides_hold_until_the_file_changes_its_weights() {
     );
 
     // A reload that leaves the weights as they were keeps the override.
-    let same_weights = config(&blue, &green, 100, 0, "").replace(
-        "name = \"hello\"\n",
-        "name = \"hello\"\nrequest_timeout = \"30s\"\n",
-    );
-    proxy.rewrite(&same_weights);
+    let same_weights =
+        support::blue_green_with(&blue, &green, 100, 0, |s| s.request_timeout("30s")).admin();
+    proxy.rewrite(&same_weights.toml());
     proxy.wait_generation(3).await;
     assert_eq!(
         effective(admin).await,
@@ -573,7 +568,7 @@ async fn overrides_hold_until_the_file_changes_its_weights() {
     assert_eq!(get(proxy.addr(), "x", "/").await.pool(), "green");
 
     // One that changes them replaces it: the newest change wins.
-    proxy.rewrite(&config(&blue, &green, 100, 1, ""));
+    proxy.rewrite(&config(&blue, &green, 100, 1).toml());
     proxy.wait_generation(4).await;
     let status = json(&call(admin, Method::GET, "/v1/status", "", None).await);
     assert_eq!(status["services"][0]["override"]["active"], false);
@@ -590,8 +585,7 @@ async fn overrides_survive_a_restart_and_ignore_state_skips_them() {
     let green = Backend::start("green").await;
     let state_dir = tempfile::tempdir().unwrap();
     let state = state_dir.path().join("state.json");
-    let extra = format!("state_file = \"{}\"", state.display());
-    let text = config(&blue, &green, 100, 0, &extra);
+    let text = config(&blue, &green, 100, 0).state_file(&state).toml();
 
     let first = Proxy::with_admin(&text).await;
     assert_eq!(
@@ -638,8 +632,8 @@ async fn a_corrupt_state_file_refuses_start() {
     let state = dir.path().join("state.json");
     std::fs::write(&state, "{\"version\": 1, \"overrides\": {\"hello\": ").unwrap();
     let path = dir.path().join("cutover.toml");
-    let extra = format!("state_file = \"{}\"", state.display());
-    std::fs::write(&path, config(&blue, &green, 100, 0, &extra)).unwrap();
+    let text = config(&blue, &green, 100, 0).state_file(&state);
+    std::fs::write(&path, text.toml()).unwrap();
     let err = Proxy::try_start_at(dir, path, true)
         .await
         .err()
@@ -654,7 +648,7 @@ async fn a_corrupt_state_file_refuses_start() {
 async fn read_only_refuses_changes_with_409() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "read_only = true")).await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0).read_only(true).toml()).await;
     let admin = proxy.admin.unwrap();
     let reply = put_weights(admin, r#"{"blue": 0, "green": 100}"#).await;
     assert_eq!(reply.status, StatusCode::CONFLICT);
@@ -679,7 +673,7 @@ async fn read_only_refuses_changes_with_409() {
 async fn reload_endpoint_reports_an_invalid_file() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "")).await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0).toml()).await;
     let admin = proxy.admin.unwrap();
     let reply = call(admin, Method::POST, "/v1/reload", "", None).await;
     assert_eq!(json(&reply)["generation"], 2);
@@ -706,7 +700,7 @@ async fn reload_endpoint_reports_an_invalid_file() {
 async fn readyz_turns_unready_when_shutdown_starts() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "")).await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0).toml()).await;
     let admin = proxy.admin.unwrap();
     assert_eq!(
         call(admin, Method::GET, "/readyz", "", None).await.status,
@@ -747,7 +741,7 @@ fn openapi_document_lists_exactly_the_served_routes() {
 async fn an_api_change_does_not_hide_a_failed_reload_and_undoing_the_edit_does() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let text = config(&blue, &green, 100, 0, "");
+    let text = config(&blue, &green, 100, 0).toml();
     let proxy = Proxy::with_admin(&text).await;
     let admin = proxy.admin.unwrap();
     proxy.rewrite("[[listener]]\nname = 1\n");
@@ -775,7 +769,7 @@ async fn an_api_change_does_not_hide_a_failed_reload_and_undoing_the_edit_does()
 async fn turning_read_only_on_ends_api_overrides() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0, "")).await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 100, 0).toml()).await;
     let admin = proxy.admin.unwrap();
     assert_eq!(
         put_weights(admin, r#"{"blue": 0, "green": 100}"#)
@@ -784,7 +778,7 @@ async fn turning_read_only_on_ends_api_overrides() {
         StatusCode::OK
     );
     assert_eq!(get(proxy.addr(), "x", "/").await.pool(), "green");
-    proxy.rewrite(&config(&blue, &green, 100, 0, "read_only = true"));
+    proxy.rewrite(&config(&blue, &green, 100, 0).read_only(true).toml());
     proxy.wait_generation(3).await;
     assert_eq!(
         get(proxy.addr(), "x", "/").await.pool(),

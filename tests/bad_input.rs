@@ -15,34 +15,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Response, StatusCode};
-use support::{full, Backend, Client, Proxy, RawClient};
+use support::config::Limits;
+use support::{full, Backend, Client, Config, Proxy, RawClient};
 use tokio::task::JoinHandle;
 
 /// Upper bound on every wait for the proxy; generous, for a loaded machine.
 const LIMIT: Duration = Duration::from_secs(5);
 
-/// One listener `web` in front of one pool, with the given `[limits]` lines.
-fn config(backend: &Backend, limits: &str) -> String {
-    format!(
-        r#"
-[limits]
-{limits}
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-services = ["hello"]
-
-[[service]]
-name = "hello"
-
-  [[service.pool]]
-  name = "blue"
-  weight = 100
-  endpoints = ["{}"]
-"#,
-        backend.addr
-    )
+/// One listener `web` in front of one pool, with the `[limits]` `limits` sets.
+fn config(backend: &Backend, limits: impl FnOnce(Limits) -> Limits) -> String {
+    Config::new()
+        .limits(limits)
+        .listener("web")
+        .service("hello", |s| s.pool("blue", 100, &[backend.addr]))
+        .toml()
 }
 
 /// A backend that answers each request with its path, to tell replies apart.
@@ -228,7 +214,7 @@ fn keep_busy(clients: Vec<Client>, stop: Arc<AtomicBool>) -> Vec<JoinHandle<u64>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_400_while_other_connections_keep_working() {
     let backend = Backend::start("blue").await;
-    let proxy = Proxy::start(&config(&backend, "header_read_timeout = \"2s\"")).await;
+    let proxy = Proxy::start(&config(&backend, |l| l.header_read_timeout("2s"))).await;
     let addr = proxy.addr();
 
     let mut clients = Vec::new();
@@ -283,7 +269,7 @@ async fn malformed_requests_get_400_while_other_connections_keep_working() {
 #[tokio::test]
 async fn head_over_max_header_bytes_is_431_and_one_at_the_limit_is_served() {
     let backend = echo_path().await;
-    let proxy = Proxy::start(&config(&backend, "max_header_bytes = 4096")).await;
+    let proxy = Proxy::start(&config(&backend, |l| l.max_header_bytes(4096))).await;
     let addr = proxy.addr();
 
     // Exactly at the limit, and then another request on the same connection.
@@ -318,8 +304,10 @@ async fn head_over_max_header_bytes_is_431_and_one_at_the_limit_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_head_gets_408_after_header_read_timeout() {
     let backend = Backend::start("blue").await;
-    let limits = "header_read_timeout = \"300ms\"\nidle_timeout = \"5s\"";
-    let proxy = Proxy::start(&config(&backend, limits)).await;
+    let proxy = Proxy::start(&config(&backend, |l| {
+        l.header_read_timeout("300ms").idle_timeout("5s")
+    }))
+    .await;
     let addr = proxy.addr();
 
     let mut normal = Client::connect(addr).await;
@@ -377,8 +365,10 @@ async fn slow_head_gets_408_after_header_read_timeout() {
 #[tokio::test]
 async fn idle_keep_alive_connection_is_closed_silently_after_idle_timeout() {
     let backend = Backend::start("blue").await;
-    let limits = "header_read_timeout = \"2s\"\nidle_timeout = \"500ms\"";
-    let proxy = Proxy::start(&config(&backend, limits)).await;
+    let proxy = Proxy::start(&config(&backend, |l| {
+        l.header_read_timeout("2s").idle_timeout("500ms")
+    }))
+    .await;
     let addr = proxy.addr();
 
     // Idle after a request.
@@ -417,8 +407,10 @@ async fn idle_keep_alive_connection_is_closed_silently_after_idle_timeout() {
 #[tokio::test]
 async fn idle_time_does_not_count_against_header_read_timeout() {
     let backend = Backend::start("blue").await;
-    let limits = "header_read_timeout = \"300ms\"\nidle_timeout = \"5s\"";
-    let proxy = Proxy::start(&config(&backend, limits)).await;
+    let proxy = Proxy::start(&config(&backend, |l| {
+        l.header_read_timeout("300ms").idle_timeout("5s")
+    }))
+    .await;
     let addr = proxy.addr();
 
     // Idle before the first request, and between requests.
@@ -444,8 +436,12 @@ async fn idle_time_does_not_count_against_header_read_timeout() {
 #[tokio::test]
 async fn later_requests_on_a_keep_alive_connection_are_guarded_too() {
     let backend = Backend::start("blue").await;
-    let limits = "header_read_timeout = \"300ms\"\nidle_timeout = \"5s\"\nmax_header_bytes = 4096";
-    let proxy = Proxy::start(&config(&backend, limits)).await;
+    let proxy = Proxy::start(&config(&backend, |l| {
+        l.header_read_timeout("300ms")
+            .idle_timeout("5s")
+            .max_header_bytes(4096)
+    }))
+    .await;
     let addr = proxy.addr();
     let good = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
 
@@ -486,7 +482,7 @@ async fn later_requests_on_a_keep_alive_connection_are_guarded_too() {
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
     let backend = echo_path().await;
-    let proxy = Proxy::start(&config(&backend, "header_read_timeout = \"2s\"")).await;
+    let proxy = Proxy::start(&config(&backend, |l| l.header_read_timeout("2s"))).await;
 
     let mut conn = Raw::connect(proxy.addr()).await;
     conn.send(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -506,8 +502,12 @@ async fn pipelined_requests_are_answered_in_order() {
 #[tokio::test]
 async fn pipelined_bad_requests_are_guarded_like_any_other() {
     let backend = echo_path().await;
-    let limits = "header_read_timeout = \"300ms\"\nidle_timeout = \"5s\"\nmax_header_bytes = 4096";
-    let proxy = Proxy::start(&config(&backend, limits)).await;
+    let proxy = Proxy::start(&config(&backend, |l| {
+        l.header_read_timeout("300ms")
+            .idle_timeout("5s")
+            .max_header_bytes(4096)
+    }))
+    .await;
     let addr = proxy.addr();
     let good = b"GET /good HTTP/1.1\r\nHost: x\r\n\r\n";
 
@@ -538,8 +538,10 @@ async fn pipelined_bad_requests_are_guarded_like_any_other() {
 #[tokio::test]
 async fn idle_timeout_longer_than_hyper_default_is_honoured() {
     let backend = Backend::start("blue").await;
-    let limits = "header_read_timeout = \"10s\"\nidle_timeout = \"60s\"";
-    let proxy = Proxy::start(&config(&backend, limits)).await;
+    let proxy = Proxy::start(&config(&backend, |l| {
+        l.header_read_timeout("10s").idle_timeout("60s")
+    }))
+    .await;
 
     let mut conn = Raw::connect(proxy.addr()).await;
     for round in 0..2 {

@@ -3,7 +3,9 @@
 //! commented example) with 0; usage errors exit 2; `run` refuses a missing
 //! file with one line naming it; and a running proxy serves, follows its file
 //! on SIGHUP, and exits 0 on SIGTERM. The binary runs as a child process; a
-//! guard kills it if a test fails.
+//! guard kills it if a test fails. The files `check` reads are literal TOML,
+//! as their text (each line and column) is what those tests are about; the
+//! proxies `run` starts get theirs from the config builder.
 
 mod support;
 
@@ -13,7 +15,7 @@ use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use support::{Backend, Client};
+use support::{Backend, Client, Config};
 use tokio::net::TcpStream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cutover");
@@ -342,34 +344,18 @@ impl Drop for Running {
     }
 }
 
-fn run_config(port: u16, blue: &Backend, green: &Backend, wb: u32, wg: u32) -> String {
-    format!(
-        r#"[runtime]
-threads = 1
-
-[admin]
-listen = "127.0.0.1:0"
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:{port}"
-services = ["hello"]
-
-[[service]]
-name = "hello"
-
-  [[service.pool]]
-  name = "blue"
-  weight = {wb}
-  endpoints = ["{}"]
-
-  [[service.pool]]
-  name = "green"
-  weight = {wg}
-  endpoints = ["{}"]
-"#,
-        blue.addr, green.addr
-    )
+/// What `cutover run` is started with: one worker thread, the admin API
+/// on an ephemeral port, and blue/green behind `web` on `port`.
+fn run_config(port: u16, blue: &Backend, green: &Backend, wb: i64, wg: i64) -> String {
+    Config::new()
+        .threads(1)
+        .admin()
+        .listener_at("web", format!("127.0.0.1:{port}"))
+        .service("hello", |s| {
+            s.pool("blue", wb, &[blue.addr])
+                .pool("green", wg, &[green.addr])
+        })
+        .toml()
 }
 
 /// A loopback port that was free a moment ago.

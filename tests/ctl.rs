@@ -26,14 +26,11 @@ async fn ctl(admin: SocketAddr, args: &[&str]) -> (i32, String, String) {
 async fn proxy(token: Option<&std::path::Path>) -> (Proxy, Backend, Backend) {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let token = token.map_or(String::new(), |t| {
-        format!("token_file = \"{}\"", t.display())
-    });
-    let config = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n{token}\n{}",
-        support::blue_green(&blue, &green, 100, 0)
-    );
-    (Proxy::with_admin(&config).await, blue, green)
+    let mut config = support::blue_green(&blue, &green, 100, 0).admin();
+    if let Some(token) = token {
+        config = config.admin_token(token);
+    }
+    (Proxy::with_admin(&config.toml()).await, blue, green)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use support::{blue_green, get, Backend, Client, Proxy};
+use support::{blue_green, get, Backend, Client, Config, Proxy};
 
 const CLIENTS: usize = 16;
 
@@ -69,12 +69,12 @@ fn failures(logs: &[Vec<Outcome>]) -> Vec<&String> {
 async fn file_cutover_under_load_loses_nothing_and_applies_to_open_connections() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let proxy = Proxy::start(&blue_green(&blue, &green, 100, 0)).await;
+    let proxy = Proxy::start(&blue_green(&blue, &green, 100, 0).toml()).await;
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = start_load(proxy.addr(), stop.clone()).await;
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    proxy.rewrite(&blue_green(&blue, &green, 0, 100));
+    proxy.rewrite(&blue_green(&blue, &green, 0, 100).toml());
     proxy.wait_generation(2).await;
     let switched = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -112,13 +112,13 @@ async fn file_cutover_under_load_loses_nothing_and_applies_to_open_connections()
 async fn invalid_file_under_load_changes_nothing_then_a_valid_one_applies() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let proxy = Proxy::start(&blue_green(&blue, &green, 100, 0)).await;
+    let proxy = Proxy::start(&blue_green(&blue, &green, 100, 0).toml()).await;
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = start_load(proxy.addr(), stop.clone()).await;
 
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let broken = blue_green(&blue, &green, 0, 100).replace("weight = 100", "weight = -100");
-    proxy.rewrite(&broken);
+    // A weight validation refuses.
+    proxy.rewrite(&blue_green(&blue, &green, 0, -100).toml());
     proxy.wait_failed_reloads(1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let logs = finish_load(stop, tasks).await;
@@ -136,17 +136,15 @@ async fn invalid_file_under_load_changes_nothing_then_a_valid_one_applies() {
     assert!(error.contains("weight -100"), "{error}");
     assert!(error.contains("cutover.toml:"), "{error}");
 
-    proxy.rewrite(&blue_green(&blue, &green, 0, 100));
+    proxy.rewrite(&blue_green(&blue, &green, 0, 100).toml());
     proxy.wait_generation(2).await;
     assert_eq!(get(proxy.addr(), "x", "/").await.pool(), "green");
     assert!(proxy.handle.status().last_reload_error.is_none());
 }
 
-fn with_second_listener(config: &str, bind: &str) -> String {
-    config.replace(
-        "[[service]]",
-        &format!("[[listener]]\nname = \"alt\"\nbind = \"{bind}\"\nservices = [\"hello\"]\n\n[[service]]"),
-    )
+/// `config` with a second listener `alt` on `bind`, serving the same service.
+fn with_second_listener(config: Config, bind: &str) -> String {
+    config.listener_at("alt", bind).serves("hello").toml()
 }
 
 #[tokio::test]
@@ -154,12 +152,12 @@ async fn reload_opens_added_listeners_closes_removed_ones_and_keeps_the_rest() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
     let base = blue_green(&blue, &green, 100, 0);
-    let proxy = Proxy::start(&base).await;
+    let proxy = Proxy::start(&base.toml()).await;
     let web = proxy.addr();
     let mut kept = Client::connect(web).await;
     assert_eq!(kept.get("/", &[]).await.unwrap().pool(), "blue");
 
-    proxy.rewrite(&with_second_listener(&base, "127.0.0.2:0"));
+    proxy.rewrite(&with_second_listener(base.clone(), "127.0.0.2:0"));
     proxy.wait_generation(2).await;
     let alt = proxy.handle.listener_addr("alt").expect("alt is bound");
     assert_eq!(proxy.addr(), web, "web was re-bound");
@@ -167,7 +165,7 @@ async fn reload_opens_added_listeners_closes_removed_ones_and_keeps_the_rest() {
     // The connection opened before the reload still works: the socket was kept.
     assert_eq!(kept.get("/", &[]).await.unwrap().pool(), "blue");
 
-    proxy.rewrite(&base);
+    proxy.rewrite(&base.toml());
     proxy.wait_generation(3).await;
     assert!(proxy.handle.listener_addr("alt").is_none());
     let refused = tokio::time::timeout(Duration::from_secs(5), async {
@@ -187,11 +185,10 @@ async fn reload_opens_added_listeners_closes_removed_ones_and_keeps_the_rest() {
 async fn a_bind_failure_on_reload_changes_nothing() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let base = blue_green(&blue, &green, 100, 0);
-    let proxy = Proxy::start(&base).await;
+    let proxy = Proxy::start(&blue_green(&blue, &green, 100, 0).toml()).await;
     // The backend's port is taken: binding a listener there must fail, and
     // the weight change that came with it must not apply either.
-    let config = with_second_listener(&blue_green(&blue, &green, 0, 100), &blue.addr.to_string());
+    let config = with_second_listener(blue_green(&blue, &green, 0, 100), &blue.addr.to_string());
     proxy.rewrite(&config);
     proxy.wait_failed_reloads(1).await;
     let error = proxy.handle.status().last_reload_error.unwrap();
@@ -213,7 +210,7 @@ async fn configmap_symlink_swap_is_picked_up() {
     std::fs::create_dir(&first).unwrap();
     std::fs::write(
         first.join("cutover.toml"),
-        blue_green(&blue, &green, 100, 0),
+        blue_green(&blue, &green, 100, 0).toml(),
     )
     .unwrap();
     symlink("..2026_11_29_first", dir.path().join("..data")).unwrap();
@@ -227,7 +224,7 @@ async fn configmap_symlink_swap_is_picked_up() {
     std::fs::create_dir(&second).unwrap();
     std::fs::write(
         second.join("cutover.toml"),
-        blue_green(&blue, &green, 0, 100),
+        blue_green(&blue, &green, 0, 100).toml(),
     )
     .unwrap();
     symlink("..2026_11_29_second", root.join("..data_tmp")).unwrap();

@@ -14,9 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use support::{full, get, Backend, BoxBody, Client, Proxy};
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use support::{full, get, Backend, BoxBody, Client, Config, Proxy};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -41,28 +39,7 @@ async fn backend(name: &'static str) -> Backend {
                         });
                         Response::new(BoxBody::new(StreamBody::new(chunks)))
                     }
-                    "/ws" => {
-                        let key = req.headers()["sec-websocket-key"].as_bytes().to_vec();
-                        let upgrade = hyper::upgrade::on(&mut req);
-                        tokio::spawn(async move {
-                            let Ok(upgraded) = upgrade.await else { return };
-                            let io = hyper_util::rt::TokioIo::new(upgraded);
-                            let mut ws =
-                                WebSocketStream::from_raw_socket(io, Role::Server, None).await;
-                            while let Some(Ok(msg)) = ws.next().await {
-                                if msg.is_text() && ws.send(msg).await.is_err() {
-                                    return;
-                                }
-                            }
-                        });
-                        Response::builder()
-                            .status(StatusCode::SWITCHING_PROTOCOLS)
-                            .header("connection", "upgrade")
-                            .header("upgrade", "websocket")
-                            .header("sec-websocket-accept", derive_accept_key(&key))
-                            .body(full(""))
-                            .unwrap()
-                    }
+                    "/ws" => support::websocket_echo(&mut req),
                     _ => Response::new(full(name)),
                 }
             })
@@ -71,14 +48,36 @@ async fn backend(name: &'static str) -> Backend {
     .await
 }
 
+/// Blue (weight 100) over `blue` endpoints and green (weight 0), no active
+/// health checks, the admin API keeping its changes in `state_file`.
+fn config_with_state(
+    blue: &[SocketAddr],
+    green: &Backend,
+    drain_timeout: &str,
+    state_file: &std::path::Path,
+) -> String {
+    Config::new()
+        .limits(|l| l.header_read_timeout("2s"))
+        .admin()
+        .state_file(state_file)
+        .listener("web")
+        .service("hello", |s| {
+            s.drain_timeout(drain_timeout)
+                .health_none()
+                .pool("blue", 100, blue)
+                .pool("green", 0, &[green.addr])
+        })
+        .toml()
+}
+
+/// Blue (weight 100) and green (weight 0), no active health checks, and the
+/// admin API.
 fn config(blue: &Backend, green: &Backend, drain_timeout: &str) -> String {
-    format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n{}",
-        support::blue_green(blue, green, 100, 0).replace(
-            "name = \"hello\"\n",
-            &format!("name = \"hello\"\ndrain_timeout = \"{drain_timeout}\"\n[service.health]\nkind = \"none\"\n"),
-        )
-    )
+    support::blue_green_with(blue, green, 100, 0, |s| {
+        s.drain_timeout(drain_timeout).health_none()
+    })
+    .admin()
+    .toml()
 }
 
 async fn admin(proxy: &Proxy, method: Method, path: &str, body: &str) -> serde_json::Value {
@@ -299,9 +298,11 @@ async fn idle_upstream_connections_of_a_drained_pool_close_at_once() {
 async fn undrain_before_the_deadline_keeps_in_flight_work() {
     let blue = backend("blue").await;
     let green = backend("green").await;
-    let mut text = config(&blue, &green, "500ms");
-    text = text.replace("weight = 0", "weight = 1");
-    let proxy = Proxy::with_admin(&text).await;
+    let text = support::blue_green_with(&blue, &green, 100, 1, |s| {
+        s.drain_timeout("500ms").health_none()
+    })
+    .admin();
+    let proxy = Proxy::with_admin(&text.toml()).await;
     // With blue=100 green=1 the first pick is blue.
     let (response, _conn) = start_slow(proxy.addr()).await;
     assert_eq!(response.headers()["x-pool"], "blue");
@@ -408,18 +409,7 @@ async fn one_endpoint_drains_by_api_and_ctl_and_the_state_persists() {
     let green = backend("green").await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.json");
-    let text = config(&blue, &green, "30s")
-        .replace(
-            &format!("endpoints = [\"{}\"]", blue.addr),
-            &format!("endpoints = [\"{}\", \"{}\"]", blue.addr, blue2.addr),
-        )
-        .replace(
-            "listen = \"127.0.0.1:0\"\n",
-            &format!(
-                "listen = \"127.0.0.1:0\"\nstate_file = \"{}\"\n",
-                state.display()
-            ),
-        );
+    let text = config_with_state(&[blue.addr, blue2.addr], &green, "30s", &state);
     let proxy = Proxy::with_admin(&text).await;
     let url = format!("http://{}", proxy.admin.unwrap());
     let ctl = |args: Vec<String>| async move {

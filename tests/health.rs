@@ -3,52 +3,51 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
-use support::{full, get, Backend, Client, Proxy};
+use support::config::Service;
+use support::{full, get, Backend, Client, Config, Proxy};
 
-/// blue/green with `service_extra` lines in the service table and fast checks.
-fn config(blue: &str, green: &str, wb: u32, wg: u32, service_extra: &str) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-services = ["hello"]
-
-[[service]]
-name = "hello"
-connect_timeout = "5s"
-{service_extra}
-
-  [[service.pool]]
-  name = "blue"
-  weight = {wb}
-  endpoints = [{blue}]
-
-  [[service.pool]]
-  name = "green"
-  weight = {wg}
-  endpoints = [{green}]
-"#
-    )
+/// blue/green over `blue` and `green` endpoints, with what `service` adds to
+/// the service table.
+fn config(
+    blue: &[SocketAddr],
+    green: &[SocketAddr],
+    wb: i64,
+    wg: i64,
+    service: impl FnOnce(Service) -> Service,
+) -> String {
+    Config::new()
+        .listener("web")
+        .service("hello", |s| {
+            service(s.connect_timeout("5s"))
+                .pool("blue", wb, blue)
+                .pool("green", wg, green)
+        })
+        .toml()
 }
 
-const FAST_TCP: &str = "[service.health]\nkind = \"tcp\"\ninterval = \"50ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 2\n";
-
-fn quoted(b: &Backend) -> String {
-    format!("\"{}\"", b.addr)
+/// Fast TCP checks: two failures or passes in a row, 50 ms apart.
+fn fast_tcp(s: Service) -> Service {
+    s.health(|h| {
+        h.tcp()
+            .interval("50ms")
+            .timeout("500ms")
+            .healthy_threshold(2)
+            .unhealthy_threshold(2)
+    })
 }
 
-fn closed_port() -> String {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+/// A loopback address with nothing listening: bound, then let go.
+fn closed_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
-        .unwrap();
-    format!("\"{addr}\"")
+        .unwrap()
 }
 
 /// Waits (bounded) until `done` holds.
@@ -86,8 +85,17 @@ async fn thresholds_mark_down_and_up_exactly() {
     let status = Arc::new(AtomicU16::new(200));
     let blue = with_health_status("blue", status.clone()).await;
     let green = Backend::start("green").await;
-    let health = "[service.health]\nkind = \"http\"\npath = \"/healthz\"\nexpect = \"200-299\"\ninterval = \"100ms\"\ntimeout = \"1s\"\nhealthy_threshold = 2\nunhealthy_threshold = 3\n";
-    let proxy = Proxy::start(&config(&quoted(&blue), &quoted(&green), 100, 0, health)).await;
+    let health = |s: Service| {
+        s.health(|h| {
+            h.http("/healthz")
+                .expect("200-299")
+                .interval("100ms")
+                .timeout("1s")
+                .healthy_threshold(2)
+                .unhealthy_threshold(3)
+        })
+    };
+    let proxy = Proxy::start(&config(&[blue.addr], &[green.addr], 100, 0, health)).await;
     let snapshot = proxy.handle.snapshot();
     let endpoint = &snapshot.services[0].pools[0].endpoints[0];
     assert!(endpoint.health.healthy(), "the first pass makes it healthy");
@@ -120,7 +128,7 @@ async fn thresholds_mark_down_and_up_exactly() {
 async fn green_dying_under_a_split_loses_no_get_and_comes_back() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let proxy = Proxy::start(&config(&quoted(&blue), &quoted(&green), 50, 50, FAST_TCP)).await;
+    let proxy = Proxy::start(&config(&[blue.addr], &[green.addr], 50, 50, fast_tcp)).await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..16 {
@@ -185,10 +193,10 @@ async fn green_dying_under_a_split_loses_no_get_and_comes_back() {
 async fn a_refusing_endpoint_in_a_pool_of_two_costs_nothing() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let pool = format!("{}, {}", quoted(&blue), closed_port());
+    let pool = [blue.addr, closed_port()];
     // No active checks: only retries and passive ejection protect clients.
-    let extra = "[service.health]\nkind = \"none\"\n[service.outlier]\nconsecutive_failures = 3\nbase_ejection = \"30s\"\n";
-    let proxy = Proxy::start(&config(&pool, &quoted(&green), 100, 0, extra)).await;
+    let extra = |s: Service| s.health_none().outlier(3, "30s");
+    let proxy = Proxy::start(&config(&pool, &[green.addr], 100, 0, extra)).await;
     let mut client = Client::connect(proxy.addr()).await;
     for _ in 0..100 {
         let reply = client.get("/", &[]).await.unwrap();
@@ -215,8 +223,8 @@ async fn failover_to_a_weight_zero_pool_and_503_without_it() {
         (true, StatusCode::OK),
         (false, StatusCode::SERVICE_UNAVAILABLE),
     ] {
-        let extra = format!("failover = {failover}\n{FAST_TCP}");
-        let proxy = Proxy::start(&config(&closed_port(), &quoted(&standby), 100, 0, &extra)).await;
+        let extra = |s: Service| fast_tcp(s.failover(failover));
+        let proxy = Proxy::start(&config(&[closed_port()], &[standby.addr], 100, 0, extra)).await;
         let reply = get(proxy.addr(), "x", "/").await;
         assert_eq!(
             reply.status,
@@ -285,8 +293,8 @@ async fn a_reload_during_a_failover_is_not_a_second_failover() {
 
 #[tokio::test]
 async fn nothing_healthy_is_503_at_once() {
-    let extra = format!("failover = true\n{FAST_TCP}");
-    let proxy = Proxy::start(&config(&closed_port(), &closed_port(), 50, 50, &extra)).await;
+    let extra = |s: Service| fast_tcp(s.failover(true));
+    let proxy = Proxy::start(&config(&[closed_port()], &[closed_port()], 50, 50, extra)).await;
     let mut client = Client::connect(proxy.addr()).await;
     let started = Instant::now();
     for _ in 0..10 {
@@ -303,7 +311,7 @@ async fn nothing_healthy_is_503_at_once() {
 
 /// A raw upstream that reads one request head and body, then resets the
 /// connection without answering. Returns its address and a request counter.
-async fn resetting_upstream() -> (String, Arc<std::sync::atomic::AtomicU64>) {
+async fn resetting_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
     use tokio::io::AsyncReadExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -331,16 +339,16 @@ async fn resetting_upstream() -> (String, Arc<std::sync::atomic::AtomicU64>) {
             });
         }
     });
-    (format!("\"{addr}\""), seen)
+    (addr, seen)
 }
 
 #[tokio::test]
 async fn a_post_whose_body_went_upstream_is_not_retried() {
     let (upstream, requests) = resetting_upstream().await;
     let spare = Backend::start("spare").await;
-    let pool = format!("{upstream}, {}", quoted(&spare));
-    let extra = "retries = 2\n[service.health]\nkind = \"none\"\n";
-    let proxy = Proxy::start(&config(&pool, &closed_port(), 100, 0, extra)).await;
+    let pool = [upstream, spare.addr];
+    let extra = |s: Service| s.retries(2).health_none();
+    let proxy = Proxy::start(&config(&pool, &[closed_port()], 100, 0, extra)).await;
     // Round-robin: make sure the POST lands on the resetting endpoint.
     let mut client = Client::connect(proxy.addr()).await;
     let mut answered = Vec::new();
@@ -365,8 +373,8 @@ async fn a_post_whose_body_went_upstream_is_not_retried() {
 
     // The same reset on a GET is retried on the spare.
     let (upstream, _) = resetting_upstream().await;
-    let pool = format!("{upstream}, {}", quoted(&spare));
-    let proxy = Proxy::start(&config(&pool, &closed_port(), 100, 0, extra)).await;
+    let pool = [upstream, spare.addr];
+    let proxy = Proxy::start(&config(&pool, &[closed_port()], 100, 0, extra)).await;
     for _ in 0..2 {
         assert_eq!(get(proxy.addr(), "x", "/").await.status, StatusCode::OK);
     }
@@ -376,14 +384,19 @@ async fn a_post_whose_body_went_upstream_is_not_retried() {
 async fn reload_keeps_unchanged_checkers_and_new_endpoints_wait_for_a_pass() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let extra = "[service.health]\nkind = \"tcp\"\ninterval = \"2s\"\n";
-    let proxy = Proxy::start(&config(&quoted(&blue), &quoted(&green), 100, 0, extra)).await;
+    let extra = |s: Service| s.health(|h| h.tcp().interval("2s"));
+    let proxy = Proxy::start(&config(&[blue.addr], &[green.addr], 100, 0, extra)).await;
     let before = proxy.handle.snapshot();
     let blue_health = before.services[0].pools[0].endpoints[0].health.clone();
 
     let late = Backend::start("late").await;
-    let pool = format!("{}, {}", quoted(&blue), quoted(&late));
-    proxy.rewrite(&config(&pool, &quoted(&green), 100, 0, extra));
+    proxy.rewrite(&config(
+        &[blue.addr, late.addr],
+        &[green.addr],
+        100,
+        0,
+        extra,
+    ));
     proxy.wait_generation(2).await;
     let after = proxy.handle.snapshot();
     let endpoints = &after.services[0].pools[0].endpoints;
@@ -401,7 +414,7 @@ async fn reload_keeps_unchanged_checkers_and_new_endpoints_wait_for_a_pass() {
     }
     assert!(late.hits() > 0, "the new endpoint took no traffic");
 
-    proxy.rewrite(&config(&quoted(&blue), &quoted(&green), 100, 0, extra));
+    proxy.rewrite(&config(&[blue.addr], &[green.addr], 100, 0, extra));
     proxy.wait_generation(3).await;
     let last = proxy.handle.snapshot();
     assert!(Arc::ptr_eq(

@@ -8,13 +8,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::{Method, Request, StatusCode};
-use support::{full, get, Backend, Client, Proxy, Reply};
+use support::{full, get, Backend, Client, Config, Proxy, Reply};
 
-fn config(blue: &Backend, green: &Backend, wb: u32, wg: u32, admin_extra: &str) -> String {
-    format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\n{admin_extra}\n{}",
-        support::blue_green(blue, green, wb, wg)
-    )
+/// The usual blue/green config with the admin API on an ephemeral port.
+fn config(blue: &Backend, green: &Backend, wb: i64, wg: i64) -> Config {
+    support::blue_green(blue, green, wb, wg).admin()
 }
 
 async fn call(admin: SocketAddr, method: Method, path: &str, body: &str) -> Reply {
@@ -46,7 +44,7 @@ fn sample(text: &str, name: &str, labels: &str) -> f64 {
 async fn metrics_agree_with_what_the_backends_saw() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let proxy = Proxy::with_admin(&config(&blue, &green, 70, 30, "")).await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 70, 30).toml()).await;
     let admin = proxy.admin.unwrap();
     let mut client = Client::connect(proxy.addr()).await;
     for _ in 0..1000 {
@@ -168,7 +166,7 @@ async fn exposition_passes_promtool() {
     }
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let proxy = Proxy::with_admin(&config(&blue, &green, 50, 50, "")).await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, 50, 50).toml()).await;
     for _ in 0..20 {
         get(proxy.addr(), "x", "/").await;
     }
@@ -196,11 +194,9 @@ async fn exposition_passes_promtool() {
 async fn requests_the_proxy_answers_itself_are_counted() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let text = config(&blue, &green, 100, 0, "").replace(
-        "header_read_timeout = \"2s\"",
-        "header_read_timeout = \"200ms\"\nmax_header_bytes = 2048",
-    );
-    let proxy = Proxy::with_admin(&text).await;
+    let text = config(&blue, &green, 100, 0)
+        .limits(|l| l.header_read_timeout("200ms").max_header_bytes(2048));
+    let proxy = Proxy::with_admin(&text.toml()).await;
     let limit = Duration::from_secs(5);
     assert!(support::raw(proxy.addr(), b"GARBAGE\r\n\r\n", limit)
         .await

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Response, StatusCode};
-use support::{blue_green, full, get, Backend, Client, Proxy};
+use support::{blue_green, blue_green_with, full, get, Backend, Client, Config, Proxy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ninety_ten_split_is_within_two_percent_and_smooth() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let proxy = Proxy::start(&blue_green(&blue, &green, 90, 10)).await;
+    let proxy = Proxy::start(&blue_green(&blue, &green, 90, 10).toml()).await;
 
     let mut client = Client::connect(proxy.addr()).await;
     let mut picks = Vec::with_capacity(10_000);
@@ -47,40 +47,21 @@ async fn ninety_ten_split_is_within_two_percent_and_smooth() {
     assert_eq!(blue.hits() + green.hits(), 10_000);
 }
 
-fn two_services(a: &Backend, b: &Backend, c: &Backend) -> String {
-    format!(
-        r#"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-services = ["shop", "api", "fallback"]
-
-[[service]]
-name = "shop"
-hosts = ["shop.example.com", "*.shop.example.com"]
-  [[service.pool]]
-  name = "blue"
-  weight = 100
-  endpoints = ["{}"]
-
-[[service]]
-name = "api"
-hosts = ["api.example.com"]
-  [[service.pool]]
-  name = "blue"
-  weight = 100
-  endpoints = ["{}"]
-  host = "api.cluster-a.internal"
-
-[[service]]
-name = "fallback"
-  [[service.pool]]
-  name = "blue"
-  weight = 1
-  endpoints = ["{}"]
-"#,
-        a.addr, b.addr, c.addr
-    )
+/// Three services on `web`: `shop` and `api` by Host (`api` with a Host
+/// rewrite), and `fallback`, the default.
+fn shop_api_fallback(a: &Backend, b: &Backend, c: &Backend) -> String {
+    Config::new()
+        .listener("web")
+        .service("shop", |s| {
+            s.hosts(["shop.example.com", "*.shop.example.com"])
+                .pool("blue", 100, &[a.addr])
+        })
+        .service("api", |s| {
+            s.hosts(["api.example.com"])
+                .pool_with("blue", 100, &[b.addr], |p| p.host("api.cluster-a.internal"))
+        })
+        .service("fallback", |s| s.pool("blue", 1, &[c.addr]))
+        .toml()
 }
 
 #[tokio::test]
@@ -88,7 +69,7 @@ async fn routes_by_host_with_wildcards_ports_and_case() {
     let shop = Backend::start("shop").await;
     let api = Backend::start("api").await;
     let fallback = Backend::start("fallback").await;
-    let proxy = Proxy::start(&two_services(&shop, &api, &fallback)).await;
+    let proxy = Proxy::start(&shop_api_fallback(&shop, &api, &fallback)).await;
     let addr = proxy.addr();
 
     assert_eq!(get(addr, "shop.example.com", "/").await.pool(), "shop");
@@ -102,23 +83,13 @@ async fn routes_by_host_with_wildcards_ports_and_case() {
 #[tokio::test]
 async fn unknown_host_without_default_service_is_404() {
     let shop = Backend::start("shop").await;
-    let config = format!(
-        r#"
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-services = ["shop"]
-
-[[service]]
-name = "shop"
-hosts = ["shop.example.com"]
-  [[service.pool]]
-  name = "blue"
-  weight = 100
-  endpoints = ["{}"]
-"#,
-        shop.addr
-    );
+    let config = Config::new()
+        .listener("web")
+        .service("shop", |s| {
+            s.hosts(["shop.example.com"])
+                .pool("blue", 100, &[shop.addr])
+        })
+        .toml();
     let proxy = Proxy::start(&config).await;
     let reply = get(proxy.addr(), "nope.example.com", "/").await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
@@ -135,7 +106,7 @@ async fn host_rewrite_and_forwarding_headers() {
     let shop = Backend::start("shop").await;
     let api = Backend::start("api").await;
     let fallback = Backend::start("fallback").await;
-    let proxy = Proxy::start(&two_services(&shop, &api, &fallback)).await;
+    let proxy = Proxy::start(&shop_api_fallback(&shop, &api, &fallback)).await;
 
     let mut client = Client::connect(proxy.addr()).await;
     let reply = client
@@ -181,7 +152,7 @@ async fn hop_by_hop_headers_are_stripped_both_ways() {
         }),
     )
     .await;
-    let proxy = Proxy::start(&blue_green(&backend, &backend, 100, 0)).await;
+    let proxy = Proxy::start(&blue_green(&backend, &backend, 100, 0).toml()).await;
     let mut client = Client::connect(proxy.addr()).await;
     let reply = client
         .get(
@@ -224,13 +195,16 @@ async fn unreachable_upstream_is_502() {
     let blue = Backend::start("blue").await;
     // No active checks and no failover, so the request really tries the
     // dead endpoint (with them, see tests/health.rs).
-    let config = blue_green(&blue, &blue, 100, 0)
-        .replacen(&blue.addr.to_string(), &closed.to_string(), 1)
-        .replace(
-            "name = \"hello\"\n",
-            "name = \"hello\"\nfailover = false\n[service.health]\nkind = \"none\"\n",
-        );
-    let proxy = Proxy::start(&config).await;
+    let config = Config::new()
+        .limits(|l| l.header_read_timeout("2s"))
+        .listener("web")
+        .service("hello", |s| {
+            s.failover(false)
+                .health_none()
+                .pool("blue", 100, &[closed])
+                .pool("green", 0, &[blue.addr])
+        });
+    let proxy = Proxy::start(&config.toml()).await;
     let reply = get(proxy.addr(), "x", "/").await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert!(
@@ -252,11 +226,8 @@ async fn slow_upstream_is_504_after_request_timeout() {
         }),
     )
     .await;
-    let config = blue_green(&slow, &slow, 100, 0).replace(
-        "name = \"hello\"\n",
-        "name = \"hello\"\nrequest_timeout = \"200ms\"\n",
-    );
-    let proxy = Proxy::start(&config).await;
+    let config = blue_green_with(&slow, &slow, 100, 0, |s| s.request_timeout("200ms"));
+    let proxy = Proxy::start(&config.toml()).await;
     let started = std::time::Instant::now();
     let reply = get(proxy.addr(), "x", "/").await;
     assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use support::{full, Backend, Client};
+use support::{full, Backend, Client, Config};
 
 /// Kills the child if the test fails before it exits.
 struct Child(Option<tokio::process::Child>);
@@ -47,10 +47,13 @@ async fn sigterm_finishes_started_requests_refuses_new_ones_and_exits_0() {
     let (mut child, addr) = loop {
         let port = free_port();
         let admin = free_port();
-        let config = format!(
-            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:{port}\"\nservices = [\"hello\"]\n[[service]]\nname = \"hello\"\ndrain_timeout = \"5s\"\n[[service.pool]]\nname = \"blue\"\nweight = 100\nendpoints = [\"{}\"]\n",
-            slow.addr
-        );
+        let config = Config::new()
+            .admin_at(format!("127.0.0.1:{admin}"))
+            .listener_at("web", format!("127.0.0.1:{port}"))
+            .service("hello", |s| {
+                s.drain_timeout("5s").pool("blue", 100, &[slow.addr])
+            })
+            .toml();
         std::fs::write(&path, config).unwrap();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
             .args(["run", "-c"])

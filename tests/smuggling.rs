@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::raw_backend::{ok, RawBackend, RawRequest, Script, Step, WAIT_LIMIT};
-use support::{Proxy, RawClient};
+use support::{Config, Proxy, RawClient};
 use tokio::sync::{Notify, Semaphore};
 
 /// Cases of one table run at once, each with its own proxy and backend: few,
@@ -37,35 +37,19 @@ const PARALLEL_CASES: usize = 4;
 /// health checks (they would reach the raw backend), passive ejection after
 /// 3 failures in a row, and a Host rewrite when `host` is given.
 fn config(endpoint: SocketAddr, host: Option<&str>) -> String {
-    let host = host.map_or(String::new(), |h| format!("host = \"{h}\""));
-    format!(
-        r#"
-[limits]
-header_read_timeout = "2s"
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-services = ["hello"]
-
-[[service]]
-name = "hello"
-request_timeout = "3s"
-
-  [[service.pool]]
-  name = "blue"
-  weight = 100
-  endpoints = ["{endpoint}"]
-  {host}
-
-  [service.health]
-  kind = "none"
-
-  [service.outlier]
-  consecutive_failures = 3
-  base_ejection = "30s"
-"#
-    )
+    Config::new()
+        .limits(|l| l.header_read_timeout("2s"))
+        .listener("web")
+        .service("hello", |s| {
+            s.request_timeout("3s")
+                .health_none()
+                .outlier(3, "30s")
+                .pool_with("blue", 100, &[endpoint], |p| match host {
+                    Some(host) => p.host(host),
+                    None => p,
+                })
+        })
+        .toml()
 }
 
 /// The echo backend's answer: "METHOD target body-length".

@@ -62,7 +62,7 @@ async fn one_gib_streams_both_ways_with_bounded_memory() {
         }),
     )
     .await;
-    let proxy = Proxy::start(&blue_green(&backend, &backend, 100, 0)).await;
+    let proxy = Proxy::start(&blue_green(&backend, &backend, 100, 0).toml()).await;
     let before = peak_rss();
 
     let mut client = Client::connect(proxy.addr()).await;

@@ -1,6 +1,7 @@
 //! Test harness: real hyper backends on ephemeral loopback ports, a proxy
-//! started from a configuration file in a temporary directory, and keep-alive
-//! HTTP/1.1 clients. Nothing here fakes a socket.
+//! started from a configuration file in a temporary directory (written by
+//! the `config` builder), and keep-alive HTTP/1.1 clients. Nothing here
+//! fakes a socket.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
@@ -20,7 +21,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+
+pub mod arrival;
+pub mod config;
 pub mod raw_backend;
+mod raw_client;
+
+pub use config::Config;
+#[allow(unused_imports)] // as with dead code: each binary uses a different part
+pub use raw_client::{RawClient, RawResponse, RAW_LIMIT};
 
 /// A request as a backend saw it.
 #[derive(Debug, Clone)]
@@ -165,6 +174,35 @@ impl Backend {
     }
 }
 
+/// Answers a WebSocket upgrade request with a `101`, then echoes every
+/// text message on the upgraded connection until the client closes.
+pub fn websocket_echo(req: &mut Request<Incoming>) -> Response<BoxBody> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let key = req.headers()["sec-websocket-key"].as_bytes().to_vec();
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let io = TokioIo::new(upgraded);
+        let mut ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() && ws.send(msg).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", derive_accept_key(&key))
+        .body(full(""))
+        .unwrap()
+}
+
 /// A proxy running in this process from a file in a temporary directory, with
 /// the file watcher on, as `cutover run` has it.
 pub struct Proxy {
@@ -275,33 +313,28 @@ impl Drop for Proxy {
 }
 
 /// A config with one listener `web` on an ephemeral port and one default
-/// service `hello` with a blue and a green pool.
-pub fn blue_green(blue: &Backend, green: &Backend, wb: u32, wg: u32) -> String {
-    format!(
-        r#"
-[limits]
-header_read_timeout = "2s"
+/// service `hello` with a blue and a green pool, one endpoint each, and a
+/// 2 s `header_read_timeout`.
+pub fn blue_green(blue: &Backend, green: &Backend, wb: i64, wg: i64) -> Config {
+    blue_green_with(blue, green, wb, wg, |s| s)
+}
 
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-services = ["hello"]
-
-[[service]]
-name = "hello"
-
-  [[service.pool]]
-  name = "blue"
-  weight = {wb}
-  endpoints = ["{}"]
-
-  [[service.pool]]
-  name = "green"
-  weight = {wg}
-  endpoints = ["{}"]
-"#,
-        blue.addr, green.addr
-    )
+/// `blue_green`, with what `service` adds to the `hello` service.
+pub fn blue_green_with(
+    blue: &Backend,
+    green: &Backend,
+    wb: i64,
+    wg: i64,
+    service: impl FnOnce(config::Service) -> config::Service,
+) -> Config {
+    Config::new()
+        .limits(|l| l.header_read_timeout("2s"))
+        .listener("web")
+        .service("hello", |s| {
+            service(s)
+                .pool("blue", wb, &[blue.addr])
+                .pool("green", wg, &[green.addr])
+        })
 }
 
 /// One client keep-alive connection (HTTP/1.1) to `addr`.
@@ -390,55 +423,4 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(limit, stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A client connection driven byte by byte, for what HTTP clients will not
-/// send (bad heads, pipelining, slow writes); every read is bounded by
-/// `RAW_LIMIT`.
-pub struct RawClient {
-    stream: TcpStream,
-    /// Bytes read but not yet consumed (the start of a later response).
-    pub buf: Vec<u8>,
-}
-
-/// Upper bound on every read of a `RawClient`; generous, for a loaded machine.
-pub const RAW_LIMIT: Duration = Duration::from_secs(5);
-
-impl RawClient {
-    pub async fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        Self {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    pub async fn send(&mut self, bytes: &[u8]) {
-        use tokio::io::AsyncWriteExt;
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
-    /// Reads more bytes; panics on timeout or error, returns 0 at EOF.
-    pub async fn fill(&mut self, what: &str) -> usize {
-        self.try_fill(what)
-            .await
-            .unwrap_or_else(|e| panic!("reading {what}: {e}"))
-    }
-
-    /// Reads more bytes; panics on timeout, returns 0 at EOF.
-    pub async fn try_fill(&mut self, what: &str) -> std::io::Result<usize> {
-        use tokio::io::AsyncReadExt;
-        let mut chunk = vec![0u8; 16 * 1024];
-        let n = tokio::time::timeout(RAW_LIMIT, self.stream.read(&mut chunk))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "no {what} within {RAW_LIMIT:?}; have {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                )
-            })?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
-    }
 }

@@ -1,12 +1,14 @@
-//! The HTTP/1.1 fast path end to end, over real sockets: how it frames
+//! cutover's HTTP/1 engine end to end, over real sockets: how it frames
 //! upstream responses (chunked with trailers, `Content-Length`, none for
 //! `HEAD`, until the upstream's close), when it reuses an upstream connection
 //! and when it must not (`Connection: close`, an idle socket the upstream
 //! closed, a reused socket closed under a request), large request bodies with
-//! a pipelined request behind them, the hand-over of a connection to hyper
-//! when a later request is one the fast path declines, and the 502 for an
-//! upstream response it cannot parse. Most backends here are raw TCP, so a
-//! test controls every byte and every close, and counts upstream connections.
+//! a pipelined request behind them, HTTP/1.0, chunked and `Expect:
+//! 100-continue` requests later on a keep-alive connection (one engine serves
+//! every HTTP/1.x request, whatever came before it on the connection), and
+//! the 502 for an upstream response it cannot parse or whose head is too
+//! large. Most backends here are raw TCP, so a test controls every byte and
+//! every close, and counts upstream connections.
 
 mod support;
 
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use support::{full, Backend, Proxy, RawClient};
+use support::{full, Backend, Config, Proxy, RawClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -29,29 +31,15 @@ const PIECE_GAP: Duration = Duration::from_millis(5);
 /// One listener `web` in front of one pool with one endpoint and no active
 /// health checks (they would connect to raw backends and skew their counts).
 fn config(endpoint: SocketAddr) -> String {
-    format!(
-        r#"
-[limits]
-header_read_timeout = "2s"
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-services = ["hello"]
-
-[[service]]
-name = "hello"
-request_timeout = "3s"
-
-  [[service.pool]]
-  name = "blue"
-  weight = 100
-  endpoints = ["{endpoint}"]
-
-  [service.health]
-  kind = "none"
-"#
-    )
+    Config::new()
+        .limits(|l| l.header_read_timeout("2s"))
+        .listener("web")
+        .service("hello", |s| {
+            s.request_timeout("3s")
+                .health_none()
+                .pool("blue", 100, &[endpoint])
+        })
+        .toml()
 }
 
 // ---------------------------------------------------------------------------
@@ -723,7 +711,7 @@ async fn response_delimited_by_upstream_close_reaches_the_client_which_is_then_c
 }
 
 #[tokio::test]
-async fn declined_request_later_on_a_connection_is_served_by_hyper() {
+async fn http10_chunked_and_expect_requests_later_on_a_keep_alive_connection_are_served() {
     let backend = Backend::with_handler(
         "blue",
         Arc::new(|req: Request<Incoming>| {
@@ -747,22 +735,24 @@ async fn declined_request_later_on_a_connection_is_served_by_hyper() {
     };
     let http10 = |path: &str| format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").into_bytes();
 
-    // A fast-path GET, then an HTTP/1.0 request.
+    // A GET, then an HTTP/1.0 request.
     let mut conn = Conn::connect(proxy.addr()).await;
-    conn.send(&get("/fast")).await;
+    conn.send(&get("/first")).await;
     let reply = conn.reply().await;
-    assert_eq!((reply.status, reply.text().as_str()), (200, "GET /fast "));
+    assert_eq!((reply.status, reply.text().as_str()), (200, "GET /first "));
     conn.send(&http10("/old")).await;
     let reply = conn.reply().await;
     assert_eq!((reply.status, reply.text().as_str()), (200, "GET /old "));
-    // HTTP/1.0 without keep-alive: the connection ends after it.
+    assert_eq!(reply.framing, "length", "{}", reply.head);
+    // HTTP/1.0 without keep-alive: the connection ends after it, and says so.
+    assert_eq!(reply.header("connection"), Some("close"), "{}", reply.head);
     conn.assert_closed().await;
 
-    // A fast-path GET, then a chunked upload, then another GET.
+    // A GET, then a chunked upload, then another GET.
     let mut conn = Conn::connect(proxy.addr()).await;
-    conn.send(&get("/fast")).await;
+    conn.send(&get("/first")).await;
     let reply = conn.reply().await;
-    assert_eq!((reply.status, reply.text().as_str()), (200, "GET /fast "));
+    assert_eq!((reply.status, reply.text().as_str()), (200, "GET /first "));
     conn.send(&chunked_post("/upload")).await;
     let reply = conn.reply().await;
     assert_eq!(
@@ -774,8 +764,38 @@ async fn declined_request_later_on_a_connection_is_served_by_hyper() {
     assert_eq!((reply.status, reply.text().as_str()), (200, "GET /later "));
     conn.assert_nothing_extra();
 
-    // The same pipelined in one write: the declined requests' bytes were
-    // read by the fast path, and must reach hyper.
+    // A GET, then an upload that waits for 100 Continue before its body,
+    // then another GET. The 100 comes from cutover once the request is on
+    // its way upstream; the upstream never sees the expectation.
+    let mut conn = Conn::connect(proxy.addr()).await;
+    conn.send(&get("/first")).await;
+    let reply = conn.reply().await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "GET /first "));
+    conn.send(
+        b"POST /expect HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\
+          Expect: 100-continue\r\n\r\n",
+    )
+    .await;
+    let interim = conn.reply().await;
+    assert_eq!(interim.status, 100, "{interim:?}");
+    conn.assert_nothing_extra();
+    conn.send(b"hello world").await;
+    let reply = conn.reply().await;
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (200, "POST /expect hello world")
+    );
+    assert!(
+        !backend.last_seen().headers.contains_key("expect"),
+        "the expectation reached the upstream"
+    );
+    conn.send(&get("/later")).await;
+    let reply = conn.reply().await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "GET /later "));
+    conn.assert_nothing_extra();
+
+    // The same pipelined in one write: each request is found in the bytes
+    // the one before it left in the connection's buffer.
     let mut conn = Conn::connect(proxy.addr()).await;
     conn.send(&[get("/one"), chunked_post("/two"), http10("/three")].concat())
         .await;
@@ -784,7 +804,7 @@ async fn declined_request_later_on_a_connection_is_served_by_hyper() {
         assert_eq!((reply.status, reply.text().as_str()), (200, expected));
     }
     conn.assert_closed().await;
-    assert_eq!(backend.hits(), 8);
+    assert_eq!(backend.hits(), 11);
 }
 
 #[tokio::test]
@@ -927,7 +947,7 @@ async fn malformed_upstream_response_is_502_and_serving_goes_on() {
 
 #[tokio::test]
 async fn response_head_over_64_kib_is_refused_however_it_arrives() {
-    // The fast path's stated limit for an upstream response head is 64 KiB.
+    // The engine's stated limit for an upstream response head is 64 KiB.
     let huge = format!(
         "HTTP/1.1 200 OK\r\nX-Big: {}\r\n\r\n",
         "a".repeat(70 * 1024)
@@ -959,9 +979,8 @@ async fn response_head_over_64_kib_is_refused_however_it_arrives() {
 }
 
 #[tokio::test]
-async fn response_with_more_headers_than_the_fast_path_parses_is_relayed() {
-    // 80 headers: valid HTTP/1.1, and within what the hyper path accepts
-    // (hyper's client allows 100).
+async fn response_with_many_headers_is_relayed_whatever_the_request_target_form() {
+    // 80 headers: valid HTTP/1.1, and within the 128 the codec reads.
     let mut many = String::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n");
     for i in 0..80 {
         many.push_str(&format!("X-Header-{i}: {i}\r\n"));
@@ -978,7 +997,7 @@ async fn response_with_more_headers_than_the_fast_path_parses_is_relayed() {
             .count()
     };
 
-    // The hyper path (an absolute-form target is declined by the fast path).
+    // An absolute-form target: sent upstream in origin-form.
     let mut conn = Conn::connect(proxy.addr()).await;
     conn.send(b"GET http://x/many HTTP/1.1\r\nHost: x\r\n\r\n")
         .await;
@@ -986,18 +1005,19 @@ async fn response_with_more_headers_than_the_fast_path_parses_is_relayed() {
     assert_eq!(
         (reply.status, reply.text().as_str()),
         (200, "ok"),
-        "hyper path: {reply:?}"
+        "absolute-form: {reply:?}"
     );
-    assert_eq!(count(&reply), 80, "hyper path");
+    assert_eq!(count(&reply), 80, "absolute-form");
 
-    // The fast path.
+    // An origin-form target.
     let mut conn = Conn::connect(proxy.addr()).await;
     conn.send(&get("/many")).await;
     let reply = conn.reply().await;
     assert_eq!(
         (reply.status, reply.text().as_str()),
         (200, "ok"),
-        "fast path: {reply:?}"
+        "origin-form: {reply:?}"
     );
-    assert_eq!(count(&reply), 80, "fast path");
+    assert_eq!(count(&reply), 80, "origin-form");
+    assert_eq!(backend.paths(), ["GET /many", "GET /many"]);
 }
