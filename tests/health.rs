@@ -256,10 +256,10 @@ async fn failover_to_a_weight_zero_pool_and_503_without_it() {
 async fn a_reload_during_a_failover_is_not_a_second_failover() {
     let standby = Backend::start("green").await;
     let dead = closed_port();
-    let extra = |drain_timeout: &str| {
-        format!("failover = true\ndrain_timeout = \"{drain_timeout}\"\n{FAST_TCP}")
+    let extra = |drain_timeout: &'static str| {
+        move |s: Service| fast_tcp(s.failover(true).drain_timeout(drain_timeout))
     };
-    let proxy = Proxy::start(&config(&dead, &quoted(&standby), 100, 0, &extra("30s"))).await;
+    let proxy = Proxy::start(&config(&[dead], &[standby.addr], 100, 0, extra("30s"))).await;
     let failovers = || {
         let text = String::from_utf8(proxy.handle.metrics.render()).unwrap();
         text.lines()
@@ -274,7 +274,7 @@ async fn a_reload_during_a_failover_is_not_a_second_failover() {
     );
 
     // A field that has nothing to do with failover changes; blue is still dead.
-    proxy.rewrite(&config(&dead, &quoted(&standby), 100, 0, &extra("10s")));
+    proxy.rewrite(&config(&[dead], &[standby.addr], 100, 0, extra("10s")));
     proxy.wait_generation(2).await;
     for _ in 0..3 {
         let reply = get(proxy.addr(), "x", "/").await;

@@ -304,7 +304,7 @@ impl<S: Transport> Client<'_, S> {
         let status = reply.status();
         self.conn.metrics.rejected(status);
         tracing::info!(peer = %self.conn.peer, status = status.as_u16(), "refused a bad request");
-        if self.write(&reply.h1(false, true)).await {
+        if self.write(&reply.h1(false, true, false)).await {
             _ = tokio::time::timeout(LINGER, self.stream.shutdown()).await;
             self.linger().await;
         }
@@ -365,7 +365,7 @@ impl<S: Transport> Client<'_, S> {
                     self.conn.metrics.rejected(reply.status());
                 }
                 if close || !untouched {
-                    let bytes = reply.h1(request.head_method, true);
+                    let bytes = reply.h1(request.head_method, true, false);
                     self.write(&bytes).await;
                     return false;
                 }
@@ -390,7 +390,11 @@ impl<S: Transport> Client<'_, S> {
             RequestBody::Chunked => None,
         };
         let close = !request.keep_alive || self.conn.stopping() || unread.is_none();
-        if !self.write(&reply.h1(request.head_method, close)).await {
+        let http10 = request.version == codec::Version::Http10;
+        if !self
+            .write(&reply.h1(request.head_method, close, http10))
+            .await
+        {
             return false;
         }
         match unread {

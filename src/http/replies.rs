@@ -110,8 +110,9 @@ impl Reply {
         }
     }
 
-    /// The reply as HTTP/1.1 bytes; `connection: close` when `close`.
-    pub fn h1(self, head_method: bool, close: bool) -> Vec<u8> {
+    /// The reply as HTTP/1.1 bytes; `connection: close` when `close`, and
+    /// `connection: keep-alive` to an HTTP/1.0 client (`http10`) otherwise.
+    pub fn h1(self, head_method: bool, close: bool, http10: bool) -> Vec<u8> {
         let text = self.text();
         let status = self.status();
         let date = httpdate::fmt_http_date(std::time::SystemTime::now());
@@ -122,6 +123,8 @@ impl Reply {
         );
         if close {
             reply.push_str("connection: close\r\n");
+        } else if http10 {
+            reply.push_str("connection: keep-alive\r\n");
         }
         reply.push_str("\r\n");
         if !head_method {
