@@ -1,0 +1,65 @@
+//! Fuzzes `codec::parse_request` on arbitrary client bytes, and the rewrite
+//! it makes for upstream: whatever head cutover accepts, the head it sends
+//! upstream (with the client's host and with a pool's host rewrite) must be
+//! one that cutover itself reads back whole, with the same body framing,
+//! host and upgrade, and nothing after it. A proxy that forwards a head the
+//! next hop frames differently is a request-smuggling hole.
+
+#![no_main]
+
+use cutover::http::codec::{parse_request, Request};
+use libfuzzer_sys::fuzz_target;
+
+const CLIENT_IP: &[u8] = b"192.0.2.7";
+/// A pool's host rewrite, as a validated config would give it.
+const POOL_HOST: &[u8] = b"green.internal:8080";
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(Some(request)) = parse_request(data, CLIENT_IP) else {
+        return;
+    };
+    assert!(request.head_len <= data.len(), "head_len past the buffer");
+    let mut upstream = Vec::new();
+    for rewrite in [None, Some(POOL_HOST)] {
+        request.write_upstream(rewrite, &mut upstream);
+        let again = reparse(&upstream);
+        assert_eq!(
+            again.head_len,
+            upstream.len(),
+            "the upstream head ends early: {:?}",
+            String::from_utf8_lossy(&upstream)
+        );
+        assert_eq!(
+            again.body, request.body,
+            "the body framing changed on the way upstream"
+        );
+        assert_eq!(
+            again.wants_upgrade(),
+            request.wants_upgrade(),
+            "the upgrade changed"
+        );
+        assert_eq!(again.head_method, request.head_method);
+        assert_eq!(again.idempotent, request.idempotent);
+        let host = match rewrite {
+            Some(h) => Some(std::str::from_utf8(h).unwrap()),
+            None => request.host(),
+        };
+        assert_eq!(again.host(), host, "the host changed on the way upstream");
+    }
+});
+
+fn reparse(upstream: &[u8]) -> Request {
+    match parse_request(upstream, CLIENT_IP) {
+        Ok(Some(r)) => r,
+        Ok(None) => panic!(
+            "the upstream head is partial: {:?}",
+            String::from_utf8_lossy(upstream)
+        ),
+        Err(refused) => panic!(
+            "cutover refuses its own upstream head ({} {}): {:?}",
+            refused.status,
+            refused.reason,
+            String::from_utf8_lossy(upstream)
+        ),
+    }
+}
