@@ -16,15 +16,19 @@ pub mod chunked;
 mod request;
 mod response;
 
-pub use request::{parse_request, Request};
 pub(crate) use request::h2_request;
-pub use response::{parse_response, Asked, BadResponse, Response};
+pub use request::{parse_request, Request};
 pub(crate) use response::response_headers;
+pub use response::{parse_response, Asked, BadResponse, Response};
 
 use http::StatusCode;
 
 /// Most headers a head may carry.
 pub const MAX_HEADERS: usize = 128;
+/// Most headers a client's request head may carry: its rewrite adds up to
+/// five (`host`, `x-forwarded-for`, `-proto`, `-host`, `via`), and must
+/// still be a head cutover itself would take.
+pub const MAX_REQUEST_HEADERS: usize = MAX_HEADERS - 5;
 /// Most interim (1xx) responses accepted ahead of a final one.
 pub const MAX_INTERIM: usize = 16;
 
@@ -214,7 +218,6 @@ pub(super) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,7 @@ use http::StatusCode;
 
 use super::{
     bad, classify, merge_length, push_header, refuse, Codings, ConnectionTokens, Name, Refused,
-    RequestBody, Version, MAX_HEADERS,
+    RequestBody, Version, MAX_REQUEST_HEADERS,
 };
 
 /// A client's request head, parsed, with its rewrite for upstream.
@@ -84,7 +84,6 @@ fn write_framing(body: RequestBody, out: &mut Vec<u8>) {
     }
 }
 
-
 /// The request method, as far as the proxy cares.
 fn method_facts(method: &str) -> (bool, bool) {
     let idempotent = matches!(
@@ -134,7 +133,7 @@ fn split_target(
 /// upstream. `Ok(None)`: more bytes are needed.
 pub fn parse_request(buf: &[u8], client_ip: &[u8]) -> Result<Option<Request>, Refused> {
     // Left uninitialised: httparse writes only the entries it fills.
-    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_REQUEST_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let head_len = match req.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,

@@ -6,7 +6,10 @@ use std::mem::MaybeUninit;
 
 use http::StatusCode;
 
-use super::{classify, merge_length, push_header, Codings, ConnectionTokens, Framing, Name, Version, MAX_HEADERS};
+use super::{
+    classify, merge_length, push_header, Codings, ConnectionTokens, Framing, Name, Version,
+    MAX_HEADERS,
+};
 
 /// What the response is an answer to.
 #[derive(Debug, Clone, Copy)]

@@ -270,3 +270,24 @@ fn bad_responses_are_refused() {
         .unwrap()
         .is_none());
 }
+
+#[test]
+fn a_head_cutover_accepts_is_rewritten_into_one_it_would_accept() {
+    // Found by fuzzing: 125 fields and a pool's Host rewrite went upstream
+    // as 129, past the 128 an upstream head may carry.
+    let mut head = String::from("GET / HTTP/1.1\r\n");
+    for _ in 0..MAX_REQUEST_HEADERS {
+        head.push_str("a: 1\r\n");
+    }
+    head.push_str("\r\n");
+    let r = request(&head);
+    let upstream = upstream_text(&r, Some(b"green.internal"));
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let parsed = httparse::Request::new(&mut fields).parse(upstream.as_bytes());
+    assert_eq!(parsed, Ok(httparse::Status::Complete(upstream.len())));
+    head.insert_str(16, "b: 2\r\n");
+    assert_eq!(
+        refused(&head).status,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+}
