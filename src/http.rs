@@ -12,8 +12,9 @@ mod buffers;
 pub mod codec;
 mod h1;
 mod h2;
-mod prefixed;
+mod head;
 mod replies;
+mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

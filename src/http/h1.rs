@@ -17,16 +17,16 @@ use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::attempt::{self, Outcome};
 use super::codec::{self, RequestBody};
 use super::replies::Reply;
+use super::transport::{Prefixed, Transport};
 use super::{buffers, Listening};
 use crate::limit::Slot;
 use crate::metrics::ListenerMetrics;
@@ -41,29 +41,6 @@ const DISCARD_LIMIT: u64 = 64 * 1024;
 /// closes, so the reply is not lost to a reset.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
-
-/// A client stream the engine serves: plain TCP, or any transport that
-/// wraps one (TLS, a PROXY-protocol prefix).
-pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Whether `poll_readable` tells real readiness, so that a read after it
-    /// that finds nothing can give up rather than wait.
-    const READINESS: bool = false;
-
-    /// Ready once the client has sent something (or closed), without taking
-    /// it; a transport that cannot tell is always ready and its read waits.
-    fn poll_readable(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl Transport for TcpStream {
-    const READINESS: bool = true;
-
-    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Not `readable()`: its waiter node would sit in every idle task.
-        self.poll_read_ready(cx)
-    }
-}
 
 /// Limits of one connection, from the snapshot its request started under.
 #[derive(Debug, Clone, Copy)]
@@ -210,7 +187,7 @@ pub(crate) fn serve<S: Transport>(
                 Next::KeepAlive => {}
                 Next::Close => return,
                 Next::Http2 => {
-                    let io = super::prefixed::Prefixed::new(buf, stream);
+                    let io = Prefixed::new(buf, stream);
                     return super::h2::serve(io, peer, &listening, &metrics).await;
                 }
             }

@@ -12,21 +12,20 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::tcp::WriteHalf;
 
 use super::{Client, Transport};
 use crate::http::attempt::{Answer, Exchange, Failure};
 use crate::http::buffers;
 use crate::http::codec::chunked::{BadChunk, Chunks};
-use crate::http::codec::{self, Asked, Framing, RequestBody, MAX_INTERIM};
+use crate::http::codec::{self, Asked, Framing, RequestBody};
+use crate::http::head::{read_head, Closing};
 use crate::http::replies::Reply;
 use crate::upstream::RawConn;
 
 /// Room for one read of a response head, and of a large body.
 const HEAD_READ: usize = buffers::HEAD_READ;
 const BODY_READ: usize = 64 * 1024;
-/// Largest upstream response head accepted, interim ones included.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Request body bytes kept for a resend; past this the body is streamed
 /// and the request can no longer be sent again.
 const REPLAY_KEEP: usize = 64 * 1024;
@@ -454,96 +453,5 @@ impl<S: Transport> Exchange for H1Exchange<'_, '_, S> {
 
     fn idempotent(&self) -> bool {
         self.request.idempotent
-    }
-}
-
-/// What, besides the request, closes the client connection after the
-/// response: known only when the head arrives.
-#[derive(Clone, Copy)]
-pub(crate) struct Closing<'a> {
-    /// The body is still going up: a response that comes now ends the
-    /// client connection, as the rest of the body is never read.
-    pub uploading: &'a AtomicBool,
-    /// The listener is stopping.
-    pub stop: Option<&'a tokio_util::sync::CancellationToken>,
-}
-
-impl Closing<'_> {
-    fn now(&self) -> bool {
-        self.uploading.load(Ordering::Relaxed) || self.stop.is_some_and(|s| s.is_cancelled())
-    }
-}
-
-/// Reads the final response head, skipping interim ones (a bounded number,
-/// within a bounded size). The head for an HTTP/1 client goes to `out`, the
-/// head as the upstream sent it to `raw` when asked, and bytes past it stay
-/// in `rest`. Shared with the HTTP/2 client side, whose upstreams speak
-/// HTTP/1.1 too.
-pub(crate) async fn read_head(
-    upstream: &mut ReadHalf<'_>,
-    asked: Asked,
-    closing: Closing<'_>,
-    rest: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-    raw: Option<&mut Vec<u8>>,
-    reused: bool,
-) -> Result<codec::Response, Failure> {
-    rest.clear();
-    let mut interims = 0;
-    let mut seen = 0;
-    loop {
-        if !rest.is_empty() {
-            let asked = Asked {
-                close: asked.close || closing.now(),
-                ..asked
-            };
-            match codec::parse_response(rest, asked, out) {
-                Ok(Some(head)) if head.interim => {
-                    interims += 1;
-                    if interims > MAX_INTERIM {
-                        return Err(Failure::BadResponse("too many interim (1xx) responses"));
-                    }
-                    rest.drain(..head.head_len);
-                    continue;
-                }
-                Ok(Some(head)) if head.head_len > MAX_RESPONSE_HEAD => {
-                    return Err(Failure::BadResponse("response head too large"))
-                }
-                Ok(Some(head)) => {
-                    if let Some(raw) = raw {
-                        raw.clear();
-                        raw.extend_from_slice(&rest[..head.head_len]);
-                    }
-                    rest.drain(..head.head_len);
-                    return Ok(head);
-                }
-                Ok(None) if rest.len() > MAX_RESPONSE_HEAD => {
-                    return Err(Failure::BadResponse("response head too large"))
-                }
-                Ok(None) => {}
-                Err(codec::BadResponse(what)) => return Err(Failure::BadResponse(what)),
-            }
-        }
-        if seen > MAX_RESPONSE_HEAD {
-            return Err(Failure::BadResponse("response heads too large"));
-        }
-        rest.reserve(HEAD_READ);
-        let before = rest.len();
-        match upstream.read_buf(rest).await {
-            Ok(0) => {
-                return Err(Failure::Broken {
-                    error: io::ErrorKind::UnexpectedEof.into(),
-                    stale: reused && seen == 0,
-                })
-            }
-            Ok(n) => seen += n,
-            Err(error) => {
-                return Err(Failure::Broken {
-                    error,
-                    stale: reused && seen == 0,
-                })
-            }
-        }
-        debug_assert!(rest.len() > before);
     }
 }

@@ -1,11 +1,36 @@
-//! A client stream with the bytes the HTTP/1 engine already read in front
-//! (the HTTP/2 preface), so hyper reads the connection from its start.
+//! Client transports: what the engines need of a client stream
+//! (`Transport`), and a stream with bytes already read put back in front
+//! (`Prefixed`), so hyper reads an HTTP/2 connection from its preface.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// A client stream the engine serves: plain TCP, or any transport that
+/// wraps one (TLS, a PROXY-protocol prefix).
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Whether `poll_readable` tells real readiness, so that a read after it
+    /// that finds nothing can give up rather than wait.
+    const READINESS: bool = false;
+
+    /// Ready once the client has sent something (or closed), without taking
+    /// it; a transport that cannot tell is always ready and its read waits.
+    fn poll_readable(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Transport for TcpStream {
+    const READINESS: bool = true;
+
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Not `readable()`: its waiter node would sit in every idle task.
+        self.poll_read_ready(cx)
+    }
+}
 
 pub(crate) struct Prefixed<S> {
     prefix: Vec<u8>,
@@ -75,4 +100,4 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-impl<S: super::h1::Transport> super::h1::Transport for Prefixed<S> {}
+impl<S: Transport> Transport for Prefixed<S> {}
