@@ -6,21 +6,52 @@
 //! connection serving. Also checks the limits do not misfire: a head exactly
 //! at `max_header_bytes`, idle time that is not header time, and pipelined
 //! requests are all served.
+//!
+//! The tests about a timeout run on tokio's paused clock (`start_paused`):
+//! the proxy runs in the test's runtime, its timers fire in order and on
+//! time, and waiting one out costs no real time. The sockets are real; the
+//! clock jumps to the next timer only when no task can run and no socket
+//! has anything to read, so bytes already sent on loopback are read before
+//! a deadline behind them fires.
 
 mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Response, StatusCode};
 use support::config::Limits;
 use support::{full, Backend, Client, Config, Proxy, RawClient};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// Upper bound on every wait for the proxy; generous, for a loaded machine.
 const LIMIT: Duration = Duration::from_secs(5);
+
+/// On the paused clock a timeout fires when it is due; what is allowed past
+/// it covers the test's own steps (a 50 ms drip, a 5 ms client pause), never
+/// a slow machine.
+const SLACK: Duration = Duration::from_millis(100);
+
+/// The `header_read_timeout` and `idle_timeout` of the tests that time them.
+const HEADER_READ: Duration = Duration::from_millis(300);
+const IDLE: Duration = Duration::from_millis(500);
+
+/// A duration as the configuration file writes it ("300ms").
+fn text(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// Asserts `elapsed` is `timeout`, or up to `SLACK` past it: not before.
+fn assert_at(what: &str, elapsed: Duration, timeout: Duration) {
+    println!("{what} after {elapsed:?}");
+    assert!(
+        elapsed >= timeout && elapsed <= timeout + SLACK,
+        "{what} after {elapsed:?}, not at {timeout:?}"
+    );
+}
 
 /// One listener `web` in front of one pool, with the `[limits]` `limits` sets.
 fn config(backend: &Backend, limits: impl FnOnce(Limits) -> Limits) -> String {
@@ -146,7 +177,15 @@ impl Raw {
     /// Asserts the proxy closes the connection without sending anything more;
     /// returns when it did.
     async fn assert_closed(&mut self) -> Instant {
-        let n = self.fill("close").await;
+        self.assert_closed_within(support::RAW_LIMIT).await
+    }
+
+    /// `assert_closed`, waiting up to `limit` for the close.
+    async fn assert_closed_within(&mut self, limit: Duration) -> Instant {
+        let n = self
+            .try_fill_within(limit, "close")
+            .await
+            .unwrap_or_else(|e| panic!("reading close: {e}"));
         assert_eq!(
             (n, self.buf.as_slice()),
             (0, &b""[..]),
@@ -301,11 +340,11 @@ async fn head_over_max_header_bytes_is_431_and_one_at_the_limit_is_served() {
     assert_eq!(backend.hits(), 3, "the backend saw an oversized request");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn slow_head_gets_408_after_header_read_timeout() {
     let backend = Backend::start("blue").await;
     let proxy = Proxy::start(&config(&backend, |l| {
-        l.header_read_timeout("300ms").idle_timeout("5s")
+        l.header_read_timeout(&text(HEADER_READ)).idle_timeout("5s")
     }))
     .await;
     let addr = proxy.addr();
@@ -322,36 +361,28 @@ async fn slow_head_gets_408_after_header_read_timeout() {
     let reply = slow.response().await;
     let elapsed = started.elapsed();
     reply.assert_proxy_made(StatusCode::REQUEST_TIMEOUT);
-    assert!(reply.body.contains("within 300ms"), "{reply:?}");
-    println!("408 for a stalled head after {elapsed:?}");
-    assert!(
-        elapsed >= Duration::from_millis(300),
-        "408 after {elapsed:?}"
-    );
-    assert!(elapsed < Duration::from_secs(3), "408 after {elapsed:?}");
+    let within = format!("within {}", text(HEADER_READ));
+    assert!(reply.body.contains(&within), "{reply:?}");
+    assert_at("408 for a stalled head", elapsed, HEADER_READ);
     slow.assert_closed().await;
 
     // A head dripped a byte at a time: the timeout counts from its first
-    // byte, it is not renewed by each one.
+    // byte, it is not renewed by each one (renewed, it would come 300 ms
+    // after the last byte, past the slack).
     let mut drip = Raw::connect(addr).await;
     let started = Instant::now();
     let head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: yes\r\n\r\n";
     for byte in head {
         drip.send(&[*byte]).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if started.elapsed() > Duration::from_millis(300) {
+        if started.elapsed() > HEADER_READ {
             break;
         }
     }
     let reply = drip.response().await;
     let elapsed = started.elapsed();
     reply.assert_proxy_made(StatusCode::REQUEST_TIMEOUT);
-    println!("408 for a dripped head after {elapsed:?}");
-    assert!(
-        elapsed >= Duration::from_millis(300),
-        "408 after {elapsed:?}"
-    );
-    assert!(elapsed < Duration::from_secs(3), "408 after {elapsed:?}");
+    assert_at("408 for a dripped head", elapsed, HEADER_READ);
 
     stop.store(true, Ordering::Relaxed);
     let served = tokio::time::timeout(LIMIT, busy.into_iter().next().unwrap())
@@ -362,11 +393,11 @@ async fn slow_head_gets_408_after_header_read_timeout() {
     assert_eq!(backend.hits(), 1 + served, "the backend saw a slow request");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn idle_keep_alive_connection_is_closed_silently_after_idle_timeout() {
     let backend = Backend::start("blue").await;
     let proxy = Proxy::start(&config(&backend, |l| {
-        l.header_read_timeout("2s").idle_timeout("500ms")
+        l.header_read_timeout("2s").idle_timeout(&text(IDLE))
     }))
     .await;
     let addr = proxy.addr();
@@ -376,26 +407,21 @@ async fn idle_keep_alive_connection_is_closed_silently_after_idle_timeout() {
     let sent = Instant::now();
     conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(conn.response().await.status, 200);
-    let closed = conn.assert_closed().await;
-    let idle = closed - sent;
-    println!("idle keep-alive connection closed after {idle:?}");
-    assert!(idle >= Duration::from_millis(500), "closed after {idle:?}");
-    assert!(idle < Duration::from_secs(4), "closed after {idle:?}");
+    let idle = conn.assert_closed().await - sent;
+    assert_at("idle keep-alive connection closed", idle, IDLE);
 
     // Idle from the start: never sent a byte.
     let mut silent = Raw::connect(addr).await;
     let opened = Instant::now();
     let idle = silent.assert_closed().await - opened;
-    println!("silent connection closed after {idle:?}");
-    assert!(idle >= Duration::from_millis(500), "closed after {idle:?}");
-    assert!(idle < Duration::from_secs(4), "closed after {idle:?}");
+    assert_at("silent connection closed", idle, IDLE);
 
     // Gaps shorter than the timeout, over a lifetime longer than it: each
     // request restarts the idle clock.
     let mut busy = Raw::connect(addr).await;
     let opened = Instant::now();
     let mut served = 0;
-    while opened.elapsed() < Duration::from_millis(1500) {
+    while opened.elapsed() < 3 * IDLE {
         busy.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert_eq!(busy.response().await.status, 200, "after {served}");
         served += 1;
@@ -404,7 +430,7 @@ async fn idle_keep_alive_connection_is_closed_silently_after_idle_timeout() {
     assert_eq!(backend.hits(), 1 + served);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn idle_time_does_not_count_against_header_read_timeout() {
     let backend = Backend::start("blue").await;
     let proxy = Proxy::start(&config(&backend, |l| {
@@ -433,11 +459,11 @@ async fn idle_time_does_not_count_against_header_read_timeout() {
     assert_eq!(backend.hits(), 6);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn later_requests_on_a_keep_alive_connection_are_guarded_too() {
     let backend = Backend::start("blue").await;
     let proxy = Proxy::start(&config(&backend, |l| {
-        l.header_read_timeout("300ms")
+        l.header_read_timeout(&text(HEADER_READ))
             .idle_timeout("5s")
             .max_header_bytes(4096)
     }))
@@ -468,12 +494,7 @@ async fn later_requests_on_a_keep_alive_connection_are_guarded_too() {
     let reply = conn.response().await;
     let elapsed = started.elapsed();
     reply.assert_proxy_made(StatusCode::REQUEST_TIMEOUT);
-    println!("408 for a stalled second request after {elapsed:?}");
-    assert!(
-        elapsed >= Duration::from_millis(300),
-        "408 after {elapsed:?}"
-    );
-    assert!(elapsed < Duration::from_secs(3), "408 after {elapsed:?}");
+    assert_at("408 for a stalled second request", elapsed, HEADER_READ);
     conn.assert_closed().await;
 
     assert_eq!(backend.hits(), 4, "the backend saw a bad request");
@@ -499,11 +520,11 @@ async fn pipelined_requests_are_answered_in_order() {
     assert_eq!(backend.hits(), 3);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn pipelined_bad_requests_are_guarded_like_any_other() {
     let backend = echo_path().await;
     let proxy = Proxy::start(&config(&backend, |l| {
-        l.header_read_timeout("300ms")
+        l.header_read_timeout(&text(HEADER_READ))
             .idle_timeout("5s")
             .max_header_bytes(4096)
     }))
@@ -529,20 +550,27 @@ async fn pipelined_bad_requests_are_guarded_like_any_other() {
         let reply = conn.response().await;
         assert_eq!((reply.status, reply.body.as_str()), (200, "/good"));
         conn.response().await.assert_proxy_made(status);
-        assert!(started.elapsed() < Duration::from_secs(3), "{status}");
+        let elapsed = started.elapsed();
+        if status == StatusCode::REQUEST_TIMEOUT {
+            assert_at("408 for a pipelined stalled head", elapsed, HEADER_READ);
+        } else {
+            assert!(elapsed <= SLACK, "{status} after {elapsed:?}");
+        }
         conn.assert_closed_or_reset().await;
     }
     assert_eq!(backend.hits(), 3, "the backend saw a bad request");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn idle_timeout_longer_than_hyper_default_is_honoured() {
     let backend = Backend::start("blue").await;
     let proxy = Proxy::start(&config(&backend, |l| {
         l.header_read_timeout("10s").idle_timeout("60s")
     }))
     .await;
+    let idle_timeout = Duration::from_secs(60);
 
+    // Still open after 32 s idle, past hyper's own 30 s default...
     let mut conn = Raw::connect(proxy.addr()).await;
     for round in 0..2 {
         conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -552,4 +580,8 @@ async fn idle_timeout_longer_than_hyper_default_is_honoured() {
             tokio::time::sleep(Duration::from_secs(32)).await;
         }
     }
+    // ...and closed at the configured 60 s.
+    let answered = Instant::now();
+    let idle = conn.assert_closed_within(2 * idle_timeout).await - answered;
+    assert_at("idle connection closed", idle, idle_timeout);
 }

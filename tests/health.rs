@@ -1,16 +1,23 @@
 //! Health checks, passive ejection, retries and failover: a dead or dying
 //! endpoint never costs a client a failed GET while a healthy one exists.
+//!
+//! Tests that wait out check intervals or an ejection run on tokio's paused
+//! clock (`start_paused`): the proxy, its checkers and the backends all run
+//! in the test's runtime on real loopback sockets, and the clock jumps to
+//! the next timer only when nothing can run, so a wait costs no real time.
 
 mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use cutover::health::EndpointHealth;
 use http::{Request, Response, StatusCode};
 use support::config::Service;
 use support::{full, get, Backend, Client, Config, Proxy};
+use tokio::time::Instant;
 
 /// blue/green over `blue` and `green` endpoints, with what `service` adds to
 /// the service table.
@@ -80,7 +87,7 @@ async fn with_health_status(name: &'static str, status: Arc<AtomicU16>) -> Backe
     .await
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn thresholds_mark_down_and_up_exactly() {
     let status = Arc::new(AtomicU16::new(200));
     let blue = with_health_status("blue", status.clone()).await;
@@ -124,6 +131,7 @@ async fn thresholds_mark_down_and_up_exactly() {
     );
 }
 
+// Real time: a load test on worker threads, which a paused clock cannot have.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn green_dying_under_a_split_loses_no_get_and_comes_back() {
     let blue = Backend::start("blue").await;
@@ -214,6 +222,79 @@ async fn a_refusing_endpoint_in_a_pool_of_two_costs_nothing() {
         .health
         .ejected_for()
         .is_some());
+}
+
+/// `cutover_retries_total` for the blue pool.
+fn blue_retries(proxy: &Proxy) -> u64 {
+    let text = String::from_utf8(proxy.handle.metrics.render()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cutover_retries_total{pool=\"blue\""))
+        .unwrap_or_else(|| panic!("no blue retries in {text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// GETs on `client` until `ejected` holds (at most 20), every one served
+/// by blue.
+async fn get_until_ejected(client: &mut Client, ejected: impl Fn() -> bool) {
+    for _ in 0..20 {
+        if ejected() {
+            return;
+        }
+        let reply = client.get("/", &[]).await.unwrap();
+        assert_eq!((reply.status, reply.pool()), (StatusCode::OK, "blue"));
+    }
+    panic!("not ejected after 20 requests");
+}
+
+/// Asserts an ejection in force ends within `left`, give or take the
+/// millisecond an ejection is counted in.
+fn assert_ejected_for(health: &EndpointHealth, left: Duration) {
+    let tick = Duration::from_millis(1);
+    let ejected_for = health.ejected_for();
+    assert!(
+        ejected_for.is_some_and(|d| d + tick >= left && d <= left + tick),
+        "ejected for {ejected_for:?}, not {left:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ejected_endpoint_is_tried_again_after_base_ejection_then_out_twice_as_long() {
+    let base = Duration::from_secs(5);
+    let blue = Backend::start("blue").await;
+    let green = Backend::start("green").await;
+    let pool = [blue.addr, closed_port()];
+    let extra = |s: Service| s.health_none().outlier(3, "5s");
+    let proxy = Proxy::start(&config(&pool, &[green.addr], 100, 0, extra)).await;
+    let snapshot = proxy.handle.snapshot();
+    let refusing = snapshot.services[0].pools[0].endpoints[1].health.clone();
+    let mut client = Client::connect(proxy.addr()).await;
+
+    get_until_ejected(&mut client, || refusing.ejected_for().is_some()).await;
+    assert_eq!(blue_retries(&proxy), 3, "ejected after three refusals");
+    assert_ejected_for(&refusing, base);
+
+    // Out for all of base_ejection: not tried, even once.
+    let almost = Duration::from_millis(10);
+    tokio::time::sleep(base - almost).await;
+    assert_ejected_for(&refusing, almost);
+    for _ in 0..4 {
+        let reply = client.get("/", &[]).await.unwrap();
+        assert_eq!((reply.status, reply.pool()), (StatusCode::OK, "blue"));
+    }
+    assert_eq!(blue_retries(&proxy), 3, "tried while ejected");
+
+    // Then back in rotation: tried again, and three more refusals eject it
+    // for twice base_ejection.
+    tokio::time::sleep(2 * almost).await;
+    assert_eq!(refusing.ejected_for(), None);
+    get_until_ejected(&mut client, || refusing.ejected_for().is_some()).await;
+    assert_eq!(
+        blue_retries(&proxy),
+        6,
+        "ejected again after three refusals"
+    );
+    assert_ejected_for(&refusing, 2 * base);
 }
 
 #[tokio::test]

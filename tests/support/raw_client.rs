@@ -79,12 +79,18 @@ impl RawClient {
 
     /// Reads more bytes; panics on timeout, returns 0 at EOF.
     pub async fn try_fill(&mut self, what: &str) -> std::io::Result<usize> {
+        self.try_fill_within(RAW_LIMIT, what).await
+    }
+
+    /// As `try_fill`, bounded by `limit` instead: for a test on tokio's
+    /// paused clock that waits out a timeout longer than `RAW_LIMIT`.
+    pub async fn try_fill_within(&mut self, limit: Duration, what: &str) -> std::io::Result<usize> {
         let mut chunk = vec![0u8; 16 * 1024];
-        let n = tokio::time::timeout(RAW_LIMIT, self.stream.read(&mut chunk))
+        let n = tokio::time::timeout(limit, self.stream.read(&mut chunk))
             .await
             .unwrap_or_else(|_| {
                 panic!(
-                    "no {what} within {RAW_LIMIT:?}; have {:?}",
+                    "no {what} within {limit:?}; have {:?}",
                     String::from_utf8_lossy(&self.buf)
                 )
             })?;
