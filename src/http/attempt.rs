@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use http::StatusCode;
 use tokio_util::sync::CancellationToken;
@@ -116,7 +116,7 @@ pub(crate) async fn forward<E: Exchange>(
         service.metrics.unavailable.inc();
         return reply(Reply::Unavailable, false);
     };
-    let deadline = tokio::time::Instant::from_std(started + service.request_timeout);
+    let deadline = started + service.request_timeout;
     let mut tried = Tried::default();
     let mut resends = 0;
     loop {

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -23,6 +23,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::attempt::{self, Answer, Exchange, Failure, Outcome};
@@ -56,7 +57,7 @@ struct Ctx {
 /// `idle_timeout` is measured from.
 struct Streams {
     open: AtomicUsize,
-    base: tokio::time::Instant,
+    base: Instant,
     /// Milliseconds after `base` when a stream last ended.
     last_ms: AtomicU64,
 }
@@ -100,7 +101,7 @@ pub(crate) async fn serve<S: Transport>(
     let limits = listening.snapshot.load().limits.clone();
     let streams = Arc::new(Streams {
         open: AtomicUsize::new(0),
-        base: tokio::time::Instant::now(),
+        base: Instant::now(),
         last_ms: AtomicU64::new(0),
     });
     let ctx = Arc::new(Ctx {
