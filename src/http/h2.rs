@@ -263,106 +263,104 @@ impl Exchange for H2Exchange {
         conn: &'a mut RawConn,
         host: Option<&'a [u8]>,
     ) -> Result<codec::Response, Failure> {
-        {
-            let reused = conn.reused;
-            self.request.write_upstream(host, &mut self.out);
-            let (mut upstream_read, mut upstream_write) = conn.stream.split();
-            if let Err(error) = upstream_write.write_all(&self.out).await {
-                return Err(Failure::Broken {
-                    error,
-                    stale: reused && !self.taken,
-                });
-            }
-            let asked = Asked {
-                head_method: self.request.head_method,
-                upgrade: false,
-                client: Version::Http11,
-                close: false,
+        let reused = conn.reused;
+        self.request.write_upstream(host, &mut self.out);
+        let (mut upstream_read, mut upstream_write) = conn.stream.split();
+        if let Err(error) = upstream_write.write_all(&self.out).await {
+            return Err(Failure::Broken {
+                error,
+                stale: reused && !self.taken,
+            });
+        }
+        let asked = Asked {
+            head_method: self.request.head_method,
+            upgrade: false,
+            client: Version::Http11,
+            close: false,
+        };
+        let uploading = AtomicBool::new(self.request.body != RequestBody::None);
+        let chunked = self.request.body == RequestBody::Chunked;
+        let timeout = self.body_read_timeout;
+        let body = &mut self.body;
+        let taken = &mut self.taken;
+        let upload = async {
+            let Some(body) = body.as_mut() else {
+                return Ok(());
             };
-            let uploading = AtomicBool::new(self.request.body != RequestBody::None);
-            let chunked = self.request.body == RequestBody::Chunked;
-            let timeout = self.body_read_timeout;
-            let body = &mut self.body;
-            let taken = &mut self.taken;
-            let upload = async {
-                let Some(body) = body.as_mut() else {
-                    return Ok(());
-                };
-                let mut framed = Vec::new();
-                loop {
-                    let frame = match tokio::time::timeout(timeout, body.frame()).await {
-                        Ok(Some(Ok(frame))) => frame,
-                        Ok(None) => break,
-                        Ok(Some(Err(_))) => return Err(Failure::Client(None)),
-                        Err(_) => return Err(Failure::Client(Some(Reply::BodyTimeout(timeout)))),
-                    };
-                    *taken = true;
-                    let Ok(data) = frame.into_data() else {
-                        continue; // trailers are not forwarded
-                    };
-                    if data.is_empty() {
-                        continue;
-                    }
-                    let bytes: &[u8] = if chunked {
-                        framed.clear();
-                        chunked::size_line(data.len(), &mut framed);
-                        framed.extend_from_slice(&data);
-                        framed.extend_from_slice(b"\r\n");
-                        &framed
-                    } else {
-                        &data
-                    };
-                    if let Err(error) = upstream_write.write_all(bytes).await {
-                        return Err(Failure::Broken {
-                            error,
-                            stale: false,
-                        });
-                    }
-                }
-                if chunked {
-                    if let Err(error) = upstream_write.write_all(chunked::LAST_CHUNK).await {
-                        return Err(Failure::Broken {
-                            error,
-                            stale: false,
-                        });
-                    }
-                }
-                Ok(())
-            };
-            let closing = Closing {
-                uploading: &uploading,
-                stop: None,
-            };
-            let read = read_head(
-                &mut upstream_read,
-                asked,
-                closing,
-                &mut self.rest,
-                &mut self.out,
-                Some(&mut self.raw),
-                reused,
-            );
-            tokio::pin!(upload);
-            tokio::pin!(read);
+            let mut framed = Vec::new();
             loop {
-                tokio::select! {
-                    biased;
-                    head = &mut read => {
-                        let mut head = head?;
-                        // A response before the whole body went up leaves the
-                        // connection in no state to reuse.
-                        head.reusable &= !uploading.load(Ordering::Relaxed);
-                        return Ok(head);
-                    }
-                    up = &mut upload, if uploading.load(Ordering::Relaxed) => match up {
-                        Ok(()) => uploading.store(false, Ordering::Relaxed),
-                        Err(Failure::Broken { .. }) => {
-                            // The upstream may have answered already: read on.
-                            uploading.store(false, Ordering::Relaxed);
-                        }
-                        Err(e) => return Err(e),
-                    },
+                let frame = match tokio::time::timeout(timeout, body.frame()).await {
+                    Ok(Some(Ok(frame))) => frame,
+                    Ok(None) => break,
+                    Ok(Some(Err(_))) => return Err(Failure::Client(None)),
+                    Err(_) => return Err(Failure::Client(Some(Reply::BodyTimeout(timeout)))),
+                };
+                *taken = true;
+                let Ok(data) = frame.into_data() else {
+                    continue; // trailers are not forwarded
+                };
+                if data.is_empty() {
+                    continue;
                 }
+                let bytes: &[u8] = if chunked {
+                    framed.clear();
+                    chunked::size_line(data.len(), &mut framed);
+                    framed.extend_from_slice(&data);
+                    framed.extend_from_slice(b"\r\n");
+                    &framed
+                } else {
+                    &data
+                };
+                if let Err(error) = upstream_write.write_all(bytes).await {
+                    return Err(Failure::Broken {
+                        error,
+                        stale: false,
+                    });
+                }
+            }
+            if chunked {
+                if let Err(error) = upstream_write.write_all(chunked::LAST_CHUNK).await {
+                    return Err(Failure::Broken {
+                        error,
+                        stale: false,
+                    });
+                }
+            }
+            Ok(())
+        };
+        let closing = Closing {
+            uploading: &uploading,
+            stop: None,
+        };
+        let read = read_head(
+            &mut upstream_read,
+            asked,
+            closing,
+            &mut self.rest,
+            &mut self.out,
+            Some(&mut self.raw),
+            reused,
+        );
+        tokio::pin!(upload);
+        tokio::pin!(read);
+        loop {
+            tokio::select! {
+                biased;
+                head = &mut read => {
+                    let mut head = head?;
+                    // A response before the whole body went up leaves the
+                    // connection in no state to reuse.
+                    head.reusable &= !uploading.load(Ordering::Relaxed);
+                    return Ok(head);
+                }
+                up = &mut upload, if uploading.load(Ordering::Relaxed) => match up {
+                    Ok(()) => uploading.store(false, Ordering::Relaxed),
+                    Err(Failure::Broken { .. }) => {
+                        // The upstream may have answered already: read on.
+                        uploading.store(false, Ordering::Relaxed);
+                    }
+                    Err(e) => return Err(e),
+                },
             }
         }
     }

@@ -355,96 +355,90 @@ impl<S: Transport> Exchange for H1Exchange<'_, '_, S> {
         conn: &'x mut RawConn,
         host: Option<&'x [u8]>,
     ) -> Result<codec::Response, Failure> {
-        {
-            let reused = conn.reused;
-            self.request.write_upstream(host, &mut self.out);
-            let (mut upstream_read, mut upstream_write) = conn.stream.split();
-            if let Err(error) = upstream_write.write_all(&self.out).await {
-                return Err(Failure::Broken {
-                    error,
-                    stale: reused,
-                });
-            }
-            let asked = Asked {
-                head_method: self.request.head_method,
-                upgrade: self.request.wants_upgrade(),
-                client: self.request.version,
-                close: !self.request.keep_alive || self.client.conn.stopping(),
-            };
-            let uploading = AtomicBool::new(self.request.body != RequestBody::None);
-            let mut sent = 0;
-            let limits = self.client.conn.limits;
-            let result = {
-                let mut source = Source {
-                    stream: &mut *self.client.stream,
-                    limits,
-                    buf: self.buf,
-                    untouched: &mut self.untouched,
-                    sent_continue: &mut self.sent_continue,
-                };
-                let request = self.request;
-                let uploading = &uploading;
-                let sent = &mut sent;
-                // The client side of the wait: its body goes up, then the
-                // client is watched, so one that hangs up is let go at once.
-                let upload = async move {
-                    if let Err(stopped) =
-                        Self::upload(&mut source, request, sent, &mut upstream_write).await
-                    {
-                        return stopped;
-                    }
-                    uploading.store(false, Ordering::Relaxed);
-                    watch(&mut source).await
-                };
-                let closing = Closing {
-                    uploading,
-                    stop: Some(&self.client.conn.listening.stop),
-                };
-                let read = read_head(
-                    &mut upstream_read,
-                    asked,
-                    closing,
-                    &mut self.rest,
-                    &mut self.out,
-                    None,
-                    reused,
-                );
-                tokio::pin!(upload);
-                tokio::pin!(read);
-                let mut upload_failed = None;
-                loop {
-                    tokio::select! {
-                        biased;
-                        head = &mut read => break head.map_err(|e| match (e, upload_failed.take()) {
-                            // The upstream went away while the body was going up.
-                            (Failure::Broken { stale, .. }, Some(error)) => Failure::Broken { error, stale },
-                            (e, _) => e,
-                        }),
-                        stopped = &mut upload, if upload_failed.is_none() => match stopped {
-                            UploadError::Client(reply) => break Err(Failure::Client(reply)),
-                            // The upstream may have answered already and
-                            // closed (HAProxy relays that answer): read on.
-                            UploadError::Upstream(error) => upload_failed = Some(error),
-                        },
-                    }
-                }
-            };
-            self.body_sent = !uploading.load(Ordering::Relaxed);
-            match &result {
-                Err(Failure::Broken { stale: true, .. } | Failure::Connect(_))
-                    if self.untouched =>
-                {
-                    // Kept whole in `buf` for a resend.
-                }
-                _ => {
-                    self.buf.drain(..sent);
-                    if sent > 0 {
-                        self.untouched = false;
-                    }
-                }
-            }
-            result
+        let reused = conn.reused;
+        self.request.write_upstream(host, &mut self.out);
+        let (mut upstream_read, mut upstream_write) = conn.stream.split();
+        if let Err(error) = upstream_write.write_all(&self.out).await {
+            return Err(Failure::Broken {
+                error,
+                stale: reused,
+            });
         }
+        let asked = Asked {
+            head_method: self.request.head_method,
+            upgrade: self.request.wants_upgrade(),
+            client: self.request.version,
+            close: !self.request.keep_alive || self.client.conn.stopping(),
+        };
+        let uploading = AtomicBool::new(self.request.body != RequestBody::None);
+        let mut sent = 0;
+        let limits = self.client.conn.limits;
+        let result = {
+            let mut source = Source {
+                stream: &mut *self.client.stream,
+                limits,
+                buf: self.buf,
+                untouched: &mut self.untouched,
+                sent_continue: &mut self.sent_continue,
+            };
+            let request = self.request;
+            let uploading = &uploading;
+            let sent = &mut sent;
+            // The client side of the wait: its body goes up, then the
+            // client is watched, so one that hangs up is let go at once.
+            let upload = async move {
+                if let Err(stopped) =
+                    Self::upload(&mut source, request, sent, &mut upstream_write).await
+                {
+                    return stopped;
+                }
+                uploading.store(false, Ordering::Relaxed);
+                watch(&mut source).await
+            };
+            let closing = Closing {
+                uploading,
+                stop: Some(&self.client.conn.listening.stop),
+            };
+            let read = read_head(
+                &mut upstream_read,
+                asked,
+                closing,
+                &mut self.rest,
+                &mut self.out,
+                None,
+                reused,
+            );
+            tokio::pin!(upload);
+            tokio::pin!(read);
+            let mut upload_failed = None;
+            loop {
+                tokio::select! {
+                    biased;
+                    head = &mut read => break head.map_err(|e| match (e, upload_failed.take()) {
+                        // The upstream went away while the body was going up.
+                        (Failure::Broken { stale, .. }, Some(error)) => Failure::Broken { error, stale },
+                        (e, _) => e,
+                    }),
+                    stopped = &mut upload, if upload_failed.is_none() => match stopped {
+                        UploadError::Client(reply) => break Err(Failure::Client(reply)),
+                        // The upstream may have answered already and
+                        // closed (HAProxy relays that answer): read on.
+                        UploadError::Upstream(error) => upload_failed = Some(error),
+                    },
+                }
+            }
+        };
+        self.body_sent = !uploading.load(Ordering::Relaxed);
+        // After an upstream failure a body still whole in `buf` stays there:
+        // for a resend, or to be read past if the client is answered.
+        let keep = self.untouched && !matches!(result, Ok(_) | Err(Failure::Client(_)));
+        if !keep {
+            self.buf.drain(..sent);
+            if sent > 0 {
+                self.untouched = false;
+            }
+        }
+        result
     }
 
     fn replayable(&self) -> bool {
