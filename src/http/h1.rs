@@ -188,8 +188,10 @@ pub(crate) fn serve<S: Transport>(
                 Next::KeepAlive => {}
                 Next::Close => return,
                 Next::Http2 => {
+                    // Boxed: hyper's connection state is no part of an idle
+                    // HTTP/1 connection's task.
                     let io = Prefixed::new(buf, stream);
-                    return super::h2::serve(io, peer, &listening, &metrics).await;
+                    return Box::pin(super::h2::serve(io, peer, &listening, &metrics)).await;
                 }
             }
         }
@@ -335,21 +337,21 @@ impl<S: Transport> Client<'_, S> {
         let mut exchange = H1Exchange::new(self, &request, buf);
         let outcome = attempt::forward(&service, &mut exchange, started).await;
         let untouched = exchange.replayable_body();
-        match outcome {
-            Outcome::Answer(answer) => exchange.relay(answer).await,
-            Outcome::Gone => false,
-            Outcome::Reply { reply, close } => {
-                if reply.is_rejection() {
-                    self.conn.metrics.rejected(reply.status());
-                }
-                if close || !untouched {
-                    let bytes = reply.h1(request.head_method, true, false);
-                    self.write(&bytes).await;
-                    return false;
-                }
-                self.local(&request, buf, reply).await
-            }
+        let (reply, close) = match outcome {
+            Outcome::Answer(answer) => return exchange.relay(answer).await,
+            Outcome::Gone => return false,
+            Outcome::Reply { reply, close } => (reply, close),
+        };
+        drop(exchange);
+        if reply.is_rejection() {
+            self.conn.metrics.rejected(reply.status());
         }
+        if close || !untouched {
+            let bytes = reply.h1(request.head_method, true, false);
+            self.write(&bytes).await;
+            return false;
+        }
+        self.local(&request, buf, reply).await
     }
 
     /// A proxy-made reply to a request whose body was not touched. A small

@@ -55,6 +55,8 @@ impl Request {
     /// else the client's, the body's framing said once by the proxy.
     pub fn write_upstream(&self, host: Option<&[u8]>, out: &mut Vec<u8>) {
         out.clear();
+        // One allocation: the head, a host line and the framing lines.
+        out.reserve(self.upstream.len() + host.map_or(0, <[u8]>::len) + 128);
         out.extend_from_slice(&self.upstream[..self.line_end]);
         if let Some(host) = host.or_else(|| self.host.clone().map(|r| &self.upstream[r])) {
             out.extend_from_slice(b"host: ");

@@ -9,7 +9,9 @@
 //! upstream had closed can be sent again whole.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::WriteHalf;
@@ -40,7 +42,9 @@ pub(crate) struct H1Exchange<'c, 'a, S> {
     /// The whole body went upstream in the last attempt.
     body_sent: bool,
     sent_continue: bool,
-    /// The head for upstream, then the response head for the client.
+    /// The head for upstream, with what of the body goes in the same write.
+    up: Vec<u8>,
+    /// The response head for the client.
     out: Vec<u8>,
     /// Upstream bytes read past the response head.
     rest: Vec<u8>,
@@ -74,8 +78,9 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
             untouched: true,
             body_sent: false,
             sent_continue: false,
+            up: Vec::new(),
             out: Vec::new(),
-            rest: Vec::new(),
+            rest: buffers::take(),
         }
     }
 
@@ -85,11 +90,13 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
         self.untouched
     }
 
-    /// Sends what is left of the body: from `buf[*sent..]`, then read from
-    /// the client, each read within `body_read_timeout`.
+    /// Sends the head (`up`) and the body: from `buf[*sent..]`, then read
+    /// from the client, each read within `body_read_timeout`. What of the
+    /// body is in hand goes in the head's write.
     async fn upload(
         from: &mut Source<'_, S>,
         request: &codec::Request,
+        up: &mut Vec<u8>,
         sent: &mut usize,
         upstream: &mut WriteHalf<'_>,
     ) -> Result<(), UploadError> {
@@ -103,10 +110,13 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
         let limits = *limits;
         let mut chunks = Chunks::new();
         let mut left = match request.body {
-            RequestBody::None => return Ok(()),
+            RequestBody::None => {
+                return upstream.write_all(up).await.map_err(UploadError::Upstream);
+            }
             RequestBody::Length(n) => n,
             RequestBody::Chunked => 0,
         };
+        let mut head = Some(up);
         loop {
             let avail = &buf[*sent..];
             let (take, done) = match request.body {
@@ -123,9 +133,17 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
                     (take as usize, left == 0)
                 }
             };
-            if take > 0 {
+            let body = &buf[*sent..*sent + take];
+            if let Some(head) = head.take() {
+                head.extend_from_slice(body);
                 upstream
-                    .write_all(&buf[*sent..*sent + take])
+                    .write_all(head)
+                    .await
+                    .map_err(UploadError::Upstream)?;
+                *sent += take;
+            } else if take > 0 {
+                upstream
+                    .write_all(body)
                     .await
                     .map_err(UploadError::Upstream)?;
                 *sent += take;
@@ -287,8 +305,8 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
     /// Joins client and upstream after a 101: the upstream's first bytes and
     /// the client's early ones cross first, then bytes flow both ways until
     /// either side closes or the pool's drain deadline.
-    async fn tunnel(self, mut answer: Answer) -> bool {
-        let mut out = self.out;
+    async fn tunnel(mut self, mut answer: Answer) -> bool {
+        let mut out = std::mem::take(&mut self.out);
         out.extend_from_slice(&self.rest);
         if !self.client.write(&out).await {
             return false;
@@ -326,11 +344,35 @@ async fn watch<S: Transport>(from: &mut Source<'_, S>) -> UploadError {
         if from.buf.len() >= REPLAY_KEEP {
             std::future::pending::<()>().await;
         }
-        from.buf.reserve(HEAD_READ);
-        match from.stream.read_buf(from.buf).await {
-            Ok(0) | Err(_) => return UploadError::Client(None),
-            Ok(_) => {}
+        // Readiness first: on TCP the reactor knows it, so a client that
+        // stays quiet costs no system call.
+        if std::future::poll_fn(|cx| from.stream.poll_readable(cx))
+            .await
+            .is_err()
+        {
+            return UploadError::Client(None);
         }
+        from.buf.reserve(HEAD_READ);
+        let read = std::future::poll_fn(|cx| {
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *from.stream), cx, from.buf) {
+                Poll::Pending if S::READINESS => Poll::Ready(Err(io::ErrorKind::WouldBlock.into())),
+                ready => ready,
+            }
+        })
+        .await;
+        match read {
+            Ok(0) => return UploadError::Client(None),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return UploadError::Client(None),
+        }
+    }
+}
+
+impl<S> Drop for H1Exchange<'_, '_, S> {
+    fn drop(&mut self) {
+        // The response buffer came from the thread's free list.
+        buffers::give(std::mem::take(&mut self.rest));
     }
 }
 
@@ -356,14 +398,8 @@ impl<S: Transport> Exchange for H1Exchange<'_, '_, S> {
         host: Option<&'x [u8]>,
     ) -> Result<codec::Response, Failure> {
         let reused = conn.reused;
-        self.request.write_upstream(host, &mut self.out);
+        self.request.write_upstream(host, &mut self.up);
         let (mut upstream_read, mut upstream_write) = conn.stream.split();
-        if let Err(error) = upstream_write.write_all(&self.out).await {
-            return Err(Failure::Broken {
-                error,
-                stale: reused,
-            });
-        }
         let asked = Asked {
             head_method: self.request.head_method,
             upgrade: self.request.wants_upgrade(),
@@ -382,13 +418,14 @@ impl<S: Transport> Exchange for H1Exchange<'_, '_, S> {
                 sent_continue: &mut self.sent_continue,
             };
             let request = self.request;
+            let up = &mut self.up;
             let uploading = &uploading;
             let sent = &mut sent;
             // The client side of the wait: its body goes up, then the
             // client is watched, so one that hangs up is let go at once.
             let upload = async move {
                 if let Err(stopped) =
-                    Self::upload(&mut source, request, sent, &mut upstream_write).await
+                    Self::upload(&mut source, request, up, sent, &mut upstream_write).await
                 {
                     return stopped;
                 }
