@@ -131,6 +131,40 @@ fn split_target(
     Ok((path_at..target.len(), Some(after_scheme..path_at)))
 }
 
+/// Adds one `X-Forwarded-For` header's value to the list the client sent.
+fn add_forwarded_for(list: &mut Option<Vec<u8>>, value: &[u8]) {
+    let list = list.get_or_insert_with(Vec::new);
+    if !list.is_empty() {
+        list.extend_from_slice(b", ");
+    }
+    list.extend_from_slice(value);
+}
+
+/// Writes the forwarding headers the proxy sets: `X-Forwarded-For` (the
+/// client appended to any list it sent), `X-Forwarded-Proto` and, when the
+/// request names a host, `X-Forwarded-Host`; returns where that host sits.
+fn push_forwarding(
+    upstream: &mut Vec<u8>,
+    forwarded_for: Option<&[u8]>,
+    client_ip: &[u8],
+    host: Option<&[u8]>,
+) -> Option<Range<usize>> {
+    upstream.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prior) = forwarded_for {
+        upstream.extend_from_slice(prior);
+        upstream.extend_from_slice(b", ");
+    }
+    upstream.extend_from_slice(client_ip);
+    upstream.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    host.map(|value| {
+        upstream.extend_from_slice(b"x-forwarded-host: ");
+        let start = upstream.len();
+        upstream.extend_from_slice(value);
+        upstream.extend_from_slice(b"\r\n");
+        start..start + value.len()
+    })
+}
+
 /// Parses a client's request head at the start of `buf` and rewrites it for
 /// upstream. `Ok(None)`: more bytes are needed.
 pub fn parse_request(buf: &[u8], client_ip: &[u8]) -> Result<Option<Request>, Refused> {
@@ -218,11 +252,7 @@ pub fn parse_request(buf: &[u8], client_ip: &[u8]) -> Result<Option<Request>, Re
                 continue;
             }
             Name::ForwardedFor => {
-                let list = forwarded_for.get_or_insert_with(Vec::new);
-                if !list.is_empty() {
-                    list.extend_from_slice(b", ");
-                }
-                list.extend_from_slice(value);
+                add_forwarded_for(&mut forwarded_for, value);
                 continue;
             }
             Name::Other if connection.names(name) => continue,
@@ -253,24 +283,11 @@ pub fn parse_request(buf: &[u8], client_ip: &[u8]) -> Result<Option<Request>, Re
         (false, Some(n)) => RequestBody::Length(n),
     };
 
-    upstream.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(prior) = &forwarded_for {
-        upstream.extend_from_slice(prior);
-        upstream.extend_from_slice(b", ");
-    }
-    upstream.extend_from_slice(client_ip);
-    upstream.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
     let host = match authority {
         Some(range) => Some(&target.as_bytes()[range]),
         None => host,
     };
-    let host = host.map(|value| {
-        upstream.extend_from_slice(b"x-forwarded-host: ");
-        let start = upstream.len();
-        upstream.extend_from_slice(value);
-        upstream.extend_from_slice(b"\r\n");
-        start..start + value.len()
-    });
+    let host = push_forwarding(&mut upstream, forwarded_for.as_deref(), client_ip, host);
     upstream.extend_from_slice(match version {
         Version::Http10 => b"via: 1.0 cutover\r\n",
         Version::Http11 => b"via: 1.1 cutover\r\n",
@@ -318,35 +335,21 @@ pub(crate) fn h2_request(
     for (name, value) in &parts.headers {
         match classify(name.as_str().as_bytes()) {
             Name::Other => push_header(&mut upstream, name.as_str().as_bytes(), value.as_bytes()),
-            Name::ForwardedFor => {
-                let list = forwarded_for.get_or_insert_with(Vec::new);
-                if !list.is_empty() {
-                    list.extend_from_slice(b", ");
-                }
-                list.extend_from_slice(value.as_bytes());
-            }
+            Name::ForwardedFor => add_forwarded_for(&mut forwarded_for, value.as_bytes()),
             _ => {}
         }
     }
-    upstream.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(prior) = &forwarded_for {
-        upstream.extend_from_slice(prior);
-        upstream.extend_from_slice(b", ");
-    }
-    upstream.extend_from_slice(client_ip);
-    upstream.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
     let authority = parts
         .uri
         .authority()
         .map(|a| a.as_str().as_bytes())
         .or_else(|| parts.headers.get(http::header::HOST).map(|h| h.as_bytes()));
-    let host = authority.map(|value| {
-        upstream.extend_from_slice(b"x-forwarded-host: ");
-        let start = upstream.len();
-        upstream.extend_from_slice(value);
-        upstream.extend_from_slice(b"\r\n");
-        start..start + value.len()
-    });
+    let host = push_forwarding(
+        &mut upstream,
+        forwarded_for.as_deref(),
+        client_ip,
+        authority,
+    );
     upstream.extend_from_slice(b"via: 2 cutover\r\n");
     let (idempotent, head_method) = method_facts(method);
     Request {
