@@ -14,32 +14,21 @@ mod h1;
 mod h2;
 mod head;
 mod replies;
-mod transport;
+pub(crate) mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+pub(crate) use crate::listener::Listening;
 use crate::limit::Slot;
+use crate::listener::proxy_header;
 use crate::metrics::ListenerMetrics;
-use crate::snapshot::SharedSnapshot;
-
-/// What every connection of one listener shares.
-pub struct Listening {
-    /// The listener's configured bind address: its key in the snapshot.
-    pub bind: SocketAddr,
-    pub snapshot: SharedSnapshot,
-    /// Cancelled to have connections finish their current request and close.
-    pub stop: CancellationToken,
-    /// Connection tasks, so shutdown can wait for them.
-    pub tracker: TaskTracker,
-}
+use transport::Prefixed;
 
 /// Serves one accepted plain-TCP client connection until it closes.
-pub fn serve_connection(
+pub(crate) fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     listening: Arc<Listening>,
@@ -47,4 +36,30 @@ pub fn serve_connection(
     slot: Slot,
 ) -> impl std::future::Future<Output = ()> + Send {
     h1::serve(stream, peer, listening, metrics, slot)
+}
+
+/// Serves a client connection from a source trusted to open it with a
+/// PROXY header: the header's client address is the one `X-Forwarded-For`
+/// names.
+pub(crate) fn serve_proxied(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    listening: Arc<Listening>,
+    metrics: Arc<ListenerMetrics>,
+    slot: Slot,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let timeout = listening.snapshot.load().limits.header_read_timeout;
+        let proxied = match proxy_header::read(&mut stream, peer, timeout).await {
+            Ok(proxied) => proxied,
+            Err(refusal) => return metrics.refused(refusal),
+        };
+        let client = proxied.client;
+        if proxied.leftover.is_empty() {
+            h1::serve(stream, client, listening, metrics, slot).await;
+        } else {
+            let stream = Prefixed::new(proxied.leftover, stream);
+            h1::serve(stream, client, listening, metrics, slot).await;
+        }
+    }
 }

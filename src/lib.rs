@@ -18,10 +18,12 @@ pub mod limit;
 pub(crate) mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+pub mod tcp;
 pub mod upstream;
 
 use std::net::SocketAddr;

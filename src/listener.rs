@@ -1,8 +1,12 @@
 //! Client-facing sockets: binding, and the accept loop, which takes a slot
-//! of the listener's connection limit (`limit`) before each accept. A
-//! listener is identified by its configured bind address, so a reload that
-//! keeps the address keeps the socket. What a connection does once accepted
-//! is `http`'s business.
+//! of the listener's connection limit (`limit`) before each accept and hands
+//! each connection to its protocol — `http` or `tcp`, as the snapshot says
+//! at that moment, through `proxy_header` first when the source is trusted
+//! to send one. A listener is identified by its configured bind address, so
+//! a reload that keeps the address keeps the socket. What a connection does
+//! once handed over is its protocol's business.
+
+pub(crate) mod proxy_header;
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,8 +17,18 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Protocol;
 use crate::limit::ConnLimit;
 use crate::snapshot::SharedSnapshot;
+
+/// What every connection of one listener shares.
+pub struct Listening {
+    /// The listener's configured bind address: its key in the snapshot.
+    pub bind: SocketAddr,
+    pub snapshot: SharedSnapshot,
+    /// Cancelled to have connections finish their current request and close.
+    pub stop: CancellationToken,
+}
 
 /// Binds a listening socket with `SO_REUSEADDR`, so a restart does not wait
 /// for the previous process's connections in TIME_WAIT.
@@ -48,11 +62,10 @@ impl AcceptLoop {
     /// Accepts until `stop` is cancelled; then the connections it started are
     /// asked to finish their current request and close.
     pub async fn run(self, stop: CancellationToken) {
-        let listening = Arc::new(crate::http::Listening {
+        let listening = Arc::new(Listening {
             bind: self.bind,
             snapshot: self.snapshot.clone(),
             stop: stop.clone(),
-            tracker: self.tracker.clone(),
         });
         loop {
             let slot = tokio::select! {
@@ -70,23 +83,27 @@ impl AcceptLoop {
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
                     }
-                    let Some(metrics) = self
-                        .snapshot
-                        .load()
-                        .router(self.bind)
-                        .map(|r| r.metrics.clone())
-                    else {
+                    let snapshot = self.snapshot.load();
+                    let Some(router) = snapshot.router(self.bind) else {
                         // Removed by a reload that has not stopped this loop yet.
                         break;
                     };
-                    let fut = crate::http::serve_connection(
-                        stream,
-                        peer,
-                        listening.clone(),
-                        metrics,
-                        slot,
-                    );
-                    self.tracker.spawn(fut);
+                    let metrics = router.metrics.clone();
+                    let proxied = router.trusts_proxy(peer.ip());
+                    let protocol = router.protocol;
+                    drop(snapshot);
+                    let listening = listening.clone();
+                    match (protocol, proxied) {
+                        (Protocol::Http, false) => self.tracker.spawn(
+                            crate::http::serve_connection(stream, peer, listening, metrics, slot),
+                        ),
+                        (Protocol::Http, true) => self.tracker.spawn(
+                            crate::http::serve_proxied(stream, peer, listening, metrics, slot),
+                        ),
+                        (Protocol::Tcp, _) => self.tracker.spawn(crate::tcp::serve(
+                            stream, peer, proxied, listening, metrics, slot,
+                        )),
+                    };
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.

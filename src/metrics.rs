@@ -47,6 +47,9 @@ pub struct Metrics {
     health_checks: IntCounterVec,
     failovers: IntCounterVec,
     unavailable: IntCounterVec,
+    tcp_connections: IntCounterVec,
+    tcp_bytes: IntCounterVec,
+    connections_refused: IntCounterVec,
     pub(crate) config_reloads_success: IntCounter,
     pub(crate) config_reloads_failure: IntCounter,
     pub(crate) config_generation: IntGauge,
@@ -86,9 +89,56 @@ pub(crate) struct ServiceMetrics {
 #[derive(Debug, Clone)]
 pub struct ListenerMetrics {
     pub(crate) connections_active: IntGauge,
+    /// tcp: bytes relayed from clients (`in`) and to them (`out`).
+    pub(crate) tcp_bytes: Option<[IntCounter; 2]>,
     /// Requests the proxy answered itself for bad input, by status.
     rejected: IntCounterVec,
+    /// Connections closed before they were routed, by reason.
+    refused: IntCounterVec,
     listener: String,
+}
+
+/// One open client connection of a listener.
+pub(crate) struct Open<'a>(&'a ListenerMetrics);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.connections_active.dec();
+    }
+}
+
+/// Why a client connection was closed before it was routed, as the
+/// `reason` label of `cutover_connections_refused_total` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// A PROXY header missing, malformed, or sent by an untrusted source.
+    ProxyHeader,
+    /// sni: the first bytes are not a TLS handshake.
+    NotTls,
+    /// sni: a TLS record or ClientHello that breaks its own framing.
+    BadHello,
+    /// sni: the ClientHello did not fit in the bytes allowed before routing.
+    TooLarge,
+    /// The client took longer than `header_read_timeout` to be routable.
+    TooSlow,
+    /// The client closed before it could be routed.
+    Truncated,
+    /// sni: no service has the server name and the listener has no default.
+    NoService,
+}
+
+impl Refusal {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Refusal::ProxyHeader => "proxy_header",
+            Refusal::NotTls => "not_tls",
+            Refusal::BadHello => "bad_hello",
+            Refusal::TooLarge => "too_large",
+            Refusal::TooSlow => "too_slow",
+            Refusal::Truncated => "truncated",
+            Refusal::NoService => "no_service",
+        }
+    }
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
@@ -197,6 +247,21 @@ impl Metrics {
                 "Requests answered 503 because no endpoint of the service was healthy.",
                 &["service"],
             ),
+            tcp_connections: counter(
+                "cutover_tcp_connections_total",
+                "Layer-4 connections relayed, by listener and the service and pool chosen.",
+                &["listener", "service", "pool"],
+            ),
+            tcp_bytes: counter(
+                "cutover_tcp_bytes_total",
+                "Bytes relayed by tcp listeners: in (client to upstream) and out (upstream to client).",
+                &["listener", "direction"],
+            ),
+            connections_refused: counter(
+                "cutover_connections_refused_total",
+                "Client connections closed before routing, by reason: proxy_header, not_tls, bad_hello, too_large, too_slow, truncated, no_service.",
+                &["listener", "reason"],
+            ),
             config_reloads_success: reloads.with_label_values(&["success"]),
             config_reloads_failure: reloads.with_label_values(&["failure"]),
             config_generation: register(
@@ -258,12 +323,22 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn listener(&self, name: &str) -> ListenerMetrics {
+    /// Handles for the listener `name`; `tcp`: with its byte counters.
+    pub(crate) fn listener(&self, name: &str, tcp: bool) -> ListenerMetrics {
         ListenerMetrics {
             connections_active: self.connections_active.with_label_values(&[name]),
+            tcp_bytes: tcp
+                .then(|| ["in", "out"].map(|d| self.tcp_bytes.with_label_values(&[name, d]))),
             rejected: self.rejected.clone(),
+            refused: self.connections_refused.clone(),
             listener: name.to_owned(),
         }
+    }
+
+    /// `cutover_tcp_connections_total` of one pool through one listener.
+    pub(crate) fn tcp_connections(&self, listener: &str, service: &str, pool: &str) -> IntCounter {
+        self.tcp_connections
+            .with_label_values(&[listener, service, pool])
     }
 
     /// Drops the series of a pool that no longer exists.
@@ -287,6 +362,9 @@ impl Metrics {
     /// Drops the series of a listener that no longer exists.
     pub(crate) fn forget_listener(&self, name: &str) {
         _ = self.connections_active.remove_label_values(&[name]);
+        for direction in ["in", "out"] {
+            _ = self.tcp_bytes.remove_label_values(&[name, direction]);
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -349,6 +427,20 @@ impl ListenerMetrics {
     pub(crate) fn rejected(&self, status: StatusCode) {
         self.rejected
             .with_label_values(&[self.listener.as_str(), status.as_str()])
+            .inc();
+    }
+
+    /// Counts a client connection in `cutover_connections_active` until the
+    /// guard drops.
+    pub(crate) fn open(&self) -> Open<'_> {
+        self.connections_active.inc();
+        Open(self)
+    }
+
+    /// Counts a connection closed before it was routed; off the hot path.
+    pub(crate) fn refused(&self, why: Refusal) {
+        self.refused
+            .with_label_values(&[self.listener.as_str(), why.as_str()])
             .inc();
     }
 }

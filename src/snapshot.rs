@@ -12,12 +12,15 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
+use ipnet::IpNet;
+use prometheus::IntCounter;
 
 use crate::balance::{PickTable, RoundRobin};
-use crate::config::{Config, Host, Limits, Outlier};
+use crate::config::{Config, Host, Limits, Outlier, Protocol, SendProxy};
 use crate::drain::{Activities, Activity};
 use crate::health::{EndpointHealth, HealthChecks};
 use crate::metrics::{ListenerMetrics, Metrics, PoolMetrics, ServiceMetrics};
+use crate::proxy_protocol;
 use crate::state::Overrides;
 use crate::upstream::{EndpointConns, EndpointSpec, Upstreams};
 
@@ -48,10 +51,20 @@ pub struct Inputs<'a> {
     pub metrics: &'a Metrics,
 }
 
-/// Host → service map of one listener.
+/// One listener's routing: what it speaks, whom it trusts for PROXY
+/// headers, and its host → service map (by `Host` at layer 7, by the
+/// ClientHello's server name on a tcp listener with `sni`).
 #[derive(Debug)]
 pub(crate) struct Router {
     pub(crate) metrics: Arc<ListenerMetrics>,
+    pub(crate) protocol: Protocol,
+    /// tcp: route by the ClientHello's server name.
+    pub(crate) sni: bool,
+    /// Sources whose connections open with a PROXY header.
+    pub(crate) accept_proxy: Box<[IpNet]>,
+    /// tcp: `cutover_tcp_connections_total` per service and pool, in the
+    /// services' pool order.
+    tcp_connections: Vec<(Arc<str>, Box<[IntCounter]>)>,
     exact: HashMap<Box<str>, Arc<Service>>,
     /// `*.suffix` entries as `.suffix`, longest first.
     wildcard: Vec<(Box<str>, Arc<Service>)>,
@@ -70,6 +83,9 @@ pub struct Service {
     pub(crate) retries: u32,
     failover: bool,
     pub(crate) outlier: Outlier,
+    /// tcp: connections of a pool leaving rotation close one at a time
+    /// over this window instead of at the drain deadline.
+    pub(crate) migrate: Option<Duration>,
     pub(crate) metrics: ServiceMetrics,
     /// How the service is serving, to log and count transitions once:
     /// shared by every snapshot the service is in, so a reload during a
@@ -143,6 +159,8 @@ pub struct Pool {
     pub(crate) draining: bool,
     /// Host header for this pool's requests, when the pool rewrites it.
     pub(crate) host: Option<HeaderValue>,
+    /// tcp: the PROXY header version its endpoints expect.
+    pub(crate) send_proxy: Option<proxy_protocol::Version>,
     pub(crate) metrics: PoolMetrics,
     pub(crate) activity: Arc<Activity>,
     next: RoundRobin,
@@ -230,6 +248,10 @@ impl Snapshot {
                             draining: inputs.overrides.is_drained(service_name, pool_name, None),
                             endpoints,
                             host: p.host.clone(),
+                            send_proxy: p.send_proxy.map(|v| match v {
+                                SendProxy::V1 => proxy_protocol::Version::V1,
+                                SendProxy::V2 => proxy_protocol::Version::V2,
+                            }),
                             metrics: pool_metrics,
                             activity: inputs.activities.get(service_name, pool_name),
                             next: RoundRobin::default(),
@@ -249,6 +271,7 @@ impl Snapshot {
                     retries: s.retries,
                     failover: s.failover,
                     outlier: s.outlier.clone(),
+                    migrate: s.migrate,
                     metrics: inputs.metrics.service(service_name),
                     mode: inputs
                         .previous
@@ -271,8 +294,13 @@ impl Snapshot {
             .listeners
             .iter()
             .map(|l| {
+                let tcp = l.protocol == Protocol::Tcp;
                 let mut router = Router {
-                    metrics: Arc::new(metrics.listener(&l.name)),
+                    metrics: Arc::new(metrics.listener(&l.name, tcp)),
+                    protocol: l.protocol,
+                    sni: l.sni,
+                    accept_proxy: l.accept_proxy.as_slice().into(),
+                    tcp_connections: Vec::new(),
                     exact: HashMap::new(),
                     wildcard: Vec::new(),
                     default: None,
@@ -281,6 +309,22 @@ impl Snapshot {
                     let Some(&(service, hosts)) = by_name.get(name.as_str()) else {
                         continue;
                     };
+                    if tcp {
+                        let counters = service
+                            .pools
+                            .iter()
+                            .map(|p| metrics.tcp_connections(&l.name, &service.name, &p.name))
+                            .collect();
+                        router
+                            .tcp_connections
+                            .push((service.name.clone(), counters));
+                        if !l.sni {
+                            // Validation allows one service here: every
+                            // connection's, whatever its hosts.
+                            router.default = Some(service.clone());
+                            continue;
+                        }
+                    }
                     if hosts.is_empty() {
                         router.default = Some(service.clone());
                     }
@@ -325,6 +369,24 @@ impl Snapshot {
 }
 
 impl Router {
+    /// `cutover_tcp_connections_total` of one pool of a service this
+    /// listener routes to.
+    pub(crate) fn tcp_connections(&self, service: &Service, pool: usize) -> Option<&IntCounter> {
+        self.tcp_connections
+            .iter()
+            .find(|(name, _)| Arc::ptr_eq(name, &service.name))
+            .and_then(|(_, counters)| counters.get(pool))
+    }
+
+    /// Whether connections from `ip` open with a PROXY header.
+    pub(crate) fn trusts_proxy(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.accept_proxy.iter().any(|net| net.contains(&ip))
+    }
+
     /// The service for a request's host (`Host` header or URI authority, port
     /// allowed); the listener's default service when no host matches.
     pub(crate) fn route(&self, host: Option<&str>) -> Option<&Arc<Service>> {
@@ -412,6 +474,15 @@ impl Service {
             self.set_mode(Mode::Down);
         }
         None
+    }
+
+    /// Counts a failure of `endpoint` (of `pool`, one of this service's)
+    /// towards its passive ejection, and says when it ejects it.
+    pub(crate) fn eject_on_failure(&self, pool: &Pool, endpoint: &Endpoint) {
+        if let Some(length) = endpoint.health.record_failure(&self.outlier) {
+            tracing::warn!(service = %self.name, pool = %pool.name, endpoint = %endpoint.address,
+                ejection = ?length, "endpoint failed repeatedly: ejected");
+        }
     }
 
     pub fn mode(&self) -> Mode {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use prometheus::IntGauge;
 
-pub(crate) use pool::{ConnectError, EndpointConns, RawConn};
+pub(crate) use pool::{ConnectError, EndpointConns, Migration, RawConn};
 
 /// What makes two endpoints' connections interchangeable.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

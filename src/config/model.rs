@@ -5,13 +5,14 @@
 //! here how (`Endpoint::parse`, `Host::parse`, `Expect::parse`).
 
 use std::fmt;
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery};
 use http::HeaderValue;
+use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -92,8 +93,28 @@ pub(crate) struct Listener {
     /// The configured address, which identifies the listener across reloads.
     pub bind: SocketAddr,
     pub protocol: Protocol,
-    /// Names of services that exist, in the file's order.
+    /// Names of services that exist, in the file's order: exactly one on a
+    /// tcp listener without `sni`.
     pub services: Vec<String>,
+    /// tcp: route by the ClientHello's server name.
+    pub sni: bool,
+    /// Sources trusted to open with a PROXY protocol header.
+    pub accept_proxy: Vec<IpNet>,
+}
+
+/// Parses an `accept_proxy` entry: a CIDR block, or one address.
+pub(crate) fn parse_source(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// The PROXY protocol version a pool's endpoints expect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SendProxy {
+    V1,
+    V2,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +138,9 @@ pub(crate) struct Service {
     pub pools: Vec<Pool>,
     pub health: Health,
     pub outlier: Outlier,
+    /// tcp: connections of a pool leaving rotation close one by one over
+    /// this window rather than all at the drain deadline.
+    pub migrate: Option<Duration>,
 }
 
 /// A `hosts` entry, lowercased.
@@ -159,6 +183,8 @@ pub(crate) struct Pool {
     pub endpoints: Vec<Endpoint>,
     /// Host header sent to this pool's endpoints instead of the client's.
     pub host: Option<HeaderValue>,
+    /// tcp: the PROXY header every connection to the endpoints opens with.
+    pub send_proxy: Option<SendProxy>,
 }
 
 /// An upstream endpoint, `host:port`: an IP address or a DNS name, resolved

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::model::{self, HealthKind, Outlier, Protocol, Runtime};
+use super::model::{self, HealthKind, Outlier, Protocol, Runtime, SendProxy};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +102,14 @@ pub struct Listener {
     #[serde(default = "default_protocol")]
     pub protocol: Spanned<Protocol>,
     pub services: Spanned<Vec<Spanned<String>>>,
+    /// tcp: route each connection by its TLS ClientHello's server name
+    /// (passthrough), against the services' `hosts`.
+    #[serde(default)]
+    pub sni: Option<Spanned<bool>>,
+    /// Sources (addresses or CIDR blocks) whose connections start with a
+    /// PROXY protocol header, read for the client's address.
+    #[serde(default)]
+    pub accept_proxy: Vec<Spanned<String>>,
 }
 
 fn default_protocol() -> Spanned<Protocol> {
@@ -138,6 +146,10 @@ pub struct Service {
     pub health: Health,
     #[serde(default)]
     pub outlier: Outlier,
+    /// tcp: after the service's pools change, close the connections of a
+    /// pool leaving rotation one by one over this window.
+    #[serde(default, with = "humantime_serde")]
+    pub migrate: Option<Duration>,
 }
 
 fn default_retries() -> Spanned<u32> {
@@ -200,4 +212,8 @@ pub struct Pool {
     /// Host header sent to this pool's endpoints instead of the client's.
     #[serde(default)]
     pub host: Option<Spanned<String>>,
+    /// tcp: a PROXY protocol header, of this version, opens every
+    /// connection to the pool's endpoints.
+    #[serde(default)]
+    pub send_proxy: Option<Spanned<SendProxy>>,
 }

@@ -12,7 +12,8 @@ use http::HeaderValue;
 use toml::Spanned;
 
 use super::model::{
-    Admin, Config, Endpoint, Expect, Health, Host, Limits, Listener, Pool, Protocol, Service,
+    parse_source, Admin, Config, Endpoint, Expect, Health, Host, Limits, Listener, Pool, Protocol,
+    Service,
 };
 use super::{schema, Problem};
 
@@ -173,12 +174,43 @@ fn listeners(raw: &schema::Config, problems: &mut Vec<Problem>) -> Vec<Option<Li
                     ),
                 ),
             };
-            if *listener.protocol.get_ref() == Protocol::Tcp {
-                problems.push(Problem::at(
-                    listener.protocol.span(),
-                    "protocol \"tcp\" (layer 4) is not available in this version; use \"http\"",
-                ));
+            let protocol = *listener.protocol.get_ref();
+            let sni = listener.sni.as_ref().is_some_and(|s| *s.get_ref());
+            let listener_name = listener.name.get_ref();
+            match (protocol, &listener.sni) {
+                (Protocol::Http, Some(flag)) => problems.push(Problem::at(
+                    flag.span(),
+                    format!("listener {listener_name:?}: sni applies to tcp listeners; an http listener routes by Host"),
+                )),
+                (Protocol::Tcp, _) if !sni && listener.services.get_ref().len() > 1 => {
+                    problems.push(Problem::at(
+                        listener.services.span(),
+                        format!(
+                            "tcp listener {listener_name:?} names {} services but has no sni = true: without the ClientHello's server name every connection goes to one service",
+                            listener.services.get_ref().len()
+                        ),
+                    ))
+                }
+                _ => {}
             }
+            let accept_proxy: Vec<Option<ipnet::IpNet>> = listener
+                .accept_proxy
+                .iter()
+                .map(|source| {
+                    parse_source(source.get_ref()).or_else(|| {
+                        refuse(
+                            problems,
+                            Problem::at(
+                                source.span(),
+                                format!(
+                                    "accept_proxy {:?} is not an address or a CIDR block, like \"10.0.0.0/8\" or \"fd00::/8\"",
+                                    source.get_ref()
+                                ),
+                            ),
+                        )
+                    })
+                })
+                .collect();
             if listener.services.get_ref().is_empty() {
                 problems.push(Problem::at(
                     listener.services.span(),
@@ -187,15 +219,17 @@ fn listeners(raw: &schema::Config, problems: &mut Vec<Problem>) -> Vec<Option<Li
             }
             check_listener_services(listener, &services, problems);
             Some(Listener {
-                name: listener.name.get_ref().clone(),
+                name: listener_name.clone(),
                 bind: bind?,
-                protocol: *listener.protocol.get_ref(),
+                protocol,
                 services: listener
                     .services
                     .get_ref()
                     .iter()
                     .map(|s| s.get_ref().clone())
                     .collect(),
+                sni,
+                accept_proxy: accept_proxy.into_iter().collect::<Option<_>>()?,
             })
         })
         .collect()
@@ -254,11 +288,16 @@ fn check_listener_services(
 }
 
 fn services(raw: &schema::Config, problems: &mut Vec<Problem>) -> Vec<Option<Service>> {
-    let used: HashSet<&str> = raw
-        .listeners
-        .iter()
-        .flat_map(|l| l.services.get_ref().iter().map(|s| s.get_ref().as_str()))
-        .collect();
+    let used_by = |protocol: Option<Protocol>| -> HashSet<&str> {
+        raw.listeners
+            .iter()
+            .filter(|l| protocol.is_none_or(|p| *l.protocol.get_ref() == p))
+            .flat_map(|l| l.services.get_ref().iter().map(|s| s.get_ref().as_str()))
+            .collect()
+    };
+    let used = used_by(None);
+    let by_http = used_by(Some(Protocol::Http));
+    let by_tcp = used_by(Some(Protocol::Tcp));
     let mut names = Unique::new("service");
     raw.services
         .iter()
@@ -301,6 +340,30 @@ fn services(raw: &schema::Config, problems: &mut Vec<Problem>) -> Vec<Option<Ser
                     ),
                 })
                 .collect();
+            if let Some(window) = service.migrate {
+                if !by_tcp.contains(name.as_str()) {
+                    problems.push(Problem::at(
+                        service.name.span(),
+                        format!("service {name:?}: migrate moves tcp connections, but no tcp listener uses this service"),
+                    ));
+                }
+                if window.is_zero() {
+                    problems.push(Problem::at(
+                        service.name.span(),
+                        format!("service {name:?}: migrate must be longer than 0s"),
+                    ));
+                }
+            }
+            if by_http.contains(name.as_str()) {
+                for pool in &service.pools {
+                    if let Some(send_proxy) = &pool.send_proxy {
+                        problems.push(Problem::at(
+                            send_proxy.span(),
+                            format!("pool {:?} of service {name:?}: send_proxy applies to tcp listeners' connections, but an http listener uses this service (its upstream connections carry many clients' requests)", pool.name.get_ref()),
+                        ));
+                    }
+                }
+            }
             let pools = pools(service, problems);
             let health = health(service, problems);
             Some(Service {
@@ -314,6 +377,7 @@ fn services(raw: &schema::Config, problems: &mut Vec<Problem>) -> Vec<Option<Ser
                 pools: pools?,
                 health: health?,
                 outlier: service.outlier.clone(),
+                migrate: service.migrate,
             })
         })
         .collect()
@@ -455,6 +519,7 @@ fn pool_of(pool: &schema::Pool, problems: &mut Vec<Problem>) -> Option<Pool> {
         weight: weight?,
         endpoints: endpoints.into_iter().collect::<Option<_>>()?,
         host: host?,
+        send_proxy: pool.send_proxy.as_ref().map(|v| *v.get_ref()),
     })
 }
 

@@ -21,7 +21,7 @@ use super::codec;
 use super::replies::{Gateway, Reply};
 use crate::drain::Work;
 use crate::metrics::UpstreamErrorKind;
-use crate::snapshot::{Endpoint, Pool, Service, Tried};
+use crate::snapshot::{Service, Tried};
 use crate::upstream::{ConnectError, EndpointConns, RawConn};
 
 /// How many times a request that was never read (a kept connection the
@@ -150,7 +150,7 @@ pub(crate) async fn forward<E: Exchange>(
         let (retry_ok, gateway) = match result {
             Ok((conn, head)) => {
                 if head.status >= 500 {
-                    eject_on_failure(service, pool, endpoint);
+                    service.eject_on_failure(pool, endpoint);
                 } else {
                     endpoint.health.record_success();
                 }
@@ -171,7 +171,7 @@ pub(crate) async fn forward<E: Exchange>(
             Err(Failure::Client(Some(answer))) => return reply(answer, true),
             Err(Failure::Connect(e)) => {
                 pool.metrics.upstream_error(UpstreamErrorKind::Connect);
-                eject_on_failure(service, pool, endpoint);
+                service.eject_on_failure(pool, endpoint);
                 tracing::warn!(service = %service.name, pool = %pool.name, error = %e, "upstream connect failed");
                 // Nothing was sent: the request may go elsewhere.
                 (exchange.replayable(), Gateway::Unreachable)
@@ -188,14 +188,14 @@ pub(crate) async fn forward<E: Exchange>(
                     continue;
                 }
                 pool.metrics.upstream_error(UpstreamErrorKind::Reset);
-                eject_on_failure(service, pool, endpoint);
+                service.eject_on_failure(pool, endpoint);
                 tracing::warn!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address,
                     %error, "upstream request failed");
                 (whole, Gateway::Failed)
             }
             Err(Failure::BadResponse(what)) => {
                 pool.metrics.upstream_error(UpstreamErrorKind::Reset);
-                eject_on_failure(service, pool, endpoint);
+                service.eject_on_failure(pool, endpoint);
                 tracing::warn!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address,
                     error = what, "upstream response refused");
                 (
@@ -220,11 +220,4 @@ pub(crate) async fn forward<E: Exchange>(
 
 fn reply(reply: Reply, close: bool) -> Outcome {
     Outcome::Reply { reply, close }
-}
-
-fn eject_on_failure(service: &Service, pool: &Pool, endpoint: &Endpoint) {
-    if let Some(length) = endpoint.health.record_failure(&service.outlier) {
-        tracing::warn!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address,
-            ejection = ?length, "endpoint failed repeatedly: ejected");
-    }
 }

@@ -101,22 +101,6 @@ impl<'a> Conn<'a> {
     }
 }
 
-/// Counts a connection in the listener's gauge while it is open.
-struct Open<'a>(&'a ListenerMetrics);
-
-impl<'a> Open<'a> {
-    fn new(metrics: &'a ListenerMetrics) -> Self {
-        metrics.connections_active.inc();
-        Self(metrics)
-    }
-}
-
-impl Drop for Open<'_> {
-    fn drop(&mut self) {
-        self.0.connections_active.dec();
-    }
-}
-
 /// What the connection loop does after a request.
 enum Next {
     KeepAlive,
@@ -148,7 +132,7 @@ pub(crate) fn serve<S: Transport>(
 ) -> impl Future<Output = ()> + Send {
     async move {
         let _slot = slot;
-        let _open = Open::new(&metrics);
+        let _open = metrics.open();
         let idle_timeout = || listening.snapshot.load().limits.idle_timeout;
         let stopped = listening.stop.cancelled();
         tokio::pin!(stopped);

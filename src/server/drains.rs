@@ -5,6 +5,12 @@
 //! before the deadline cancels the drain. Run by the server each time it
 //! publishes, from the snapshot before and the one after; the data plane
 //! only holds `drain::Work` guards and watches the cut tokens.
+//!
+//! A service with `migrate` moves its layer-4 connections differently: a
+//! long-lived TCP connection never returns to the balancer by itself, so
+//! its pool's connections are closed one at a time over the `migrate`
+//! window, and their clients reconnect to the pools in rotation gradually
+//! rather than all at once at the drain deadline.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -14,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::drain::Activity;
 use crate::snapshot::Snapshot;
-use crate::upstream::EndpointConns;
+use crate::upstream::{EndpointConns, Migration};
 
 /// What a drain applies to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -43,6 +49,8 @@ struct Leaving {
     conns: Vec<Arc<EndpointConns>>,
     activity: Option<Arc<Activity>>,
     timeout: Duration,
+    /// The service's `migrate` window for layer-4 connections.
+    migrate: Option<Duration>,
 }
 
 impl Drains {
@@ -64,6 +72,7 @@ impl Drains {
                         conns: pool.endpoints.iter().map(|e| e.conns.clone()).collect(),
                         activity: Some(pool.activity.clone()),
                         timeout: service.drain_timeout,
+                        migrate: service.migrate,
                     });
                     continue;
                 }
@@ -79,6 +88,7 @@ impl Drains {
                             conns: vec![endpoint.conns.clone()],
                             activity: None,
                             timeout: service.drain_timeout,
+                            migrate: service.migrate,
                         });
                     }
                 }
@@ -112,29 +122,40 @@ impl Drains {
     fn start(&mut self, leave: Leaving) {
         // The work in flight now is what the deadline may cut; work that
         // starts later (failover onto this pool) watches a fresh token.
-        let cut: Vec<CancellationToken> = leave.conns.iter().map(|c| c.begin_drain()).collect();
+        let (cut, migrations): (Vec<CancellationToken>, Vec<Arc<Migration>>) =
+            leave.conns.iter().map(|c| c.begin_drain()).unzip();
         for conns in &leave.conns {
             conns.retire(true);
         }
-        tracing::info!(target = ?leave.target, deadline = ?leave.timeout, "left rotation: draining");
+        tracing::info!(target = ?leave.target, deadline = ?leave.timeout, migrate = ?leave.migrate, "left rotation: draining");
         let cancel = CancellationToken::new();
         self.pending
             .insert(leave.target.clone(), (cancel.clone(), leave.conns.clone()));
         tokio::spawn(async move {
+            let deadline = async {
+                tokio::time::sleep(leave.timeout).await;
+                // The data plane counts each piece of work it closes for
+                // this (`drain_closed`); failover work started since is left
+                // alone.
+                for token in &cut {
+                    token.cancel();
+                }
+                for conns in &leave.conns {
+                    conns.close_idle();
+                }
+                let in_flight = leave.activity.as_ref().map_or(0, |a| a.in_flight());
+                tracing::info!(target = ?leave.target, in_flight, "drain deadline reached: work begun before the drain closed");
+            };
+            let migrate = async {
+                if let Some(window) = leave.migrate {
+                    migrate(&migrations, window).await;
+                    tracing::info!(target = ?leave.target, "migration window over: layer-4 connections moved");
+                }
+            };
             tokio::select! {
-                () = tokio::time::sleep(leave.timeout) => {}
+                ((), ()) = async { tokio::join!(deadline, migrate) } => {}
                 () = cancel.cancelled() => return,
             }
-            // The data plane counts each piece of work it closes for this
-            // (`drain_closed`); failover work started since is left alone.
-            for token in &cut {
-                token.cancel();
-            }
-            for conns in &leave.conns {
-                conns.close_idle();
-            }
-            let in_flight = leave.activity.as_ref().map_or(0, |a| a.in_flight());
-            tracing::info!(target = ?leave.target, in_flight, "drain deadline reached: work begun before the drain closed");
             cancel.cancel();
         });
     }
@@ -145,6 +166,26 @@ impl Drains {
             cancel.cancel();
         }
         self.pending.clear();
+    }
+}
+
+/// Closes the layer-4 connections waiting in `migrations` one at a time,
+/// evenly over `window`, the last at its end: clients reconnect, and land on
+/// the pools in rotation, a few at a time instead of all at once.
+async fn migrate(migrations: &[Arc<Migration>], window: Duration) {
+    let total: usize = migrations.iter().map(|m| m.waiting()).sum();
+    if total > 0 {
+        let step = window / u32::try_from(total).unwrap_or(u32::MAX);
+        for _ in 0..total {
+            tokio::time::sleep(step).await;
+            if let Some(fullest) = migrations.iter().max_by_key(|m| m.waiting()) {
+                fullest.move_one();
+            }
+        }
+    }
+    // Any that joined late, or missed a turn, go now.
+    for migration in migrations {
+        migration.move_all();
     }
 }
 

@@ -6,7 +6,7 @@
 //! retried elsewhere. What goes over a socket is `http`'s business.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use prometheus::IntGauge;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -95,9 +96,61 @@ pub struct EndpointConns {
     /// that starts later — failover onto a pool out of rotation — is never
     /// cut by that drain's deadline.
     cut: ArcSwap<CancellationToken>,
+    /// What layer-4 connections started now watch to be moved off the
+    /// endpoint one at a time (`migrate`); swapped with `cut` by a drain.
+    migration: ArcSwap<Migration>,
     /// Out of rotation: a connection is closed when its request ends instead
     /// of kept, unless failover work is using the endpoint.
     retired: AtomicBool,
+}
+
+/// Layer-4 connections of one endpoint that a drain may move off it one at
+/// a time: each waits on `turn`, and the drain wakes one per step.
+#[derive(Debug, Default)]
+pub struct Migration {
+    turn: Notify,
+    /// Connections waiting on `turn`.
+    waiting: AtomicUsize,
+}
+
+impl Migration {
+    /// Holds a place among the connections to move until the guard drops.
+    pub fn join(self: &Arc<Self>) -> MigrationTicket {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        MigrationTicket(self.clone())
+    }
+
+    /// Connections still to move.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Tells one waiting connection to close.
+    pub fn move_one(&self) {
+        self.turn.notify_one();
+    }
+
+    /// Tells every waiting connection to close.
+    pub fn move_all(&self) {
+        self.turn.notify_waiters();
+    }
+}
+
+/// One connection's place among those a migration moves.
+#[derive(Debug)]
+pub struct MigrationTicket(Arc<Migration>);
+
+impl MigrationTicket {
+    /// Ready when the connection's turn to close has come.
+    pub async fn turn(&self) {
+        self.0.turn.notified().await;
+    }
+}
+
+impl Drop for MigrationTicket {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for EndpointConns {
@@ -116,6 +169,7 @@ impl EndpointConns {
             idle: Mutex::new(Vec::new()),
             open,
             cut: ArcSwap::from_pointee(CancellationToken::new()),
+            migration: ArcSwap::from_pointee(Migration::default()),
             retired: AtomicBool::new(false),
         }
     }
@@ -136,6 +190,12 @@ impl EndpointConns {
                 return Ok(conn);
             }
         }
+        self.connect().await
+    }
+
+    /// A new socket, never an idle one: for a layer-4 connection, which is
+    /// the upstream's for its whole life.
+    pub async fn connect(&self) -> Result<RawConn, ConnectError> {
         let stream = self.open_stream().await?;
         Ok(RawConn {
             stream,
@@ -213,8 +273,15 @@ impl EndpointConns {
     /// Starts a drain: returns the token the work in flight now watches,
     /// to be cancelled at the drain's deadline; work started from now on
     /// watches a fresh one.
-    pub fn begin_drain(&self) -> CancellationToken {
-        CancellationToken::clone(&self.cut.swap(Arc::new(CancellationToken::new())))
+    pub fn begin_drain(&self) -> (CancellationToken, Arc<Migration>) {
+        let migration = self.migration.swap(Arc::default());
+        let cut = CancellationToken::clone(&self.cut.swap(Arc::new(CancellationToken::new())));
+        (cut, migration)
+    }
+
+    /// The migration layer-4 connections started now join.
+    pub fn migration(&self) -> Arc<Migration> {
+        self.migration.load_full()
     }
 
     /// Cancelled at the deadline of a drain that began while the work

@@ -1,0 +1,175 @@
+//! The layer-4 relay: bytes both ways between a client and its upstream,
+//! counted per listener and direction as they pass, until both directions
+//! end. A FIN from one side is passed on as a FIN to the other (a write
+//! shutdown), and the other direction keeps flowing; a reset ends both.
+//! Ends early, closing both sides, when the pool's drain closes the
+//! connection: at the drain deadline, or at the connection's turn in a
+//! `migrate` window.
+//!
+//! What the client sent before routing (a ClientHello), and a PROXY header
+//! for pools with `send_proxy`, go upstream first.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use prometheus::IntCounter;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::{Origin, Upstream};
+use crate::http::transport::Prefixed;
+use crate::metrics::{ListenerMetrics, Refusal};
+use crate::proxy_protocol;
+use crate::snapshot::Service;
+
+/// Bytes each direction moves per read and write.
+const BUFFER: usize = 16 * 1024;
+
+/// A routed connection, ready to relay.
+pub(super) struct Relay<'a> {
+    pub client: TcpStream,
+    /// Client bytes read while routing, to go upstream first.
+    pub first: Vec<u8>,
+    pub origin: Origin,
+    pub upstream: Upstream,
+    pub service: &'a Arc<Service>,
+    pub metrics: &'a ListenerMetrics,
+    /// Refuse client data that opens with a PROXY header: the listener
+    /// trusts PROXY headers from some sources, and this is not one.
+    pub screen_proxy: bool,
+}
+
+/// How a relay ended.
+enum End {
+    /// Both directions ended, or one failed.
+    Done(io::Result<(u64, u64)>),
+    /// Closed by its pool's drain: at the deadline, or at its migrate turn.
+    Drained(&'static str),
+}
+
+/// Relays until both directions end or a drain closes the connection.
+pub(super) async fn run(relay: Relay<'_>) {
+    let Relay {
+        client,
+        first,
+        origin,
+        mut upstream,
+        service,
+        metrics,
+        screen_proxy,
+    } = relay;
+    let pool = &service.pools[upstream.pool];
+    let endpoint = &pool.endpoints[upstream.endpoint];
+    let [bytes_in, bytes_out] = match &metrics.tcp_bytes {
+        Some([bytes_in, bytes_out]) => [Some(bytes_in), Some(bytes_out)],
+        None => [None, None],
+    };
+    let mut prefix = Vec::new();
+    if let (Some(version), Some(destination)) = (pool.send_proxy, origin.destination) {
+        proxy_protocol::write(version, origin.client, destination, &mut prefix);
+    }
+    if let Some(counter) = bytes_in {
+        counter.inc_by(first.len() as u64);
+    }
+    if prefix.is_empty() {
+        prefix = first;
+    } else {
+        prefix.extend_from_slice(&first);
+    }
+    let mut client = Prefixed::new(
+        prefix,
+        Counted {
+            inner: client,
+            bytes: bytes_in,
+            screen: screen_proxy,
+        },
+    );
+    let mut to_upstream = Counted {
+        inner: &mut upstream.conn.stream,
+        bytes: bytes_out,
+        screen: false,
+    };
+    let copy =
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut to_upstream, BUFFER, BUFFER);
+    let end = if service.migrate.is_some() {
+        let ticket = upstream.migration.join();
+        tokio::select! {
+            result = copy => End::Done(result),
+            () = ticket.turn() => End::Drained("moved at its turn in the pool's migrate window"),
+        }
+    } else {
+        tokio::select! {
+            result = copy => End::Done(result),
+            () = upstream.cut.cancelled() => End::Drained("closed at its pool's drain deadline"),
+        }
+    };
+    match end {
+        End::Done(Ok(_)) => {}
+        End::Done(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
+            tracing::debug!(client = %origin.client, "PROXY header from an untrusted source: closed");
+            metrics.refused(Refusal::ProxyHeader);
+        }
+        End::Done(Err(e)) => {
+            tracing::debug!(client = %origin.client, endpoint = %endpoint.address, error = %e, "tcp relay ended");
+        }
+        End::Drained(how) => {
+            pool.metrics.drain_closed.inc();
+            tracing::info!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address, "tcp connection {how}");
+        }
+    }
+}
+
+/// A stream whose reads are counted into `bytes` as they happen, so a
+/// long-lived connection's traffic shows while it flows.
+struct Counted<'a, S> {
+    inner: S,
+    bytes: Option<&'a IntCounter>,
+    /// Check the first data read for a PROXY header, and refuse it.
+    screen: bool,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let read = &buf.filled()[before..];
+        if this.screen && !read.is_empty() {
+            this.screen = false;
+            if read.len() >= 5 && proxy_protocol::looks_like(read) {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "PROXY header from an untrusted source",
+                )));
+            }
+        }
+        if let Some(bytes) = this.bytes {
+            bytes.inc_by(read.len() as u64);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
