@@ -21,9 +21,9 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-pub(crate) use crate::listener::Listening;
 use crate::limit::Slot;
 use crate::listener::proxy_header;
+pub(crate) use crate::listener::Listening;
 use crate::metrics::ListenerMetrics;
 use transport::Prefixed;
 

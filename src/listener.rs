@@ -97,9 +97,9 @@ impl AcceptLoop {
                         (Protocol::Http, false) => self.tracker.spawn(
                             crate::http::serve_connection(stream, peer, listening, metrics, slot),
                         ),
-                        (Protocol::Http, true) => self.tracker.spawn(
-                            crate::http::serve_proxied(stream, peer, listening, metrics, slot),
-                        ),
+                        (Protocol::Http, true) => self.tracker.spawn(crate::http::serve_proxied(
+                            stream, peer, listening, metrics, slot,
+                        )),
                         (Protocol::Tcp, _) => self.tracker.spawn(crate::tcp::serve(
                             stream, peer, proxied, listening, metrics, slot,
                         )),

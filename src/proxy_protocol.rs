@@ -29,4 +29,5 @@ pub fn looks_like(_buf: &[u8]) -> bool {
     false
 }
 
-pub fn write(_version: Version, _source: SocketAddr, _destination: SocketAddr, _out: &mut Vec<u8>) {}
+pub fn write(_version: Version, _source: SocketAddr, _destination: SocketAddr, _out: &mut Vec<u8>) {
+}

@@ -58,6 +58,9 @@ struct Listener {
     name: String,
     bind: String,
     services: Vec<String>,
+    protocol: Option<&'static str>,
+    sni: Option<bool>,
+    accept_proxy: Option<Vec<String>>,
 }
 
 /// One `[[service]]` table and what it holds.
@@ -73,6 +76,7 @@ pub struct Service {
     pools: Vec<Pool>,
     health: Option<Health>,
     outlier: Option<(u32, String)>,
+    migrate: Option<String>,
 }
 
 /// One `[[service.pool]]` table.
@@ -82,6 +86,7 @@ pub struct Pool {
     weight: i64,
     endpoints: Vec<String>,
     host: Option<String>,
+    send_proxy: Option<&'static str>,
 }
 
 /// `[service.health]`: each key is written only when set.
@@ -171,8 +176,34 @@ impl Config {
             name: name.to_owned(),
             bind: bind.to_string(),
             services: Vec::new(),
+            protocol: None,
+            sni: None,
+            accept_proxy: None,
         });
         self
+    }
+
+    /// A `protocol = "tcp"` listener on an ephemeral loopback port.
+    pub fn tcp_listener(mut self, name: &str) -> Self {
+        self = self.listener(name);
+        self.last_listener().protocol = Some("tcp");
+        self
+    }
+
+    /// The last listener routes by the ClientHello's server name.
+    pub fn sni(mut self) -> Self {
+        self.last_listener().sni = Some(true);
+        self
+    }
+
+    /// The last listener reads PROXY headers from these sources.
+    pub fn accept_proxy<const N: usize>(mut self, sources: [&str; N]) -> Self {
+        self.last_listener().accept_proxy = Some(sources.map(str::to_owned).to_vec());
+        self
+    }
+
+    fn last_listener(&mut self) -> &mut Listener {
+        self.listeners.last_mut().expect("a listener declared")
     }
 
     /// The last listener also serves `service`, declared elsewhere.
@@ -254,7 +285,15 @@ impl Service {
             pools: Vec::new(),
             health: None,
             outlier: None,
+            migrate: None,
         }
+    }
+
+    /// `migrate`: a pool leaving rotation has its tcp connections closed
+    /// one at a time over this window.
+    pub fn migrate(mut self, d: &str) -> Self {
+        self.migrate = Some(d.to_owned());
+        self
     }
 
     /// Host names (or `*.suffix` wildcards) the service answers; without
@@ -308,6 +347,7 @@ impl Service {
             weight: weight.into(),
             endpoints: endpoints.iter().map(ToString::to_string).collect(),
             host: None,
+            send_proxy: None,
         }));
         self
     }
@@ -340,6 +380,12 @@ impl Pool {
     /// The Host header this pool's endpoints get instead of the client's.
     pub fn host(mut self, host: &str) -> Self {
         self.host = Some(host.to_owned());
+        self
+    }
+
+    /// `send_proxy`: "v1" or "v2".
+    pub fn send_proxy(mut self, version: &'static str) -> Self {
+        self.send_proxy = Some(version);
         self
     }
 }
@@ -444,7 +490,12 @@ impl Display for Config {
             let mut t = Table(&mut out, "");
             t.text("name", &Some(listener.name.clone()))?;
             t.text("bind", &Some(listener.bind.clone()))?;
+            t.text("protocol", &listener.protocol.map(str::to_owned))?;
             t.list("services", &listener.services)?;
+            t.raw("sni", listener.sni)?;
+            if let Some(sources) = &listener.accept_proxy {
+                t.list("accept_proxy", sources)?;
+            }
             out.push('\n');
         }
         for service in &self.services {
@@ -466,6 +517,7 @@ fn write_service(out: &mut String, s: &Service) -> fmt::Result {
     t.text("drain_timeout", &s.drain_timeout)?;
     t.raw("retries", s.retries)?;
     t.raw("failover", s.failover)?;
+    t.text("migrate", &s.migrate)?;
     for pool in &s.pools {
         out.push_str("\n  [[service.pool]]\n");
         let mut t = Table(out, "  ");
@@ -473,6 +525,7 @@ fn write_service(out: &mut String, s: &Service) -> fmt::Result {
         t.raw("weight", Some(pool.weight))?;
         t.list("endpoints", &pool.endpoints)?;
         t.text("host", &pool.host)?;
+        t.text("send_proxy", &pool.send_proxy.map(str::to_owned))?;
     }
     if let Some(h) = &s.health {
         out.push_str("\n  [service.health]\n");
