@@ -20,14 +20,37 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 
-/// Serves the sample page for `pool` on an ephemeral loopback port, first
-/// printing `listening ADDR` on stdout; runs until the process is killed.
-/// The demo runs each sample backend as such a process of its own, so an
-/// operator can kill one and watch the proxy route around it.
+/// Serves the sample page for `pool` on two ephemeral loopback ports, in
+/// plain HTTP and over TLS (a certificate generated now for
+/// `TLS_HOST`), first printing `listening ADDR tls ADDR` on stdout; runs
+/// until the process is killed. The demo runs each sample backend as such
+/// a process of its own, so an operator can kill one and watch the proxy
+/// route around it.
 pub async fn serve_sample(pool: Arc<str>) -> std::io::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    println!("listening {}", listener.local_addr()?);
+    let tls_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let acceptor = tls_acceptor(&pool).map_err(std::io::Error::other)?;
+    println!(
+        "listening {} tls {}",
+        listener.local_addr()?,
+        tls_listener.local_addr()?
+    );
     std::io::stdout().flush()?;
+    let tls_pool = pool.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = tls_listener.accept().await else {
+                continue;
+            };
+            let (pool, acceptor) = (tls_pool.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                match acceptor.accept(stream).await {
+                    Ok(stream) => serve_page(pool, stream).await,
+                    Err(e) => tracing::debug!(error = %e, "sample backend TLS handshake failed"),
+                }
+            });
+        }
+    });
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -36,25 +59,55 @@ pub async fn serve_sample(pool: Arc<str>) -> std::io::Result<()> {
                 continue;
             }
         };
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let page = sample_page(&pool, &req);
-                async move { Ok::<_, Infallible>(page) }
-            });
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "sample backend connection error");
-            }
-        });
+        tokio::spawn(serve_page(pool.clone(), stream));
+    }
+}
+
+/// The host name the sample backends' TLS certificates are for.
+pub const TLS_HOST: &str = "hello.example.com";
+
+/// A TLS acceptor with a self-signed certificate for `TLS_HOST`, its
+/// subject naming `pool`, so `openssl s_client` shows which cluster
+/// answered. Offers HTTP/2 and HTTP/1.1.
+fn tls_acceptor(pool: &str) -> Result<tokio_rustls::TlsAcceptor, Box<dyn std::error::Error + Send + Sync>> {
+    let mut params = rcgen::CertificateParams::new(vec![TLS_HOST.to_owned()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("cutover demo {pool}"));
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves the sample page on one connection, HTTP/1.1 or HTTP/2.
+async fn serve_page<S>(pool: Arc<str>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let page = sample_page(&pool, &req);
+        async move { Ok::<_, Infallible>(page) }
+    });
+    if let Err(e) = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(error = %e, "sample backend connection error");
     }
 }
 
 /// A sample backend running as a child process of this one; killed with it.
 pub struct SampleProcess {
     pub addr: SocketAddr,
+    /// Where it serves the same page over TLS.
+    pub tls_addr: SocketAddr,
     pub(crate) pid: u32,
     _child: tokio::process::Child,
 }
@@ -72,13 +125,15 @@ pub async fn spawn_sample(pool: &str) -> std::io::Result<SampleProcess> {
         .ok_or_else(|| std::io::Error::other("no stdout"))?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).await?;
-    let addr = line
+    let (addr, tls_addr) = line
         .trim()
         .strip_prefix("listening ")
-        .and_then(|a| a.parse().ok())
+        .and_then(|rest| rest.split_once(" tls "))
+        .and_then(|(plain, tls)| Some((plain.parse().ok()?, tls.parse().ok()?)))
         .ok_or_else(|| std::io::Error::other(format!("sample backend said {line:?}")))?;
     Ok(SampleProcess {
         addr,
+        tls_addr,
         pid: child.id().unwrap_or_default(),
         _child: child,
     })
@@ -141,15 +196,32 @@ impl http_body::Body for Slow {
     }
 }
 
-/// The demo's configuration: blue takes all traffic, green none.
+/// The demo's ports on 127.0.0.1.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    /// The http listener.
+    pub port: u16,
+    pub admin_port: u16,
+    /// The TLS-passthrough (tcp, sni) listener.
+    pub tls_port: u16,
+}
+
+/// The demo's configuration: blue takes all traffic, green none, on an
+/// http listener and a TLS-passthrough one.
 pub fn config_text(
-    port: u16,
-    admin_port: u16,
+    ports: Ports,
     state_file: &Path,
-    blue: SocketAddr,
-    green: SocketAddr,
+    blue: &SampleProcess,
+    green: &SampleProcess,
 ) -> String {
     let state_file = state_file.display();
+    let Ports {
+        port,
+        admin_port,
+        tls_port,
+    } = ports;
+    let (blue_tls, green_tls) = (blue.tls_addr, green.tls_addr);
+    let (blue, green) = (blue.addr, green.addr);
     format!(
         r#"# cutover demo configuration. Edit a weight and save: the proxy reloads
 # the file by itself, and the next request follows the new weights.
@@ -183,13 +255,38 @@ drain_timeout = "20s"      # in-flight work on a pool leaving rotation may finis
   name = "green"           # the cluster on the next version
   weight = 0               # green
   endpoints = ["{green}"]
+
+# TLS passthrough: layer 4, routed by the ClientHello's server name. The
+# clusters hold the certificates; the proxy never sees a key.
+[[listener]]
+name = "tls"
+bind = "127.0.0.1:{tls_port}"
+protocol = "tcp"
+sni = true
+services = ["hello-tls"]
+
+[[service]]
+name = "hello-tls"
+hosts = ["{TLS_HOST}"]     # matched against the server name (SNI)
+drain_timeout = "20s"
+# migrate = "1m"           # after a switch, move long-lived connections over a minute
+
+  [[service.pool]]
+  name = "blue"
+  weight = 100
+  endpoints = ["{blue_tls}"]
+
+  [[service.pool]]
+  name = "green"
+  weight = 0
+  endpoints = ["{green_tls}"]
 "#
     )
 }
 
 /// What the demo prints once everything is up.
 pub fn instructions(
-    port: u16,
+    ports: Ports,
     admin: SocketAddr,
     path: &Path,
     blue: &SampleProcess,
@@ -197,6 +294,7 @@ pub fn instructions(
 ) -> String {
     let file = path.display();
     let (blue_pid, green_pid) = (blue.pid, green.pid);
+    let Ports { port, tls_port, .. } = ports;
     format!(
         r#"
 cutover demo is running: blue and green sample backends behind the proxy.
@@ -243,6 +341,18 @@ green=50), keep the curl loop running, and kill green's process:
 
 Not one request fails: those green cannot take are retried on blue, the
 health checks mark green down, and `cutover ctl ... status` shows why.
+
+TLS passthrough (layer 4): port {tls_port} routes each TLS connection by its
+server name without decrypting it; each sample cluster holds its own
+self-signed certificate for {TLS_HOST} (hence -k):
+
+  curl -sk --resolve {TLS_HOST}:{tls_port}:127.0.0.1 https://{TLS_HOST}:{tls_port}/
+  openssl s_client -connect 127.0.0.1:{tls_port} -servername {TLS_HOST} </dev/null 2>/dev/null | grep subject
+  cutover ctl --admin http://{admin} weights hello-tls blue=0 green=100
+
+The certificate's subject says which cluster answered. A connection with
+another server name, or no TLS at all, is closed and counted in
+cutover_connections_refused_total.
 
 Stop with Ctrl-C.
 "#

@@ -48,6 +48,9 @@ enum Command {
         /// Port of the admin API on 127.0.0.1.
         #[arg(long, default_value_t = 9901)]
         admin_port: u16,
+        /// Port of the TLS-passthrough (layer 4, routed by SNI) listener on 127.0.0.1.
+        #[arg(long, default_value_t = 8443)]
+        tls_port: u16,
     },
     /// Talk to a running proxy's admin API.
     Ctl(ctl::CtlArgs),
@@ -75,9 +78,17 @@ fn main() -> ExitCode {
             logging::init(cli.log_format);
             run(&config, ignore_state)
         }
-        Command::Demo { port, admin_port } => {
+        Command::Demo {
+            port,
+            admin_port,
+            tls_port,
+        } => {
             logging::init(cli.log_format);
-            demo(port, admin_port)
+            demo(cutover::demo::Ports {
+                port,
+                admin_port,
+                tls_port,
+            })
         }
     };
     match result {
@@ -150,7 +161,7 @@ fn run(path: &Path, ignore_state: bool) -> anyhow::Result<()> {
     })
 }
 
-fn demo(port: u16, admin_port: u16) -> anyhow::Result<()> {
+fn demo(ports: cutover::demo::Ports) -> anyhow::Result<()> {
     with_runtimes(0, async |data_plane| {
         let blue = cutover::demo::spawn_sample("blue")
             .await
@@ -166,7 +177,7 @@ fn demo(port: u16, admin_port: u16) -> anyhow::Result<()> {
         let state = dir.path().join("state.json");
         std::fs::write(
             &path,
-            cutover::demo::config_text(port, admin_port, &state, blue.addr, green.addr),
+            cutover::demo::config_text(ports, &state, &blue, &green),
         )
         .with_context(|| format!("cannot write {}", path.display()))?;
         let options = cutover::server::Options {
@@ -176,7 +187,7 @@ fn demo(port: u16, admin_port: u16) -> anyhow::Result<()> {
         cutover::run(&path, options, |started| {
             println!(
                 "{}",
-                cutover::demo::instructions(port, started.admin, &path, &blue, &green)
+                cutover::demo::instructions(ports, started.admin, &path, &blue, &green)
             );
         })
         .await?;
