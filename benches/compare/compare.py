@@ -1,20 +1,20 @@
 #!/usr/bin/env python3
 """Side-by-side comparison of cutover with HAProxy and NGINX on loopback.
 
-Owns the run: checks the tools (installs nothing), builds cutover, starts a
-plain nginx backend and the three proxies with generated configs in a temp
-dir, runs every scenario interleaved over several rounds, and stops every
-process it started. Config text lives in configs.py, measurements in
-measure.py, the table and JSON in report.py. See README.md beside it.
+Owns the run and its HTTP section: checks the tools (installs nothing),
+builds cutover, starts a plain nginx backend and the three proxies with
+generated configs in a temp dir, runs every scenario interleaved over
+several rounds, and stops every process it started. The layer-4 section
+lives in tcp.py, config text in configs.py, measurements in measure.py,
+process handling in procs.py, the tables and JSON in report.py. See
+README.md beside it.
 """
 
 import argparse
-import http.client
 import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +23,9 @@ import time
 import configs
 import measure
 import report
+import tcp
 from measure import RunError
+from procs import (Proc, attempt, free_ports, least_noisy, log, parse_cpus, wait_ready)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -37,8 +39,6 @@ THROUGHPUT = [
     ("close", "/", ("Connection: close",), "report.lua"),
 ]
 LATENCY_FRACTIONS = [0.25, 0.50, 0.75]
-QUIET_PCT = 10.0  # machine busy below this (all CPUs) counts as quiet
-NOISY_PCT = 5.0  # a run in which other processes took more of the machine is redone
 
 TOOLS = {
     "wrk": "apt-get install -y wrk",
@@ -47,11 +47,13 @@ TOOLS = {
     "oha": "cargo install oha --locked",
     "taskset": "apt-get install -y util-linux",
     "cargo": "see https://rustup.rs",
+    "iperf3": "apt-get install -y iperf3",
+    "openssl": "apt-get install -y openssl",
 }
+HTTP_ONLY_TOOLS = {"oha"}
+TCP_ONLY_TOOLS = {"iperf3", "openssl"}
 
 
-def log(msg):
-    print(f"[compare {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def parse_args():
@@ -80,6 +82,9 @@ def parse_args():
                    help="redo a run in which other processes took over 5%% of the machine, up to this "
                         "many times (default 2, 0 with --quick)")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir with configs and logs")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--tcp-only", action="store_true", help="run only the layer-4 (tcp) section")
+    only.add_argument("--http-only", action="store_true", help="run only the HTTP section")
     a = p.parse_args()
     a.argv = sys.argv[1:]
     a.backend_cpus = a.backend_cpus or a.load_cpus
@@ -100,8 +105,9 @@ def parse_args():
     return a
 
 
-def check_tools():
-    missing = [t for t in TOOLS if shutil.which(t) is None]
+def check_tools(a):
+    skip = HTTP_ONLY_TOOLS if a.tcp_only else TCP_ONLY_TOOLS if a.http_only else set()
+    missing = [t for t in TOOLS if t not in skip and shutil.which(t) is None]
     if not missing:
         return
     print("benches/compare: missing tools: " + ", ".join(missing), file=sys.stderr)
@@ -130,16 +136,6 @@ def check_cpus(a):
         log("warning: --proxy-cpus and --load-cpus overlap; figures will not be per proxy core")
 
 
-def parse_cpus(spec):
-    """A taskset CPU list ("1", "0,2", "2-3") as a set of CPU numbers."""
-    out = set()
-    try:
-        for part in spec.split(","):
-            lo, _, hi = part.partition("-")
-            out.update(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        sys.exit(f"benches/compare: {spec!r} is not a CPU list (e.g. 1, 0,2 or 2-3)")
-    return out
 
 
 def raise_nofile():
@@ -154,90 +150,6 @@ def raise_nofile():
     return soft
 
 
-def free_ports(n):
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-class Proc:
-    """A process this harness started, head of its own process group so its
-    children (nginx workers) are stopped with it."""
-
-    def __init__(self, name, cmd, tmp, env=None):
-        self.name = name
-        self.log_path = os.path.join(tmp, f"{name}.log")
-        self.log_file = open(self.log_path, "ab")
-        self.popen = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True,
-                                      env=env, cwd=tmp)
-        self.pid = self.popen.pid
-
-    def alive(self):
-        return self.popen.poll() is None
-
-    def log_tail(self, lines=15):
-        with open(self.log_path, "rb") as f:
-            return b"\n".join(f.read().splitlines()[-lines:]).decode(errors="replace")
-
-    def stop(self):
-        if self.alive():
-            try:
-                os.killpg(self.pid, signal.SIGTERM)
-                self.popen.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.popen.wait(timeout=10)
-        self.log_file.close()
-
-
-def wait_ready(proc, port, path="/", timeout=20):
-    """Until 127.0.0.1:port answers GET path with 200 (through to the backend)."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if proc is not None and not proc.alive():
-            raise RunError(f"{proc.name} exited (status {proc.popen.returncode}):\n{proc.log_tail()}")
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", path)
-            r = c.getresponse()
-            r.read()
-            c.close()
-            if r.status == 200:
-                return
-            last = f"status {r.status}"
-        except OSError as e:
-            last = str(e)
-        time.sleep(0.05)
-    name = proc.name if proc else f"port {port}"
-    raise RunError(f"{name} not ready on 127.0.0.1:{port} after {timeout}s ({last})")
-
-
-def cutover_pool_counts(admin_port):
-    """Requests per pool from cutover's /metrics, to confirm the 90/10 split."""
-    try:
-        c = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
-        c.request("GET", "/metrics")
-        text = c.getresponse().read().decode()
-    except OSError:
-        return None
-    counts = {}
-    for line in text.splitlines():
-        if line.startswith("cutover_requests_total{"):
-            labels, _, value = line.rpartition(" ")
-            pool = labels.split('pool="', 1)[1].split('"', 1)[0] if 'pool="' in labels else "?"
-            counts[pool] = counts.get(pool, 0) + float(value)
-    return counts
 
 
 def build():
@@ -249,7 +161,7 @@ def build():
 
 def main():
     a = parse_args()
-    check_tools()
+    check_tools(a)
     check_cpus(a)
     a.nofile = raise_nofile()
     if a.nofile < 2 * a.idle_conns + 1000:
@@ -263,8 +175,12 @@ def main():
     # The harness itself (and the idle-connection helper) runs beside the load generator.
     os.sched_setaffinity(0, parse_cpus(a.load_cpus))
 
-    per_round = (len(THROUGHPUT) * len(PROXIES) * (a.duration + 1)
-                 + len(LATENCY_FRACTIONS) * len(PROXIES) * a.latency_duration + 20)
+    per_round = 0
+    if not a.tcp_only:
+        per_round += (len(THROUGHPUT) * len(PROXIES) * (a.duration + 1)
+                      + len(LATENCY_FRACTIONS) * len(PROXIES) * a.latency_duration + 20)
+    if not a.http_only:
+        per_round += tcp.seconds_per_round(a)
     log(f"{a.rounds} round(s), about {per_round * a.rounds // 60 + 1} min; proxies on CPU {a.proxy_cpus}, "
         f"load on CPU {a.load_cpus}, backend on CPU {a.backend_cpus}, {a.threads} thread(s) per proxy")
 
@@ -275,7 +191,17 @@ def main():
     os.chmod(tmp, 0o755)  # nginx workers may run as another user
     procs = []
     try:
-        return run(a, tmp, binary, procs)
+        out = {}
+        if not a.tcp_only:
+            out["http"] = run(a, tmp, binary, procs)
+        if not a.http_only:
+            out["tcp"] = tcp.run(a, tmp, binary, procs)
+        report.write_json(a.json, out)
+        for data in out.values():
+            print(report.table(data))
+            print()
+        log(f"JSON written to {a.json}")
+        return 0
     finally:
         for p in reversed(procs):
             p.stop()
@@ -286,6 +212,7 @@ def main():
 
 
 def run(a, tmp, binary, procs):
+    """The HTTP section; returns its summary for the table and the JSON."""
     blue, green, p_cut, p_admin, p_hap, p_ngx = free_ports(6)
     os.makedirs(os.path.join(tmp, "www"))
     with open(os.path.join(tmp, "www", configs.BIG_PATH.lstrip("/")), "wb") as f:
@@ -295,7 +222,9 @@ def run(a, tmp, binary, procs):
         "backend.conf": configs.backend_nginx(tmp, blue, green, a.nofile),
         "cutover.toml": configs.cutover_toml(p_cut, p_admin, blue, green, a.threads,
                                              a.nofile // 2 - 100),
-        "haproxy.cfg": configs.haproxy_cfg(p_hap, blue, green, a.threads, a.nofile // 2 - 100),
+        # HAProxy wants about 2.5 descriptors per maxconn, and refuses to start
+        # when the hard limit is below that.
+        "haproxy.cfg": configs.haproxy_cfg(p_hap, blue, green, a.threads, a.nofile // 3 - 100),
         "nginx-proxy.conf": configs.nginx_proxy(tmp, p_ngx, blue, green, a.threads, a.nofile),
         "report.lua": configs.WRK_LUA,
         "chunked.lua": configs.WRK_CHUNKED_LUA,
@@ -410,7 +339,7 @@ def run(a, tmp, binary, procs):
 
         res["resources"] = {name: {"peak_rss_mib": measure.peak_rss_kib(pid[name]) / 1024}
                             for name in PROXIES[1:]}
-        res["cutover_pool_requests"] = cutover_pool_counts(p_admin)
+        res["cutover_pool_requests"] = measure.cutover_split(p_admin, "cutover_requests_total")
         for name, p in running.items():
             if not p.alive():
                 notes.append(f"{name} exited early:\n{p.log_tail()}")
@@ -429,75 +358,12 @@ def run(a, tmp, binary, procs):
             with open(path, errors="replace") as f:
                 lines = f.read().splitlines()
             notes.append(f"{name}: {len(lines)} line(s), last:\n" + "\n".join(lines[-5:]))
+    backend.stop()
+    procs.remove(backend)
     meta = report.machine(a, rates, time.time() - t_start, binary)
-    data = report.summarise(rounds, rates, meta, notes)
-    report.write_json(a.json, data)
-    print(report.table(data))
-    log(f"JSON written to {a.json}")
-    return 0
+    return report.summarise(rounds, report.sections(rates), meta, notes)
 
 
-def wait_time_wait(ports, notes, what, limit=5000, max_wait=75):
-    """TIME_WAIT sockets left by connection-per-request runs cost the kernel
-    timer and lookup work for 60 s; keep-alive and latency runs start without."""
-    count = measure.time_wait_sockets(ports)
-    if count < limit:
-        return
-    log(f"  {count} sockets in TIME_WAIT before {what}; waiting up to {max_wait}s for them to expire")
-    deadline = time.monotonic() + max_wait
-    while time.monotonic() < deadline:
-        time.sleep(1)
-        count = measure.time_wait_sockets(ports)
-        if count < limit:
-            return
-    notes.append(f"{what}: started with {count} sockets in TIME_WAIT after waiting {max_wait}s")
-
-
-def wait_quiet(max_wait, notes, what):
-    """Other work on the machine skews every figure: wait (bounded) for it to pass."""
-    if max_wait <= 0:
-        return
-    deadline = time.monotonic() + max_wait
-    busy = measure.machine_busy_pct()
-    if busy < QUIET_PCT:
-        return
-    log(f"  machine {busy:.0f}% busy before {what}; waiting up to {max_wait}s for it to settle")
-    while time.monotonic() < deadline:
-        busy = measure.machine_busy_pct(1.0)
-        if busy < QUIET_PCT:
-            return
-    notes.append(f"{what}: started with the machine {busy:.0f}% busy after waiting {max_wait}s")
-
-
-def least_noisy(fn, a, what, notes, settle_time_wait=True):
-    """Runs `fn` on a quiet machine; if other processes still took over
-    NOISY_PCT of it during the run, runs it again (--noisy-retries times at
-    most) and keeps the run they disturbed least."""
-    best = None
-    for i in range(1 + a.noisy_retries):
-        if settle_time_wait:
-            wait_time_wait(a.ports, notes, what)
-        wait_quiet(a.quiet_wait, notes, what)
-        r = fn()
-        if best is None or r["other_load_pct"] < best["other_load_pct"]:
-            best = r
-        if r["other_load_pct"] <= NOISY_PCT:
-            break
-        log(f"  {what}: other processes took {r['other_load_pct']:.0f}% of the machine"
-            + ("; running it again" if i < a.noisy_retries else "; keeping the least noisy run"))
-    if best["other_load_pct"] > NOISY_PCT:
-        notes.append(f"{what}: other processes took {best['other_load_pct']:.0f}% of the machine "
-                     f"in the least noisy of {1 + a.noisy_retries} runs")
-    return best
-
-
-def attempt(fn, what, notes):
-    try:
-        return fn()
-    except RunError as e:
-        notes.append(f"{what}: {e}")
-        log(f"  failed: {what}: {e}")
-        return {"error": str(e)}
 
 
 if __name__ == "__main__":

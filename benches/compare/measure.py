@@ -1,11 +1,12 @@
 """What the harness measures, and how: wrk (closed-loop throughput), oha
-(open-loop latency), /proc (RSS, peak RSS, CPU time) and the idle-connection
-helper. Every run here is bounded in time.
+(open-loop latency), iperf3 (bulk transfer), /proc (RSS, peak RSS, CPU
+time) and the idle-connection helper. Every run here is bounded in time.
 
 Owns no process lifetime: it is handed process ids and URLs by compare.py.
 """
 
 import contextlib
+import http.client
 import json
 import os
 import resource
@@ -49,6 +50,15 @@ def rss_kib(pid):
     return sum(_status_kib(p, "VmRSS") for p in family(pid))
 
 
+def slab_kib():
+    """The kernel's slab memory, machine-wide, KiB (sockets, pipes, files)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Slab:"):
+                return int(line.split()[1])
+    return 0
+
+
 def peak_rss_kib(pid):
     """High-water mark of resident memory of the process tree, KiB (sum of VmHWM)."""
     return sum(_status_kib(p, "VmHWM") for p in family(pid))
@@ -66,6 +76,24 @@ def cpu_seconds(pid):
         except (OSError, IndexError, ValueError):
             pass
     return total / CLK_TCK
+
+
+def cutover_split(admin_port, metric, match=""):
+    """Counts per pool of one of cutover's counters (`metric`, lines holding
+    `match`) from its /metrics, to confirm the 90/10 split."""
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=5)
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+    except OSError:
+        return None
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith(metric + "{") and match in line:
+            labels, _, value = line.rpartition(" ")
+            pool = labels.split('pool="', 1)[1].split('"', 1)[0] if 'pool="' in labels else "?"
+            counts[pool] = counts.get(pool, 0) + float(value)
+    return counts
 
 
 # ---------------------------------------------------------------- machine load
@@ -97,6 +125,21 @@ def time_wait_sockets(ports):
     return count
 
 
+def wait_listening(port, proc, timeout=20):
+    """Until something listens on 127.0.0.1:`port` (read from /proc/net/tcp,
+    so a server that takes one client at a time, iperf3, sees no probe)."""
+    want = f"0100007F:{port:04X}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RunError(f"{proc.name} exited (status {proc.popen.returncode}):\n{proc.log_tail()}")
+        with open("/proc/net/tcp") as f:
+            if any(l.split()[1] == want and l.split()[3] == "0A" for l in list(f)[1:]):
+                return
+        time.sleep(0.05)
+    raise RunError(f"{proc.name}: not listening on 127.0.0.1:{port} after {timeout}s")
+
+
 def machine_busy_pct(interval=0.5):
     """How busy the whole machine is over `interval`, percent (idle proxies count for ~0)."""
     a = cpu_ticks()
@@ -119,13 +162,17 @@ class Meter:
     there), and how much CPU went to processes that are not part of the
     benchmark (other users of the machine) - the run's noise."""
 
-    def __init__(self, proxy_pid, backend_pid, proxy_cpus):
-        self.proxy_pid, self.backend_pid, self.proxy_cpus = proxy_pid, backend_pid, proxy_cpus
+    def __init__(self, proxy_pid, backend_pids, proxy_cpus):
+        """`backend_pids`: one process id or several (the tcp section's
+        nginx and iperf3 servers), counted as the benchmark's, not noise."""
+        if isinstance(backend_pids, int):
+            backend_pids = [backend_pids]
+        self.proxy_pid, self.backend_pids, self.proxy_cpus = proxy_pid, backend_pids, proxy_cpus
 
     def _sample(self):
         return (time.monotonic(), cpu_ticks(),
                 cpu_seconds(self.proxy_pid) if self.proxy_pid else 0.0,
-                cpu_seconds(self.backend_pid), _own_children_cpu())
+                sum(cpu_seconds(p) for p in self.backend_pids), _own_children_cpu())
 
     def __enter__(self):
         self.start = self._sample()
@@ -135,7 +182,7 @@ class Meter:
         self.end = self._sample()
         return False
 
-    def figures(self, requests=None):
+    def figures(self, requests=None, gigabytes=None):
         (t0, k0, p0, b0, c0), (t1, k1, p1, b1, c1) = self.start, self.end
         wall = t1 - t0
         proxy = p1 - p0
@@ -148,6 +195,8 @@ class Meter:
             out["proxy_core_busy_pct"] = 100.0 * core / (wall * len(self.proxy_cpus))
             if requests:
                 out["cpu_s_per_100k"] = proxy / requests * 1e5
+            if gigabytes:
+                out["cpu_s_per_gb"] = proxy / gigabytes
         return out
 
 
@@ -182,6 +231,35 @@ def wrk(url, *, cpus, connections, duration, threads, lua, headers=(), meter=Non
     }
     if meter:
         result.update(meter.figures(s["requests"]))
+    return result
+
+
+# ---------------------------------------------------------------- iperf3
+
+
+def iperf3(port, *, cpus, duration, meter=None):
+    """A bulk transfer for `duration` seconds: one iperf3 client stream
+    sending to 127.0.0.1:`port` (its control connection and its data
+    connection both go through a proxy there). GB/s as the receiver
+    counted it (1 GB = 10^9 bytes), and the proxy's CPU seconds per GB."""
+    cmd = ["taskset", "-c", cpus, "iperf3", "-c", "127.0.0.1", "-p", str(port),
+           "-t", str(duration), "-J"]
+    try:
+        with meter or contextlib.nullcontext():
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30)
+    except subprocess.TimeoutExpired:
+        raise RunError(f"iperf3 -p {port}: did not finish within {duration + 30}s")
+    try:
+        j = json.loads(out.stdout)
+        received = j["end"]["sum_received"]
+    except (ValueError, KeyError):
+        raise RunError(f"iperf3 -p {port}: exit {out.returncode}: {(out.stderr or out.stdout).strip()[-300:]}")
+    if out.returncode != 0 or "error" in j:
+        raise RunError(f"iperf3 -p {port}: {j.get('error', f'exit {out.returncode}')}")
+    gb = received["bytes"] / 1e9
+    result = {"gb_per_s": gb / received["seconds"] if received["seconds"] else 0.0, "gb": gb}
+    if meter:
+        result.update(meter.figures(gigabytes=gb))
     return result
 
 
@@ -264,6 +342,7 @@ def idle_memory(port, pid, count, settle=1.0):
     warm.close()
     time.sleep(settle)
     before = rss_kib(pid)
+    slab_before = slab_kib()
     socks = []
     deadline = time.monotonic() + 60
     try:
@@ -275,6 +354,7 @@ def idle_memory(port, pid, count, settle=1.0):
             _one_request(s, host_port)
         time.sleep(settle)
         after = rss_kib(pid)
+        slab_after = slab_kib()
         # Every connection must still be open: a proxy that closed them early
         # would look cheaper than it is.
         alive = 0
@@ -296,4 +376,7 @@ def idle_memory(port, pid, count, settle=1.0):
         "rss_before_kib": before,
         "rss_after_kib": after,
         "kib_per_conn": (after - before) / count,
+        # Machine-wide, so other work on the machine blurs it; the client's
+        # and the backend's sockets are in it for every proxy alike.
+        "slab_kib_per_conn": (slab_after - slab_before) / count,
     }

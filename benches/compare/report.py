@@ -1,5 +1,5 @@
 """The comparison's output: medians over rounds, the ratios cutover/HAProxy
-and cutover/NGINX, the printed table and the JSON file.
+and cutover/NGINX, the printed tables (HTTP and layer 4) and the JSON file.
 
 Owns presentation only; it reads the per-round results compare.py collected.
 """
@@ -36,6 +36,7 @@ _LATENCY = [
 
 
 def sections(rates):
+    """The HTTP section's scenarios: (key, title, metrics)."""
     out = [
         ("small_ka", "small response (13 B), keep-alive  [headline]", _THROUGHPUT),
         ("big_ka", "100 KiB response, keep-alive", _THROUGHPUT[:1]
@@ -52,6 +53,34 @@ def sections(rates):
     return out
 
 
+_BULK = [
+    ("gb_per_s", "GB/s (10^9 bytes)", "higher", "{:.2f}"),
+    ("cpu_s_per_gb", "CPU s per GB", "lower", "{:.3f}"),
+    ("proxy_cpu_pct", "proxy process CPU %", "", "{:.0f}"),
+    ("proxy_core_busy_pct", "proxy core busy % (incl. softirq)", "", "{:.0f}"),
+    ("other_load_pct", "other processes' load % (noise)", "", "{:.1f}"),
+]
+_CONNS = [
+    ("rps", "connections/s", "higher", "{:,.0f}"),
+    ("non_2xx_3xx", "non-2xx/3xx responses", "lower", "{:,.0f}"),
+    ("socket_errors", "socket errors", "lower", "{:,.0f}"),
+    ("cpu_s_per_100k", "CPU s per 100k connections", "lower", "{:.3f}"),
+] + _THROUGHPUT[4:]
+
+
+def tcp_sections():
+    """The layer-4 section's scenarios: (key, title, metrics)."""
+    return [
+        ("bulk", "bulk transfer, one stream (iperf3)", _BULK),
+        ("conn", "new TCP connection per request (wrk, Connection: close)", _CONNS),
+        ("tls", "TLS passthrough routed by SNI, new connection per request (wrk https)", _CONNS),
+        ("idle", "idle relayed connections", [
+            ("kib_per_conn", "KiB per connection", "lower", "{:.2f}")]),
+        ("resources", "resources over the round", [
+            ("peak_rss_mib", "peak RSS MiB (VmHWM)", "lower", "{:.1f}")]),
+    ]
+
+
 def _value(result, metric):
     if not isinstance(result, dict) or "error" in result:
         return None
@@ -60,9 +89,9 @@ def _value(result, metric):
     return result.get(metric)
 
 
-def summarise(rounds, rates, meta, notes):
+def summarise(rounds, secs, meta, notes):
     medians, ratios, failures = {}, {}, {}
-    for scen, _, metrics in sections(rates):
+    for scen, _, metrics in secs:
         medians[scen], ratios[scen] = {}, {}
         for metric, _, _, _ in metrics:
             per = {}
@@ -77,7 +106,7 @@ def summarise(rounds, rates, meta, notes):
             }
         failures[scen] = {p: sum(1 for r in rounds if "error" in r.get(scen, {}).get(p, {}))
                           for p in PROXIES}
-    return {"meta": meta, "medians": medians, "ratios": ratios, "failed_runs": failures,
+    return {"meta": meta, "sections": secs, "medians": medians, "ratios": ratios, "failed_runs": failures,
             "notes": notes, "rounds": rounds}
 
 
@@ -90,18 +119,17 @@ def _ratio(a, b):
 def table(data):
     meta = data["meta"]
     lines = [
-        f"cutover vs HAProxy vs NGINX: medians of {meta['rounds']} interleaved round(s), "
+        f"{meta['title']}: medians of {meta['rounds']} interleaved round(s), "
         f"{meta['threads']} worker thread(s) per proxy on CPU {meta['proxy_cpus']}; "
-        f"wrk/oha on CPU {meta['load_cpus']}, the nginx backend on CPU {meta['backend_cpus']}",
+        f"load on CPU {meta['load_cpus']}, the backends on CPU {meta['backend_cpus']}",
         f"machine: {meta['cpu']} ({meta['cpus']} CPUs), Linux {meta['kernel']}; {meta['versions']}",
-        f"wrk -c {meta['connections']} -d {meta['duration_s']}s; oha -c {meta['oha_connections']} "
-        f"-z {meta['latency_duration_s']}s; {meta['idle_conns']} idle connections; "
-        f"run took {meta['elapsed_s'] / 60:.1f} min; command: {meta['command']}",
+        f"{meta['load']}; {meta['idle_conns']} idle connections; "
+        f"section took {meta['elapsed_s'] / 60:.1f} min; command: {meta['command']}",
         "",
     ]
     head = f"{'':42}{'better':>7}{'direct':>11}{'cutover':>11}{'haproxy':>11}{'nginx':>11}{'cut/hap':>9}{'cut/ngx':>9}"
     lines += [head, "-" * len(head)]
-    for scen, title, metrics in sections(meta["rates"]):
+    for scen, title, metrics in data["sections"]:
         lines.append(title)
         for metric, label, better, fmt in metrics:
             per = data["medians"][scen][metric]
@@ -115,7 +143,7 @@ def table(data):
         if failed:
             lines.append(f"  (failed runs, not in the medians: {failed})")
     lines.append("")
-    lines.append("direct = wrk/oha straight to the backend (no proxy): the ceiling of this load side.")
+    lines.append("direct = the same load straight to the backend (no proxy): the ceiling of this load side.")
     lines.append("Ratios are cutover's figure over the other's: above 1 is better for \"higher\" rows, "
                  "below 1 for \"lower\" rows.")
     split = [r.get("cutover_pool_requests") for r in data["rounds"] if r.get("cutover_pool_requests")]
@@ -157,7 +185,8 @@ def _first_line(cmd):
         return "?"
 
 
-def machine(a, rates, elapsed, binary):
+def machine(a, rates, elapsed, binary, kind="http"):
+    """The run's conditions; `kind` is the section ("http" or "tcp")."""
     cpu = "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -168,14 +197,26 @@ def machine(a, rates, elapsed, binary):
     nginx = _first_line(["nginx", "-v"]).split("/")[-1]
     haproxy = _first_line(["haproxy", "-v"]).split()[2]
     wrk = _first_line(["wrk", "-v"]).split()[1]
-    oha = _first_line(["oha", "--version"]).split()[-1]
+    if kind == "http":
+        oha = _first_line(["oha", "--version"]).split()[-1]
+        tools = f"wrk {wrk}, oha {oha}"
+        title = "cutover vs HAProxy vs NGINX, HTTP"
+        load = (f"wrk -c {a.connections} -d {a.duration}s; oha -c {a.oha_connections} "
+                f"-z {a.latency_duration}s")
+    else:
+        iperf = _first_line(["iperf3", "--version"]).split()[1]
+        tools = f"wrk {wrk}, iperf3 {iperf}"
+        title = "cutover vs HAProxy vs NGINX, layer 4 (tcp)"
+        load = f"iperf3 -t {a.duration}; wrk -c {a.connections} -d {a.duration}s"
     rev = _first_line(["git", "-C", os.path.dirname(os.path.dirname(binary)), "describe", "--always", "--dirty"])
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "cpu": cpu,
         "cpus": os.cpu_count(),
         "kernel": platform.release(),
-        "versions": f"nginx {nginx}, HAProxy {haproxy}, wrk {wrk}, oha {oha}, cutover {rev}",
+        "title": title,
+        "load": load,
+        "versions": f"nginx {nginx}, HAProxy {haproxy}, {tools}, cutover {rev}",
         "rounds": a.rounds,
         "threads": a.threads,
         "proxy_cpus": a.proxy_cpus,
