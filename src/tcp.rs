@@ -19,6 +19,8 @@
 
 pub mod client_hello;
 mod relay;
+#[cfg(target_os = "linux")]
+mod splice;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -44,7 +44,7 @@ pub(super) struct Relay<'a> {
 /// How a relay ended.
 enum End {
     /// Both directions ended, or one failed.
-    Done(io::Result<(u64, u64)>),
+    Done(io::Result<()>),
     /// Closed by its pool's drain: at the deadline, or at its migrate turn.
     Drained(&'static str),
 }
@@ -78,21 +78,33 @@ pub(super) async fn run(relay: Relay<'_>) {
     } else {
         prefix.extend_from_slice(&first);
     }
-    let mut client = Prefixed::new(
-        prefix,
-        Counted {
-            inner: client,
-            bytes: bytes_in,
-            screen: screen_proxy,
-        },
-    );
-    let mut to_upstream = Counted {
-        inner: &mut upstream.conn.stream,
-        bytes: bytes_out,
-        screen: false,
+    let counters = [bytes_in, bytes_out];
+    let copy = async {
+        match variant() {
+            #[cfg(target_os = "linux")]
+            Variant::Splice => {
+                super::splice::relay(
+                    &client,
+                    &upstream.conn.stream,
+                    &prefix,
+                    counters,
+                    screen_proxy,
+                )
+                .await
+            }
+            Variant::Copy(size) => {
+                copy(
+                    client,
+                    &mut upstream.conn.stream,
+                    prefix,
+                    counters,
+                    screen_proxy,
+                    size,
+                )
+                .await
+            }
+        }
     };
-    let copy =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut to_upstream, BUFFER, BUFFER);
     let end = if service.migrate.is_some() {
         let ticket = upstream.migration.join();
         tokio::select! {
@@ -119,6 +131,54 @@ pub(super) async fn run(relay: Relay<'_>) {
             tracing::info!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address, "tcp connection {how}");
         }
     }
+}
+
+/// Which relay moves the bytes (a measurement switch, `CUTOVER_TCP_RELAY`).
+#[derive(Clone, Copy)]
+enum Variant {
+    Copy(usize),
+    #[cfg(target_os = "linux")]
+    Splice,
+}
+
+fn variant() -> Variant {
+    static VARIANT: std::sync::OnceLock<Variant> = std::sync::OnceLock::new();
+    *VARIANT.get_or_init(|| {
+        match std::env::var("CUTOVER_TCP_RELAY").as_deref() {
+            Ok("copy64") => Variant::Copy(64 * 1024),
+            Ok("copy256") => Variant::Copy(256 * 1024),
+            #[cfg(target_os = "linux")]
+            Ok("splice") => Variant::Splice,
+            _ => Variant::Copy(BUFFER),
+        }
+    })
+}
+
+/// Relays with tokio's copy loop through two `size`-byte buffers.
+async fn copy(
+    client: TcpStream,
+    upstream: &mut TcpStream,
+    prefix: Vec<u8>,
+    [bytes_in, bytes_out]: [Option<&IntCounter>; 2],
+    screen: bool,
+    size: usize,
+) -> io::Result<()> {
+    let mut client = Prefixed::new(
+        prefix,
+        Counted {
+            inner: client,
+            bytes: bytes_in,
+            screen,
+        },
+    );
+    let mut to_upstream = Counted {
+        inner: upstream,
+        bytes: bytes_out,
+        screen: false,
+    };
+    tokio::io::copy_bidirectional_with_sizes(&mut client, &mut to_upstream, size, size)
+        .await
+        .map(|_| ())
 }
 
 /// A stream whose reads are counted into `bytes` as they happen, so a
