@@ -57,14 +57,14 @@ pub(crate) fn serve(
         let deadline = Instant::now() + timeout;
         let mut origin = Origin {
             client: peer,
-            destination: stream.local_addr().ok(),
+            destination: None,
         };
         let mut first = Vec::new();
         if proxied {
             match proxy_header::read(&mut stream, peer, timeout).await {
                 Ok(header) => {
                     origin.client = header.client;
-                    origin.destination = header.destination.or(origin.destination);
+                    origin.destination = header.destination;
                     first = header.leftover;
                 }
                 Err(refusal) => return metrics.refused(refusal),
@@ -107,7 +107,8 @@ pub(crate) fn serve(
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Origin {
     pub client: SocketAddr,
-    /// The address the client connected to.
+    /// The address the client connected to, when a PROXY header said;
+    /// else the client socket's local address, looked up when needed.
     pub destination: Option<SocketAddr>,
 }
 

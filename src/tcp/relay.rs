@@ -67,8 +67,16 @@ pub(super) async fn run(relay: Relay<'_>) {
         None => [None, None],
     };
     let mut prefix = Vec::new();
-    if let (Some(version), Some(destination)) = (pool.send_proxy, origin.destination) {
-        proxy_protocol::write(version, origin.client, destination, &mut prefix);
+    if let Some(version) = pool.send_proxy {
+        match origin.destination.map_or_else(|| client.local_addr(), Ok) {
+            Ok(destination) => {
+                proxy_protocol::write(version, origin.client, destination, &mut prefix);
+            }
+            Err(e) => {
+                tracing::debug!(client = %origin.client, error = %e, "client socket gone before relaying");
+                return;
+            }
+        }
     }
     if let Some(counter) = bytes_in {
         counter.inc_by(first.len() as u64);
