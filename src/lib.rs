@@ -22,6 +22,7 @@ pub mod reload;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+pub mod tcp;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -1,0 +1,3 @@
+//! TCP passthrough: routing a connection by what its first bytes say, without terminating it.
+
+pub mod client_hello;
