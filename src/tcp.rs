@@ -4,7 +4,7 @@
 //! Routing: to the listener's one service, or with `sni` by the server name
 //! of the TLS ClientHello (`client_hello`), read without being consumed —
 //! the bytes go upstream exactly as they came — within
-//! `header_read_timeout` and `MAX_HELLO` bytes. Then a pool by weight and an
+//! `header_read_timeout` and `MAX_FIRST_FLIGHT` bytes. Then a pool by weight and an
 //! endpoint round-robin (the same pick as layer 7), a new upstream
 //! connection, and on a connect failure another endpoint or pool, up to
 //! `retries`, with passive ejection: the same policy as the attempt loop,
@@ -37,7 +37,7 @@ use client_hello::{Hello, HelloError};
 
 /// Most bytes read from a client before its connection is routed: a
 /// ClientHello larger than this (one full TLS record) is refused.
-pub const MAX_HELLO: usize = 16 * 1024;
+pub const MAX_FIRST_FLIGHT: usize = 16 * 1024;
 
 /// Serves one accepted connection of a tcp listener until both directions
 /// end, or its pool's drain closes it. `proxied`: the source is trusted to
@@ -123,7 +123,7 @@ async fn route(
     let mut name = None;
     if router.sni {
         read_hello(stream, first, deadline).await?;
-        if let Ok(Hello::Complete { server_name }) = client_hello::parse(first) {
+        if let Ok(Hello::Complete { server_name, .. }) = client_hello::parse(first) {
             name = server_name;
         }
     }
@@ -142,7 +142,7 @@ async fn read_hello(
     loop {
         match client_hello::parse(buf) {
             Ok(Hello::Complete { .. }) => return Ok(()),
-            Ok(Hello::Partial) if buf.len() >= MAX_HELLO => return Err(Refusal::TooLarge),
+            Ok(Hello::Partial) if buf.len() >= MAX_FIRST_FLIGHT => return Err(Refusal::TooLarge),
             Ok(Hello::Partial) => {}
             Err(HelloError::NotTls) if proxy_protocol::looks_like(buf) => {
                 return Err(Refusal::ProxyHeader)
@@ -151,7 +151,7 @@ async fn read_hello(
             Err(_) => return Err(Refusal::BadHello),
         }
         let start = buf.len();
-        buf.resize((start + 4096).min(MAX_HELLO), 0);
+        buf.resize((start + 4096).min(MAX_FIRST_FLIGHT), 0);
         let read = tokio::time::timeout_at(deadline, stream.read(&mut buf[start..])).await;
         match read {
             Ok(Ok(0) | Err(_)) => return Err(Refusal::Truncated),
