@@ -2,10 +2,12 @@
 //!
 //! Data plane: `listener` (sockets, accept loop), `limit` (connections per
 //! listener), `http` (per-request routing and forwarding), `balance`
-//! (weighted picks), `drain` (work in flight per pool). Control plane: `config`
-//! (schema, validation), `snapshot` (routing state built from a config),
-//! `server` (publishes snapshots, owns listeners), `reload` (what triggers a
-//! reload). `demo` wires sample backends to a proxy for a first look.
+//! (weighted picks), `drain` (work in flight per pool), `proxy_protocol`
+//! (PROXY headers read from a front load balancer and written upstream).
+//! Control plane: `config` (schema, validation), `snapshot` (routing state
+//! built from a config), `server` (publishes snapshots, owns listeners),
+//! `reload` (what triggers a reload). `demo` wires sample backends to a proxy
+//! for a first look.
 
 pub mod admin;
 pub mod balance;

@@ -144,7 +144,7 @@ async fn read_hello(
             Ok(Hello::Complete { .. }) => return Ok(()),
             Ok(Hello::Partial) if buf.len() >= MAX_FIRST_FLIGHT => return Err(Refusal::TooLarge),
             Ok(Hello::Partial) => {}
-            Err(HelloError::NotTls) if proxy_protocol::looks_like(buf) => {
+            Err(HelloError::NotTls) if buf.len() >= 6 && proxy_protocol::looks_like(buf) => {
                 return Err(Refusal::ProxyHeader)
             }
             Err(HelloError::NotTls) => return Err(Refusal::NotTls),

@@ -150,7 +150,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
         let read = &buf.filled()[before..];
         if this.screen && !read.is_empty() {
             this.screen = false;
-            if read.len() >= 5 && proxy_protocol::looks_like(read) {
+            if read.len() >= 6 && proxy_protocol::looks_like(read) {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "PROXY header from an untrusted source",
