@@ -23,6 +23,7 @@ mod relay;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::BufMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -148,12 +149,14 @@ async fn read_hello(
             Err(HelloError::NotTls) => return Err(Refusal::NotTls),
             Err(_) => return Err(Refusal::BadHello),
         }
-        let start = buf.len();
-        buf.resize((start + 4096).min(MAX_FIRST_FLIGHT), 0);
-        let read = tokio::time::timeout_at(deadline, stream.read(&mut buf[start..])).await;
-        match read {
+        // Into spare capacity, so a hello trickling in byte by byte costs
+        // no refilling of the buffer.
+        buf.reserve(4096);
+        let room = MAX_FIRST_FLIGHT - buf.len();
+        let mut spare = (&mut *buf).limit(room);
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut spare)).await {
             Ok(Ok(0) | Err(_)) => return Err(Refusal::Truncated),
-            Ok(Ok(n)) => buf.truncate(start + n),
+            Ok(Ok(_)) => {}
             Err(_) => return Err(Refusal::TooSlow),
         }
     }
