@@ -22,8 +22,8 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use crate::limit::Slot;
-use crate::listener::proxy_header;
-pub(crate) use crate::listener::Listening;
+use crate::inbound::proxy_header;
+pub(crate) use crate::inbound::Listening;
 use crate::metrics::ListenerMetrics;
 use transport::Prefixed;
 

@@ -16,6 +16,7 @@ pub mod demo;
 pub mod drain;
 pub mod health;
 pub mod http;
+pub(crate) mod inbound;
 pub mod limit;
 pub(crate) mod listener;
 pub mod logging;

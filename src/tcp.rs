@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::limit::Slot;
-use crate::listener::{proxy_header, Listening};
+use crate::inbound::{proxy_header, Listening};
 use crate::metrics::{ListenerMetrics, Refusal, UpstreamErrorKind};
 use crate::proxy_protocol;
 use crate::snapshot::{Router, Service, Tried};
