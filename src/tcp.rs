@@ -42,65 +42,63 @@ pub const MAX_HELLO: usize = 16 * 1024;
 /// Serves one accepted connection of a tcp listener until both directions
 /// end, or its pool's drain closes it. `proxied`: the source is trusted to
 /// open with a PROXY header.
-pub(crate) fn serve(
+pub(crate) async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
     proxied: bool,
     listening: Arc<Listening>,
     metrics: Arc<ListenerMetrics>,
     slot: Slot,
-) -> impl std::future::Future<Output = ()> + Send {
-    async move {
-        let _slot = slot;
-        let _open = metrics.open();
-        let timeout = listening.snapshot.load().limits.header_read_timeout;
-        let deadline = Instant::now() + timeout;
-        let mut origin = Origin {
-            client: peer,
-            destination: stream.local_addr().ok(),
-        };
-        let mut first = Vec::new();
-        if proxied {
-            match proxy_header::read(&mut stream, peer, timeout).await {
-                Ok(header) => {
-                    origin.client = header.client;
-                    origin.destination = header.destination.or(origin.destination);
-                    first = header.leftover;
-                }
-                Err(refusal) => return metrics.refused(refusal),
+) {
+    let _slot = slot;
+    let _open = metrics.open();
+    let timeout = listening.snapshot.load().limits.header_read_timeout;
+    let deadline = Instant::now() + timeout;
+    let mut origin = Origin {
+        client: peer,
+        destination: stream.local_addr().ok(),
+    };
+    let mut first = Vec::new();
+    if proxied {
+        match proxy_header::read(&mut stream, peer, timeout).await {
+            Ok(header) => {
+                origin.client = header.client;
+                origin.destination = header.destination.or(origin.destination);
+                first = header.leftover;
             }
+            Err(refusal) => return metrics.refused(refusal),
         }
-        // Held until the connection is counted: the routing it began under.
-        let snapshot = listening.snapshot.load_full();
-        let Some(router) = snapshot.router(listening.bind) else {
-            return;
-        };
-        let service = match route(&mut stream, &mut first, router, deadline).await {
-            Ok(service) => service,
-            Err(refusal) => {
-                tracing::debug!(%peer, reason = refusal.as_str(), "connection refused before routing");
-                return metrics.refused(refusal);
-            }
-        };
-        let Some(upstream) = connect(&service).await else {
-            return;
-        };
-        if let Some(counter) = router.tcp_connections(&service, upstream.pool) {
-            counter.inc();
-        }
-        let screen_proxy = !proxied && !router.accept_proxy.is_empty();
-        drop(snapshot);
-        relay::run(relay::Relay {
-            client: stream,
-            first,
-            origin,
-            upstream,
-            service: &service,
-            metrics: &metrics,
-            screen_proxy,
-        })
-        .await;
     }
+    // Held until the connection is counted: the routing it began under.
+    let snapshot = listening.snapshot.load_full();
+    let Some(router) = snapshot.router(listening.bind) else {
+        return;
+    };
+    let service = match route(&mut stream, &mut first, router, deadline).await {
+        Ok(service) => service,
+        Err(refusal) => {
+            tracing::debug!(%peer, reason = refusal.as_str(), "connection refused before routing");
+            return metrics.refused(refusal);
+        }
+    };
+    let Some(upstream) = connect(&service).await else {
+        return;
+    };
+    if let Some(counter) = router.tcp_connections(&service, upstream.pool) {
+        counter.inc();
+    }
+    let screen_proxy = !proxied && !router.accept_proxy.is_empty();
+    drop(snapshot);
+    relay::run(relay::Relay {
+        client: stream,
+        first,
+        origin,
+        upstream,
+        service: &service,
+        metrics: &metrics,
+        screen_proxy,
+    })
+    .await;
 }
 
 /// Where a connection comes from and goes to, as a PROXY header tells it.
@@ -126,10 +124,7 @@ async fn route(
             name = server_name;
         }
     }
-    router
-        .route(name.as_deref())
-        .cloned()
-        .ok_or(Refusal::NoService)
+    router.route(name).cloned().ok_or(Refusal::NoService)
 }
 
 /// Reads into `buf` until it holds a whole ClientHello.
