@@ -126,10 +126,7 @@ async fn route(
             name = server_name;
         }
     }
-    router
-        .route(name.as_deref())
-        .cloned()
-        .ok_or(Refusal::NoService)
+    router.route(name).cloned().ok_or(Refusal::NoService)
 }
 
 /// Reads into `buf` until it holds a whole ClientHello.
