@@ -69,7 +69,9 @@ pub const TLS_HOST: &str = "hello.example.com";
 /// A TLS acceptor with a self-signed certificate for `TLS_HOST`, its
 /// subject naming `pool`, so `openssl s_client` shows which cluster
 /// answered. Offers HTTP/2 and HTTP/1.1.
-fn tls_acceptor(pool: &str) -> Result<tokio_rustls::TlsAcceptor, Box<dyn std::error::Error + Send + Sync>> {
+fn tls_acceptor(
+    pool: &str,
+) -> Result<tokio_rustls::TlsAcceptor, Box<dyn std::error::Error + Send + Sync>> {
     let mut params = rcgen::CertificateParams::new(vec![TLS_HOST.to_owned()])?;
     params
         .distinguished_name

@@ -21,9 +21,9 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
+use crate::inbound::proxy_header;
+pub(crate) use crate::inbound::Listening;
 use crate::limit::Slot;
-use crate::listener::proxy_header;
-pub(crate) use crate::listener::Listening;
 use crate::metrics::ListenerMetrics;
 use transport::Prefixed;
 
@@ -41,25 +41,23 @@ pub(crate) fn serve_connection(
 /// Serves a client connection from a source trusted to open it with a
 /// PROXY header: the header's client address is the one `X-Forwarded-For`
 /// names.
-pub(crate) fn serve_proxied(
+pub(crate) async fn serve_proxied(
     mut stream: TcpStream,
     peer: SocketAddr,
     listening: Arc<Listening>,
     metrics: Arc<ListenerMetrics>,
     slot: Slot,
-) -> impl std::future::Future<Output = ()> + Send {
-    async move {
-        let timeout = listening.snapshot.load().limits.header_read_timeout;
-        let proxied = match proxy_header::read(&mut stream, peer, timeout).await {
-            Ok(proxied) => proxied,
-            Err(refusal) => return metrics.refused(refusal),
-        };
-        let client = proxied.client;
-        if proxied.leftover.is_empty() {
-            h1::serve(stream, client, listening, metrics, slot).await;
-        } else {
-            let stream = Prefixed::new(proxied.leftover, stream);
-            h1::serve(stream, client, listening, metrics, slot).await;
-        }
+) {
+    let timeout = listening.snapshot.load().limits.header_read_timeout;
+    let proxied = match proxy_header::read(&mut stream, peer, timeout).await {
+        Ok(proxied) => proxied,
+        Err(refusal) => return metrics.refused(refusal),
+    };
+    let client = proxied.client;
+    if proxied.leftover.is_empty() {
+        h1::serve(stream, client, listening, metrics, slot).await;
+    } else {
+        let stream = Prefixed::new(proxied.leftover, stream);
+        h1::serve(stream, client, listening, metrics, slot).await;
     }
 }

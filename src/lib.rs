@@ -1,8 +1,12 @@
-//! cutover: a traffic-switching proxy for blue/green platform upgrades.
+//! cutover: a layer-4/7 traffic-switching proxy for blue/green platform
+//! upgrades.
 //!
-//! Data plane: `listener` (sockets, accept loop), `limit` (connections per
-//! listener), `http` (per-request routing and forwarding), `balance`
-//! (weighted picks), `drain` (work in flight per pool). Control plane: `config`
+//! Data plane: `listener` (sockets, accept loop), `inbound` (what client
+//! connections share, PROXY headers from trusted sources), `limit`
+//! (connections per listener), `http` (per-request routing and forwarding),
+//! `tcp` (per-connection routing, by SNI too, and the relay),
+//! `proxy_protocol` (PROXY header parsing and writing), `balance` (weighted
+//! picks), `drain` (work in flight per pool). Control plane: `config`
 //! (schema, validation), `snapshot` (routing state built from a config),
 //! `server` (publishes snapshots, owns listeners), `reload` (what triggers a
 //! reload). `demo` wires sample backends to a proxy for a first look.
@@ -14,6 +18,7 @@ pub mod demo;
 pub mod drain;
 pub mod health;
 pub mod http;
+pub(crate) mod inbound;
 pub mod limit;
 pub(crate) mod listener;
 pub mod logging;

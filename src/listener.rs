@@ -1,12 +1,10 @@
 //! Client-facing sockets: binding, and the accept loop, which takes a slot
 //! of the listener's connection limit (`limit`) before each accept and hands
 //! each connection to its protocol — `http` or `tcp`, as the snapshot says
-//! at that moment, through `proxy_header` first when the source is trusted
-//! to send one. A listener is identified by its configured bind address, so
+//! at that moment, with whether its source is trusted to open with a PROXY
+//! header. A listener is identified by its configured bind address, so
 //! a reload that keeps the address keeps the socket. What a connection does
 //! once handed over is its protocol's business.
-
-pub(crate) mod proxy_header;
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,17 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Protocol;
+use crate::inbound::Listening;
 use crate::limit::ConnLimit;
 use crate::snapshot::SharedSnapshot;
-
-/// What every connection of one listener shares.
-pub struct Listening {
-    /// The listener's configured bind address: its key in the snapshot.
-    pub bind: SocketAddr,
-    pub snapshot: SharedSnapshot,
-    /// Cancelled to have connections finish their current request and close.
-    pub stop: CancellationToken,
-}
 
 /// Binds a listening socket with `SO_REUSEADDR`, so a restart does not wait
 /// for the previous process's connections in TIME_WAIT.

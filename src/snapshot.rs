@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use prometheus::IntCounter;
 
 use crate::balance::{PickTable, RoundRobin};
-use crate::config::{Config, Host, Limits, Outlier, Protocol, SendProxy};
+use crate::config::{Config, Host, Limits, Outlier, Protocol};
 use crate::drain::{Activities, Activity};
 use crate::health::{EndpointHealth, HealthChecks};
 use crate::metrics::{ListenerMetrics, Metrics, PoolMetrics, ServiceMetrics};
@@ -248,10 +248,7 @@ impl Snapshot {
                             draining: inputs.overrides.is_drained(service_name, pool_name, None),
                             endpoints,
                             host: p.host.clone(),
-                            send_proxy: p.send_proxy.map(|v| match v {
-                                SendProxy::V1 => proxy_protocol::Version::V1,
-                                SendProxy::V2 => proxy_protocol::Version::V2,
-                            }),
+                            send_proxy: p.send_proxy,
                             metrics: pool_metrics,
                             activity: inputs.activities.get(service_name, pool_name),
                             next: RoundRobin::default(),

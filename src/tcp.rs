@@ -4,7 +4,7 @@
 //! Routing: to the listener's one service, or with `sni` by the server name
 //! of the TLS ClientHello (`client_hello`), read without being consumed —
 //! the bytes go upstream exactly as they came — within
-//! `header_read_timeout` and `MAX_HELLO` bytes. Then a pool by weight and an
+//! `header_read_timeout` and `MAX_FIRST_FLIGHT` bytes. Then a pool by weight and an
 //! endpoint round-robin (the same pick as layer 7), a new upstream
 //! connection, and on a connect failure another endpoint or pool, up to
 //! `retries`, with passive ejection: the same policy as the attempt loop,
@@ -25,12 +25,13 @@ mod splice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::BufMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::inbound::{proxy_header, Listening};
 use crate::limit::Slot;
-use crate::listener::{proxy_header, Listening};
 use crate::metrics::{ListenerMetrics, Refusal, UpstreamErrorKind};
 use crate::proxy_protocol;
 use crate::snapshot::{Router, Service, Tried};
@@ -39,77 +40,76 @@ use client_hello::{Hello, HelloError};
 
 /// Most bytes read from a client before its connection is routed: a
 /// ClientHello larger than this (one full TLS record) is refused.
-pub const MAX_HELLO: usize = 16 * 1024;
+pub const MAX_FIRST_FLIGHT: usize = 16 * 1024;
 
 /// Serves one accepted connection of a tcp listener until both directions
 /// end, or its pool's drain closes it. `proxied`: the source is trusted to
 /// open with a PROXY header.
-pub(crate) fn serve(
+pub(crate) async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
     proxied: bool,
     listening: Arc<Listening>,
     metrics: Arc<ListenerMetrics>,
     slot: Slot,
-) -> impl std::future::Future<Output = ()> + Send {
-    async move {
-        let _slot = slot;
-        let _open = metrics.open();
-        let timeout = listening.snapshot.load().limits.header_read_timeout;
-        let deadline = Instant::now() + timeout;
-        let mut origin = Origin {
-            client: peer,
-            destination: stream.local_addr().ok(),
-        };
-        let mut first = Vec::new();
-        if proxied {
-            match proxy_header::read(&mut stream, peer, timeout).await {
-                Ok(header) => {
-                    origin.client = header.client;
-                    origin.destination = header.destination.or(origin.destination);
-                    first = header.leftover;
-                }
-                Err(refusal) => return metrics.refused(refusal),
+) {
+    let _slot = slot;
+    let _open = metrics.open();
+    let timeout = listening.snapshot.load().limits.header_read_timeout;
+    let deadline = Instant::now() + timeout;
+    let mut origin = Origin {
+        client: peer,
+        destination: None,
+    };
+    let mut first = Vec::new();
+    if proxied {
+        match proxy_header::read(&mut stream, peer, timeout).await {
+            Ok(header) => {
+                origin.client = header.client;
+                origin.destination = header.destination;
+                first = header.leftover;
             }
+            Err(refusal) => return metrics.refused(refusal),
         }
-        // Held until the connection is counted: the routing it began under.
-        let snapshot = listening.snapshot.load_full();
-        let Some(router) = snapshot.router(listening.bind) else {
-            return;
-        };
-        let service = match route(&mut stream, &mut first, router, deadline).await {
-            Ok(service) => service,
-            Err(refusal) => {
-                tracing::debug!(%peer, reason = refusal.as_str(), "connection refused before routing");
-                return metrics.refused(refusal);
-            }
-        };
-        let Some(upstream) = connect(&service).await else {
-            return;
-        };
-        if let Some(counter) = router.tcp_connections(&service, upstream.pool) {
-            counter.inc();
-        }
-        let screen_proxy = !proxied && !router.accept_proxy.is_empty();
-        drop(snapshot);
-        relay::run(relay::Relay {
-            client: stream,
-            first,
-            origin,
-            upstream,
-            service: &service,
-            metrics: &metrics,
-            screen_proxy,
-        })
-        .await;
     }
+    // Held until the connection is counted: the routing it began under.
+    let snapshot = listening.snapshot.load_full();
+    let Some(router) = snapshot.router(listening.bind) else {
+        return;
+    };
+    let service = match route(&mut stream, &mut first, router, deadline).await {
+        Ok(service) => service,
+        Err(refusal) => {
+            tracing::debug!(%peer, reason = refusal.as_str(), "connection refused before routing");
+            return metrics.refused(refusal);
+        }
+    };
+    let Some(upstream) = connect(&service).await else {
+        return;
+    };
+    if let Some(counter) = router.tcp_connections(&service, upstream.pool) {
+        counter.inc();
+    }
+    let screen_proxy = !proxied && !router.accept_proxy.is_empty();
+    drop(snapshot);
+    relay::run(relay::Relay {
+        client: stream,
+        first,
+        origin,
+        upstream,
+        service: &service,
+        metrics: &metrics,
+        screen_proxy,
+    })
+    .await;
 }
 
 /// Where a connection comes from and goes to, as a PROXY header tells it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Origin {
     pub client: SocketAddr,
-    /// The address the client connected to.
+    /// The address the client connected to, when a PROXY header said;
+    /// else the client socket's local address, looked up when needed.
     pub destination: Option<SocketAddr>,
 }
 
@@ -124,7 +124,7 @@ async fn route(
     let mut name = None;
     if router.sni {
         read_hello(stream, first, deadline).await?;
-        if let Ok(Hello::Complete { server_name }) = client_hello::parse(first) {
+        if let Ok(Hello::Complete { server_name, .. }) = client_hello::parse(first) {
             name = server_name;
         }
     }
@@ -143,20 +143,22 @@ async fn read_hello(
     loop {
         match client_hello::parse(buf) {
             Ok(Hello::Complete { .. }) => return Ok(()),
-            Ok(Hello::Partial) if buf.len() >= MAX_HELLO => return Err(Refusal::TooLarge),
+            Ok(Hello::Partial) if buf.len() >= MAX_FIRST_FLIGHT => return Err(Refusal::TooLarge),
             Ok(Hello::Partial) => {}
-            Err(HelloError::NotTls) if proxy_protocol::looks_like(buf) => {
+            Err(HelloError::NotTls) if buf.len() >= 6 && proxy_protocol::looks_like(buf) => {
                 return Err(Refusal::ProxyHeader)
             }
             Err(HelloError::NotTls) => return Err(Refusal::NotTls),
             Err(_) => return Err(Refusal::BadHello),
         }
-        let start = buf.len();
-        buf.resize((start + 4096).min(MAX_HELLO), 0);
-        let read = tokio::time::timeout_at(deadline, stream.read(&mut buf[start..])).await;
-        match read {
+        // Into spare capacity, so a hello trickling in byte by byte costs
+        // no refilling of the buffer.
+        buf.reserve(4096);
+        let room = MAX_FIRST_FLIGHT - buf.len();
+        let mut spare = (&mut *buf).limit(room);
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut spare)).await {
             Ok(Ok(0) | Err(_)) => return Err(Refusal::Truncated),
-            Ok(Ok(n)) => buf.truncate(start + n),
+            Ok(Ok(_)) => {}
             Err(_) => return Err(Refusal::TooSlow),
         }
     }

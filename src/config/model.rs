@@ -16,6 +16,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::proxy_protocol;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub runtime: Runtime,
@@ -109,14 +111,6 @@ pub(crate) fn parse_source(text: &str) -> Option<IpNet> {
         .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
-/// The PROXY protocol version a pool's endpoints expect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum SendProxy {
-    V1,
-    V2,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Service {
     pub name: String,
@@ -184,7 +178,7 @@ pub(crate) struct Pool {
     /// Host header sent to this pool's endpoints instead of the client's.
     pub host: Option<HeaderValue>,
     /// tcp: the PROXY header every connection to the endpoints opens with.
-    pub send_proxy: Option<SendProxy>,
+    pub send_proxy: Option<proxy_protocol::Version>,
 }
 
 /// An upstream endpoint, `host:port`: an IP address or a DNS name, resolved

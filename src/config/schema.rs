@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::model::{self, HealthKind, Outlier, Protocol, Runtime, SendProxy};
+use super::model::{self, HealthKind, Outlier, Protocol, Runtime};
+use crate::proxy_protocol;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -215,5 +216,5 @@ pub struct Pool {
     /// tcp: a PROXY protocol header, of this version, opens every
     /// connection to the pool's endpoints.
     #[serde(default)]
-    pub send_proxy: Option<Spanned<SendProxy>>,
+    pub send_proxy: Option<Spanned<proxy_protocol::Version>>,
 }

@@ -217,7 +217,10 @@ fn listeners(raw: &schema::Config, problems: &mut Vec<Problem>) -> Vec<Option<Li
                     format!("listener {:?} names no service", listener.name.get_ref()),
                 ));
             }
-            check_listener_services(listener, &services, problems);
+            // A tcp listener without sni routes by nothing: hosts and
+            // defaults do not apply (several services are reported above).
+            let by_name = protocol == Protocol::Http || sni;
+            check_listener_services(listener, by_name, &services, problems);
             Some(Listener {
                 name: listener_name.clone(),
                 bind: bind?,
@@ -235,10 +238,12 @@ fn listeners(raw: &schema::Config, problems: &mut Vec<Problem>) -> Vec<Option<Li
         .collect()
 }
 
-/// The services a listener names: each must exist, at most one may be its
-/// default (no hosts), and no host may be claimed by two of them.
+/// The services a listener names: each must exist; and when it routes
+/// `by_name` (Host or SNI), at most one may be its default (no hosts), and
+/// no host may be claimed by two of them.
 fn check_listener_services(
     listener: &schema::Listener,
+    by_name: bool,
     services: &HashMap<&str, &schema::Service>,
     problems: &mut Vec<Problem>,
 ) {
@@ -256,6 +261,9 @@ fn check_listener_services(
             ));
             continue;
         };
+        if !by_name {
+            continue;
+        }
         if service.hosts.is_empty() {
             if let Some(other) = default.replace(name.get_ref()) {
                 problems.push(Problem::at(

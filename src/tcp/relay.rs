@@ -67,8 +67,16 @@ pub(super) async fn run(relay: Relay<'_>) {
         None => [None, None],
     };
     let mut prefix = Vec::new();
-    if let (Some(version), Some(destination)) = (pool.send_proxy, origin.destination) {
-        proxy_protocol::write(version, origin.client, destination, &mut prefix);
+    if let Some(version) = pool.send_proxy {
+        match origin.destination.map_or_else(|| client.local_addr(), Ok) {
+            Ok(destination) => {
+                proxy_protocol::write(version, origin.client, destination, &mut prefix);
+            }
+            Err(e) => {
+                tracing::debug!(client = %origin.client, error = %e, "client socket gone before relaying");
+                return;
+            }
+        }
     }
     if let Some(counter) = bytes_in {
         counter.inc_by(first.len() as u64);
@@ -163,19 +171,8 @@ async fn copy(
     screen: bool,
     size: usize,
 ) -> io::Result<()> {
-    let mut client = Prefixed::new(
-        prefix,
-        Counted {
-            inner: client,
-            bytes: bytes_in,
-            screen,
-        },
-    );
-    let mut to_upstream = Counted {
-        inner: upstream,
-        bytes: bytes_out,
-        screen: false,
-    };
+    let mut client = Prefixed::new(prefix, Counted::new(client, bytes_in, screen));
+    let mut to_upstream = Counted::new(upstream, bytes_out, false);
     tokio::io::copy_bidirectional_with_sizes(&mut client, &mut to_upstream, size, size)
         .await
         .map(|_| ())
@@ -188,6 +185,59 @@ struct Counted<'a, S> {
     bytes: Option<&'a IntCounter>,
     /// Check the first data read for a PROXY header, and refuse it.
     screen: bool,
+    /// First bytes held back while they could still open a PROXY header,
+    /// so one sent a byte at a time is screened too.
+    held: Vec<u8>,
+}
+
+impl<'a, S> Counted<'a, S> {
+    fn new(inner: S, bytes: Option<&'a IntCounter>, screen: bool) -> Self {
+        Self {
+            inner,
+            bytes,
+            screen,
+            held: Vec::new(),
+        }
+    }
+}
+
+/// Bytes `proxy_protocol::looks_like` is asked to judge.
+const SCREENED: usize = 5;
+
+/// Whether `bytes`, fewer than `SCREENED`, could be the start of a PROXY
+/// header (v1 or v2), so more are needed to judge them.
+fn could_open_header(bytes: &[u8]) -> bool {
+    [&b"PROXY"[..], &b"\r\n\r\n\0"[..]]
+        .iter()
+        .any(|opening| opening.starts_with(bytes))
+}
+
+impl<S: AsyncRead + Unpin> Counted<'_, S> {
+    /// Reads the first bytes until they can be judged (`SCREENED` of them,
+    /// or fewer that cannot open a header, or the end of the stream), and
+    /// refuses a PROXY header.
+    fn poll_screen(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.held.len() < SCREENED {
+            let mut more = [0; SCREENED];
+            let mut more = ReadBuf::new(&mut more[..SCREENED - self.held.len()]);
+            std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut more))?;
+            if more.filled().is_empty() {
+                break;
+            }
+            self.held.extend_from_slice(more.filled());
+            if !could_open_header(&self.held) {
+                break;
+            }
+        }
+        self.screen = false;
+        if self.held.len() >= SCREENED && proxy_protocol::looks_like(&self.held) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "PROXY header from an untrusted source",
+            )));
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
@@ -196,21 +246,23 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
         let this = &mut *self;
-        std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        let read = &buf.filled()[before..];
-        if this.screen && !read.is_empty() {
-            this.screen = false;
-            if read.len() >= 5 && proxy_protocol::looks_like(read) {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "PROXY header from an untrusted source",
-                )));
-            }
+        if this.screen {
+            std::task::ready!(this.poll_screen(cx))?;
         }
+        if !this.held.is_empty() {
+            let n = this.held.len().min(buf.remaining());
+            buf.put_slice(&this.held[..n]);
+            this.held.drain(..n);
+            if let Some(bytes) = this.bytes {
+                bytes.inc_by(n as u64);
+            }
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         if let Some(bytes) = this.bytes {
-            bytes.inc_by(read.len() as u64);
+            bytes.inc_by((buf.filled().len() - before) as u64);
         }
         Poll::Ready(Ok(()))
     }

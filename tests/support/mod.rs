@@ -26,6 +26,7 @@ pub mod arrival;
 pub mod config;
 pub mod raw_backend;
 mod raw_client;
+pub mod tcp;
 
 pub use config::Config;
 #[allow(unused_imports)] // as with dead code: each binary uses a different part

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::BufMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
@@ -58,11 +59,10 @@ pub(crate) async fn read(
                     return Err(Refusal::ProxyHeader);
                 }
             }
-            let start = buf.len();
-            buf.resize((start + 512).min(proxy_protocol::MAX_LEN), 0);
-            match stream.read(&mut buf[start..]).await {
+            let room = proxy_protocol::MAX_LEN - buf.len();
+            match stream.read_buf(&mut (&mut buf).limit(room)).await {
                 Ok(0) | Err(_) => return Err(Refusal::Truncated),
-                Ok(n) => buf.truncate(start + n),
+                Ok(_) => {}
             }
         }
     };
