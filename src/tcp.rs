@@ -18,6 +18,8 @@
 //! module reads snapshots; it never changes them.
 
 pub mod client_hello;
+#[cfg(not(target_os = "linux"))]
+mod copy;
 mod relay;
 #[cfg(target_os = "linux")]
 mod splice;

@@ -1,10 +1,12 @@
 //! The Linux relay: each direction moves bytes socket → pipe → socket with
-//! splice(2), so they never enter the proxy's memory. One pipe per
-//! direction, made when the relay starts; non-blocking splices driven by
-//! tokio's readiness of the two sockets.
+//! splice(2), so they never enter the proxy's memory (chosen by
+//! measurement: see `relay`). One pipe per direction, made when the relay
+//! starts; non-blocking splices driven by tokio's readiness of the two
+//! sockets, through rustix's safe calls.
 //!
-//! Owns the byte moving only: what goes first, the counters and a PROXY
-//! screen are handed in by `relay`, which also owns drain and migrate.
+//! Owns the byte moving only: what goes first, the counters and whether to
+//! screen for a PROXY header are handed in by `relay`, which also owns
+//! drain and migrate.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -15,6 +17,7 @@ use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::relay::{could_open_header, untrusted_header, SCREENED};
 use crate::proxy_protocol;
 
 /// Most bytes one splice into a pipe asks for: a default pipe's capacity
@@ -34,31 +37,50 @@ pub(super) async fn relay(
 ) -> io::Result<()> {
     let up = async {
         write_all(upstream, prefix).await?;
-        one_way(client, upstream, bytes_in, screen).await
+        if screen {
+            let held = screen_first(client).await?;
+            if let Some(bytes) = bytes_in {
+                bytes.inc_by(held.len() as u64);
+            }
+            write_all(upstream, &held).await?;
+        }
+        one_way(client, upstream, bytes_in).await
     };
-    let down = one_way(upstream, client, bytes_out, false);
+    let down = one_way(upstream, client, bytes_out);
     tokio::try_join!(up, down).map(|_| ())
 }
 
-/// Moves `from`'s bytes to `to` until `from` ends, then shuts `to`'s
-/// writing side. With `screen`, the first bytes are peeked at first and a
-/// PROXY header refused (`InvalidData`).
-async fn one_way(
-    from: &TcpStream,
-    to: &TcpStream,
-    bytes: Option<&IntCounter>,
-    screen: bool,
-) -> io::Result<()> {
-    if screen {
-        let mut head = [0u8; 16];
-        let n = from.peek(&mut head).await?;
-        if n >= 5 && proxy_protocol::looks_like(&head[..n]) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "PROXY header from an untrusted source",
-            ));
+/// Reads `from`'s first bytes until they can be judged (`SCREENED` of
+/// them, or fewer that cannot open a PROXY header, or the end of the
+/// stream), and refuses a PROXY header (`InvalidData`); else returns them.
+async fn screen_first(from: &TcpStream) -> io::Result<Vec<u8>> {
+    let mut held = Vec::with_capacity(SCREENED);
+    while held.len() < SCREENED {
+        let mut more = [0; SCREENED];
+        let want = SCREENED - held.len();
+        from.readable().await?;
+        let n = match from.try_read(&mut more[..want]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            break;
+        }
+        held.extend_from_slice(&more[..n]);
+        if !could_open_header(&held) {
+            break;
         }
     }
+    if held.len() >= SCREENED && proxy_protocol::looks_like(&held) {
+        return Err(untrusted_header());
+    }
+    Ok(held)
+}
+
+/// Moves `from`'s bytes to `to` until `from` ends, then shuts `to`'s
+/// writing side.
+async fn one_way(from: &TcpStream, to: &TcpStream, bytes: Option<&IntCounter>) -> io::Result<()> {
     let (pipe_out, pipe_in) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
     loop {
         // The pipe is empty here, so a splice that would block waits on
