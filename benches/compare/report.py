@@ -75,7 +75,8 @@ def tcp_sections():
         ("conn", "new TCP connection per request (wrk, Connection: close)", _CONNS),
         ("tls", "TLS passthrough routed by SNI, new connection per request (wrk https)", _CONNS),
         ("idle", "idle relayed connections", [
-            ("kib_per_conn", "KiB per connection", "lower", "{:.2f}")]),
+            ("kib_per_conn", "KiB per connection", "lower", "{:.2f}"),
+            ("slab_kib_per_conn", "kernel slab KiB per conn. (machine-wide)", "lower", "{:.2f}")]),
         ("resources", "resources over the round", [
             ("peak_rss_mib", "peak RSS MiB (VmHWM)", "lower", "{:.1f}")]),
     ]
