@@ -21,9 +21,9 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use crate::limit::Slot;
 use crate::inbound::proxy_header;
 pub(crate) use crate::inbound::Listening;
+use crate::limit::Slot;
 use crate::metrics::ListenerMetrics;
 use transport::Prefixed;
 

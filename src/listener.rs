@@ -6,7 +6,6 @@
 //! a reload that keeps the address keeps the socket. What a connection does
 //! once handed over is its protocol's business.
 
-
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +19,6 @@ use crate::config::Protocol;
 use crate::inbound::Listening;
 use crate::limit::ConnLimit;
 use crate::snapshot::SharedSnapshot;
-
 
 /// Binds a listening socket with `SO_REUSEADDR`, so a restart does not wait
 /// for the previous process's connections in TIME_WAIT.

@@ -28,8 +28,8 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::limit::Slot;
 use crate::inbound::{proxy_header, Listening};
+use crate::limit::Slot;
 use crate::metrics::{ListenerMetrics, Refusal, UpstreamErrorKind};
 use crate::proxy_protocol;
 use crate::snapshot::{Router, Service, Tried};
@@ -126,7 +126,10 @@ async fn route(
             name = server_name;
         }
     }
-    router.route(name).cloned().ok_or(Refusal::NoService)
+    router
+        .route(name.as_deref())
+        .cloned()
+        .ok_or(Refusal::NoService)
 }
 
 /// Reads into `buf` until it holds a whole ClientHello.
