@@ -166,10 +166,31 @@ async fn exposition_passes_promtool() {
     }
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
-    let proxy = Proxy::with_admin(&config(&blue, &green, 50, 50).toml()).await;
+    // Layer-4 listeners too, one plain and one routing by SNI, so their
+    // series are in the exposition.
+    let text = config(&blue, &green, 50, 50)
+        .tcp_listener_at("edge", "127.0.0.2:0")
+        .service("hello-tcp", |s| {
+            s.health_none()
+                .pool("blue", 90, &[blue.addr])
+                .pool("green", 10, &[green.addr])
+        })
+        .tcp_listener_at("tls", "127.0.0.3:0")
+        .sni()
+        .service("hello-tls", |s| {
+            s.health_none().pool("blue", 100, &[blue.addr])
+        });
+    let proxy = Proxy::with_admin(&text.toml()).await;
     for _ in 0..20 {
         get(proxy.addr(), "x", "/").await;
     }
+    let edge = proxy.handle.listener_addr("edge").unwrap();
+    let tls = proxy.handle.listener_addr("tls").unwrap();
+    for _ in 0..5 {
+        get(edge, "x", "/").await;
+    }
+    let limit = Duration::from_secs(5);
+    support::raw(tls, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", limit).await;
     let text = call(proxy.admin.unwrap(), Method::GET, "/metrics", "")
         .await
         .body;
@@ -182,6 +203,14 @@ async fn exposition_passes_promtool() {
         .unwrap();
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), &text).unwrap();
     let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&text);
+    for series in [
+        "cutover_tcp_connections_total{listener=\"edge\"",
+        "cutover_tcp_bytes_total{direction=\"in\",listener=\"edge\"}",
+        "cutover_connections_refused_total{listener=\"tls\",reason=\"not_tls\"} 1",
+    ] {
+        assert!(text.contains(series), "no {series} in\n{text}");
+    }
     assert!(
         out.status.success(),
         "promtool: {}{}",

@@ -184,8 +184,14 @@ impl Config {
     }
 
     /// A `protocol = "tcp"` listener on an ephemeral loopback port.
-    pub fn tcp_listener(mut self, name: &str) -> Self {
-        self = self.listener(name);
+    pub fn tcp_listener(self, name: &str) -> Self {
+        self.tcp_listener_at(name, "127.0.0.1:0")
+    }
+
+    /// A `protocol = "tcp"` listener on `bind` (another loopback address
+    /// beside a listener on `127.0.0.1:0`: two binds may not be the same).
+    pub fn tcp_listener_at(mut self, name: &str, bind: impl Display) -> Self {
+        self = self.listener_at(name, bind);
         self.last_listener().protocol = Some("tcp");
         self
     }
