@@ -85,16 +85,13 @@ async fn one_way(from: &TcpStream, to: &TcpStream, bytes: Option<&IntCounter>) -
     loop {
         // The pipe is empty here, so a splice that would block waits on
         // the socket, never on the pipe: readiness stays truthful.
-        let filled = loop {
-            from.readable().await?;
-            match from.try_io(Interest::READABLE, || {
+        // `async_io` takes from the task's cooperative budget, as the copy
+        // loop's reads do, so a busy relay lets the worker's other tasks run.
+        let filled = from
+            .async_io(Interest::READABLE, || {
                 Ok(splice(from, None, &pipe_in, None, CHUNK, FLAGS)?)
-            }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        };
+            })
+            .await?;
         if filled == 0 {
             rustix::net::shutdown(to, Shutdown::Write)?;
             return Ok(());
@@ -109,15 +106,15 @@ async fn one_way(from: &TcpStream, to: &TcpStream, bytes: Option<&IntCounter>) -
 /// Splices `pending` bytes from the pipe into `to`.
 async fn drain(pipe_out: &OwnedFd, to: &TcpStream, mut pending: usize) -> io::Result<()> {
     while pending > 0 {
-        to.writable().await?;
-        match to.try_io(Interest::WRITABLE, || {
-            Ok(splice(pipe_out, None, to, None, pending, FLAGS)?)
-        }) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => pending -= n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+        let n = to
+            .async_io(Interest::WRITABLE, || {
+                Ok(splice(pipe_out, None, to, None, pending, FLAGS)?)
+            })
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
         }
+        pending -= n;
     }
     Ok(())
 }
