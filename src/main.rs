@@ -131,6 +131,27 @@ fn data_plane(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the data-plane runtime")
 }
 
+/// Raises the soft limit on open files to the hard one, as a server that
+/// holds many sockets must: the usual soft default (1024) would cap a tcp
+/// listener at about 170 spliced connections (six descriptors each). Only
+/// the administrator can raise the hard limit (`LimitNOFILE`, `ulimit -Hn`).
+fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    // `None` is "unlimited", which the kernel does not take for open files.
+    let (Some(before), Some(most)) = (limit.current, limit.maximum) else {
+        return;
+    };
+    if before >= most {
+        return;
+    }
+    limit.current = Some(most);
+    match setrlimit(Resource::Nofile, limit) {
+        Ok(()) => tracing::debug!(before, after = most, "open-file limit raised"),
+        Err(e) => tracing::warn!(before, error = %e, "cannot raise the open-file limit"),
+    }
+}
+
 /// Runs `main` on a control-plane runtime on this thread, beside a data-plane
 /// runtime of its own threads, so a saturated data plane cannot starve the
 /// admin API, reloads or signals.
@@ -138,6 +159,7 @@ fn with_runtimes(
     threads: usize,
     main: impl AsyncFnOnce(tokio::runtime::Handle) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let data = data_plane(threads)?;
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
