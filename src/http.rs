@@ -8,7 +8,7 @@
 //! module reads snapshots; it never changes them.
 
 mod attempt;
-mod buffers;
+pub(crate) mod buffers;
 pub mod codec;
 mod h1;
 mod h2;

@@ -1,5 +1,6 @@
 //! Recycled read buffers, per worker thread. Requests take one or two 4 KiB
-//! buffers and give them back when done; glibc's malloc serves that size
+//! buffers (a layer-4 relay one per short exchange, see `tcp::splice`) and
+//! give them back when done; glibc's malloc serves that size
 //! from its general bins, which showed in profiles, and an idle connection
 //! must hold none (so they cannot simply stay with the connection).
 

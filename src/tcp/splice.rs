@@ -12,12 +12,14 @@ use std::io;
 use std::os::fd::OwnedFd;
 
 use prometheus::IntCounter;
+use rustix::buffer::spare_capacity;
 use rustix::net::Shutdown;
 use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::relay::{could_open_header, untrusted_header, SCREENED};
+use crate::http::buffers;
 use crate::proxy_protocol;
 
 /// Most bytes one splice into a pipe asks for: a default pipe's capacity
@@ -80,7 +82,43 @@ async fn screen_first(from: &TcpStream) -> io::Result<Vec<u8>> {
 
 /// Moves `from`'s bytes to `to` until `from` ends, then shuts `to`'s
 /// writing side.
+///
+/// Short exchanges go through plain reads and writes and a recycled
+/// buffer; the pipe is made, and splice takes over for good, once one read
+/// fills that buffer (a bulk flow). So a connection that only trades a
+/// request and a reply, or sits idle, never pays for a pipe: two more
+/// system calls to make it, four descriptors to hold and close.
 async fn one_way(from: &TcpStream, to: &TcpStream, bytes: Option<&IntCounter>) -> io::Result<()> {
+    loop {
+        let mut buf = buffers::take();
+        let read = from
+            .async_io(Interest::READABLE, || {
+                Ok(rustix::io::read(from, spare_capacity(&mut buf))?)
+            })
+            .await;
+        let n = match read {
+            Ok(n) => n,
+            Err(e) => {
+                buffers::give(buf);
+                return Err(e);
+            }
+        };
+        if n == 0 {
+            buffers::give(buf);
+            rustix::net::shutdown(to, Shutdown::Write)?;
+            return Ok(());
+        }
+        if let Some(bytes) = bytes {
+            bytes.inc_by(n as u64);
+        }
+        let bulk = buf.len() == buf.capacity();
+        let written = write_all(to, &buf).await;
+        buffers::give(buf);
+        written?;
+        if bulk {
+            break;
+        }
+    }
     let (pipe_out, pipe_in) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
     loop {
         // The pipe is empty here, so a splice that would block waits on
