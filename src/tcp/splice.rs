@@ -90,6 +90,9 @@ async fn screen_first(from: &TcpStream) -> io::Result<Vec<u8>> {
 /// system calls to make it, four descriptors to hold and close.
 async fn one_way(from: &TcpStream, to: &TcpStream, bytes: Option<&IntCounter>) -> io::Result<()> {
     loop {
+        // A buffer only once there is something to read: an idle
+        // connection holds none.
+        from.readable().await?;
         let mut buf = buffers::take();
         let read = from
             .async_io(Interest::READABLE, || {
