@@ -27,7 +27,10 @@
 //! splice spends half the CPU per byte of the 16 KiB copy and 17% less
 //! than the 256 KiB one; its two pipes (4 descriptors) cost about 10 KiB
 //! of kernel memory per connection, far less than copy buffers. GB/s was
-//! bound by the load side in every run and decided nothing.
+//! bound by the load side in every run and decided nothing. The pipes are
+//! made only once a direction carries a bulk flow: with them made for
+//! every connection, opening one cost 14% more CPU than HAProxy's; without,
+//! about the same (`benches/compare/run --tcp-only`).
 
 use std::io;
 use std::sync::Arc;

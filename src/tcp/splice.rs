@@ -1,8 +1,11 @@
 //! The Linux relay: each direction moves bytes socket → pipe → socket with
 //! splice(2), so they never enter the proxy's memory (chosen by
-//! measurement: see `relay`). One pipe per direction, made when the relay
-//! starts; non-blocking splices driven by tokio's readiness of the two
-//! sockets, through rustix's safe calls.
+//! measurement: see `relay`). One pipe per direction, made once that
+//! direction turns out to be a bulk flow (a read fills a 4 KiB buffer);
+//! until then, as HAProxy's `splice-auto` does, plain reads and writes
+//! through a recycled buffer, so short exchanges and idle connections never
+//! pay for pipes. Non-blocking splices driven by tokio's readiness of the
+//! two sockets, through rustix's safe calls.
 //!
 //! Owns the byte moving only: what goes first, the counters and whether to
 //! screen for a PROXY header are handed in by `relay`, which also owns
