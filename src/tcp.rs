@@ -57,7 +57,13 @@ pub(crate) async fn serve(
 ) {
     let _slot = slot;
     let _open = metrics.open();
-    let timeout = listening.snapshot.load().limits.header_read_timeout;
+    // One snapshot for the whole routing, held until the connection is
+    // counted: the limits and routes it began under.
+    let snapshot = listening.snapshot.load_full();
+    let Some(router) = snapshot.router(listening.bind) else {
+        return;
+    };
+    let timeout = snapshot.limits.header_read_timeout;
     let deadline = Instant::now() + timeout;
     let mut origin = Origin {
         client: peer,
@@ -74,11 +80,6 @@ pub(crate) async fn serve(
             Err(refusal) => return metrics.refused(refusal),
         }
     }
-    // Held until the connection is counted: the routing it began under.
-    let snapshot = listening.snapshot.load_full();
-    let Some(router) = snapshot.router(listening.bind) else {
-        return;
-    };
     let service = match route(&mut stream, &mut first, router, deadline).await {
         Ok(service) => service,
         Err(refusal) => {
