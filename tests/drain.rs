@@ -19,7 +19,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use support::{full, get, Backend, BoxBody, Client, Config, Proxy};
+use support::{admin_json as admin, full, get, Backend, BoxBody, Client, Config, Proxy};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -84,24 +84,6 @@ fn config(blue: &Backend, green: &Backend, drain_timeout: &str) -> String {
     })
     .admin()
     .toml()
-}
-
-async fn admin(proxy: &Proxy, method: Method, path: &str, body: &str) -> serde_json::Value {
-    let mut client = Client::connect(proxy.admin.unwrap()).await;
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "admin")
-        .body(full(body.to_owned()))
-        .unwrap();
-    let reply = client.send(req).await.unwrap();
-    assert!(
-        reply.status.is_success(),
-        "{path}: {} {}",
-        reply.status,
-        reply.text()
-    );
-    serde_json::from_slice(&reply.body).unwrap()
 }
 
 async fn switch_to_green(proxy: &Proxy) {

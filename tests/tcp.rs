@@ -18,13 +18,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request};
+use http::Method;
 use support::tcp::{
     client_hello, closed, dead_addr, handshake_payload, parse_proxy, proxy_v1, proxy_v2,
     read_answer, read_to_close, reframe, tls_backend, tls_backend_name, tls_connect, Greeted,
     ProxyHeader, TcpBackend, TestCa, WAIT,
 };
-use support::{full, Backend, Client, Config, Proxy};
+use support::{admin_json as admin, Backend, Config, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -98,24 +98,6 @@ fn drain_closed(proxy: &Proxy, pool: &str) -> f64 {
         "cutover_drain_closed_total",
         &format!("pool=\"{pool}\",service=\"hello\""),
     )
-}
-
-async fn admin(proxy: &Proxy, method: Method, path: &str, body: &str) -> serde_json::Value {
-    let mut client = Client::connect(proxy.admin.expect("admin API")).await;
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "admin")
-        .body(full(body.to_owned()))
-        .unwrap();
-    let reply = client.send(req).await.unwrap();
-    assert!(
-        reply.status.is_success(),
-        "{path}: {} {}",
-        reply.status,
-        reply.text()
-    );
-    serde_json::from_slice(&reply.body).unwrap()
 }
 
 async fn set_weights(proxy: &Proxy, blue: u32, green: u32) {

@@ -425,3 +425,28 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
     let _ = tokio::time::timeout(limit, stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Calls the admin API of `proxy` (started with it), expects success and
+/// returns the JSON body.
+pub async fn admin_json(
+    proxy: &Proxy,
+    method: http::Method,
+    path: &str,
+    body: &str,
+) -> serde_json::Value {
+    let mut client = Client::connect(proxy.admin.expect("admin API")).await;
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin")
+        .body(full(body.to_owned()))
+        .unwrap();
+    let reply = client.send(req).await.unwrap();
+    assert!(
+        reply.status.is_success(),
+        "{path}: {} {}",
+        reply.status,
+        reply.text()
+    );
+    serde_json::from_slice(&reply.body).unwrap()
+}
