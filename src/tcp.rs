@@ -35,7 +35,6 @@ use tokio::time::Instant;
 use crate::inbound::{proxy_header, Listening};
 use crate::limit::Slot;
 use crate::metrics::{ListenerMetrics, Refusal, UpstreamErrorKind};
-use crate::proxy_protocol;
 use crate::snapshot::{Router, Service, Tried};
 use crate::upstream::RawConn;
 use client_hello::{Hello, HelloError};
@@ -148,7 +147,7 @@ async fn read_hello(
             Ok(Hello::Complete { .. }) => return Ok(()),
             Ok(Hello::Partial) if buf.len() >= MAX_FIRST_FLIGHT => return Err(Refusal::TooLarge),
             Ok(Hello::Partial) => {}
-            Err(HelloError::NotTls) if buf.len() >= 6 && proxy_protocol::looks_like(buf) => {
+            Err(HelloError::NotTls) if relay::opens_with_header(buf) => {
                 return Err(Refusal::ProxyHeader)
             }
             Err(HelloError::NotTls) => return Err(Refusal::NotTls),

@@ -11,9 +11,8 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::relay::{could_open_header, untrusted_header, SCREENED};
+use super::relay::{could_open_header, opens_with_header, untrusted_header, SCREENED};
 use crate::http::transport::Prefixed;
-use crate::proxy_protocol;
 
 /// Bytes each direction moves per read and write.
 const BUFFER: usize = 16 * 1024;
@@ -75,7 +74,7 @@ impl<S: AsyncRead + Unpin> Counted<'_, S> {
             }
         }
         self.screen = false;
-        if self.held.len() >= SCREENED && proxy_protocol::looks_like(&self.held) {
+        if opens_with_header(&self.held) {
             return Poll::Ready(Err(untrusted_header()));
         }
         Poll::Ready(Ok(()))

@@ -159,6 +159,13 @@ pub(super) fn could_open_header(bytes: &[u8]) -> bool {
         .any(|opening| opening.starts_with(bytes))
 }
 
+/// Whether a client's first bytes are a PROXY header: the one rule for
+/// refusing one from a source the listener does not trust, whether they
+/// came while routing by SNI or through the relay.
+pub(super) fn opens_with_header(bytes: &[u8]) -> bool {
+    bytes.len() >= SCREENED && proxy_protocol::looks_like(bytes)
+}
+
 /// The error that refuses a PROXY header from an untrusted source.
 pub(super) fn untrusted_header() -> io::Error {
     io::Error::new(

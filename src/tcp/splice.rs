@@ -21,9 +21,8 @@ use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::relay::{could_open_header, untrusted_header, SCREENED};
+use super::relay::{could_open_header, opens_with_header, untrusted_header, SCREENED};
 use crate::http::buffers;
-use crate::proxy_protocol;
 
 /// Most bytes one splice into a pipe asks for: a default pipe's capacity
 /// (16 pages); the kernel moves what is there, up to that.
@@ -77,7 +76,7 @@ async fn screen_first(from: &TcpStream) -> io::Result<Vec<u8>> {
             break;
         }
     }
-    if held.len() >= SCREENED && proxy_protocol::looks_like(&held) {
+    if opens_with_header(&held) {
         return Err(untrusted_header());
     }
     Ok(held)
