@@ -111,6 +111,9 @@ pub struct Migration {
     turn: Notify,
     /// Connections waiting on `turn`.
     waiting: AtomicUsize,
+    /// The window is over: a connection that joins only now (its relay
+    /// began after the drain's last step) goes at once.
+    over: AtomicBool,
 }
 
 impl Migration {
@@ -132,6 +135,7 @@ impl Migration {
 
     /// Tells every waiting connection to close.
     pub fn move_all(&self) {
+        self.over.store(true, Ordering::Release);
         self.turn.notify_waiters();
     }
 }
@@ -143,7 +147,15 @@ pub struct MigrationTicket(Arc<Migration>);
 impl MigrationTicket {
     /// Ready when the connection's turn to close has come.
     pub async fn turn(&self) {
-        self.0.turn.notified().await;
+        let notified = self.0.turn.notified();
+        tokio::pin!(notified);
+        // Registered before `over` is read, so a `move_all` in between
+        // still wakes it.
+        notified.as_mut().enable();
+        if self.0.over.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 }
 
