@@ -161,6 +161,7 @@ fn reload(c: &mut Criterion) {
                             checks: &mut checks,
                             activities: &mut activities,
                             metrics: &metrics,
+                            tls: &cutover::tls::Material::default(),
                         },
                     );
                     (snapshot, upstreams, checks, activities)
@@ -189,6 +190,7 @@ fn reload(c: &mut Criterion) {
                 checks: &mut checks,
                 activities: &mut activities,
                 metrics: &metrics,
+                tls: &cutover::tls::Material::default(),
             },
         );
         group.bench_with_input(
@@ -206,6 +208,7 @@ fn reload(c: &mut Criterion) {
                             checks: &mut checks,
                             activities: &mut activities,
                             metrics: &metrics,
+                            tls: &cutover::tls::Material::default(),
                         },
                     )
                 })

@@ -12,7 +12,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 pub use model::{Admin, Config, Runtime};
-pub(crate) use model::{Endpoint, Health, HealthKind, Host, Limits, Outlier, Protocol, Service};
+pub(crate) use model::{
+    Alpn, CertFiles, Endpoint, Health, HealthKind, Host, Limits, ListenerTls, Outlier, PoolTls,
+    Protocol, Service, TlsVersion, UpstreamProtocol,
+};
 pub(crate) use validate::{MAX_RETRIES, MAX_WEIGHT};
 
 /// One thing wrong with a configuration file, with where it is.

@@ -79,7 +79,7 @@ fn tls_acceptor(
     let key = rcgen::KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()

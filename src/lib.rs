@@ -29,6 +29,7 @@ pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod tcp;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;

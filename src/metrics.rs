@@ -50,6 +50,9 @@ pub struct Metrics {
     tcp_connections: IntCounterVec,
     tcp_bytes: IntCounterVec,
     connections_refused: IntCounterVec,
+    tls_handshakes: IntCounterVec,
+    tls_sessions: IntCounterVec,
+    tls_cert_expiry: IntGaugeVec,
     pub(crate) config_reloads_success: IntCounter,
     pub(crate) config_reloads_failure: IntCounter,
     pub(crate) config_generation: IntGauge,
@@ -95,8 +98,38 @@ pub struct ListenerMetrics {
     rejected: IntCounterVec,
     /// Connections closed before they were routed, by reason.
     refused: IntCounterVec,
+    /// TLS-terminating listeners: their handshakes.
+    pub(crate) tls: Option<Box<TlsCounters>>,
     listener: String,
 }
+
+/// TLS handshakes of one terminating listener.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsCounters {
+    succeeded: IntCounter,
+    failed: IntCounter,
+    /// Sessions by version (1.2, 1.3) and ALPN protocol (h2, http/1.1, none).
+    sessions: [[IntCounter; 3]; 2],
+}
+
+impl TlsCounters {
+    pub(crate) fn succeeded(&self, tls13: bool, alpn: Option<crate::config::Alpn>) {
+        self.succeeded.inc();
+        let alpn = match alpn {
+            Some(crate::config::Alpn::H2) => 0,
+            Some(crate::config::Alpn::Http11) => 1,
+            None => 2,
+        };
+        self.sessions[usize::from(tls13)][alpn].inc();
+    }
+
+    pub(crate) fn failed(&self) {
+        self.failed.inc();
+    }
+}
+
+const TLS_VERSIONS: [&str; 2] = ["1.2", "1.3"];
+const ALPNS: [&str; 3] = ["h2", "http/1.1", "none"];
 
 /// One open client connection of a listener.
 pub(crate) struct Open<'a>(&'a ListenerMetrics);
@@ -262,6 +295,21 @@ impl Metrics {
                 "Client connections closed before routing, by reason: proxy_header, not_tls, bad_hello, too_large, too_slow, truncated, no_service.",
                 &["listener", "reason"],
             ),
+            tls_handshakes: counter(
+                "cutover_tls_handshakes_total",
+                "TLS handshakes of terminating listeners, by result.",
+                &["listener", "result"],
+            ),
+            tls_sessions: counter(
+                "cutover_tls_sessions_total",
+                "TLS sessions established by terminating listeners, by version and ALPN protocol.",
+                &["listener", "version", "alpn"],
+            ),
+            tls_cert_expiry: gauge(
+                "cutover_tls_cert_expiry_timestamp_seconds",
+                "When each certificate a listener serves expires, in seconds since the Unix epoch.",
+                &["listener", "subject"],
+            ),
             config_reloads_success: reloads.with_label_values(&["success"]),
             config_reloads_failure: reloads.with_label_values(&["failure"]),
             config_generation: register(
@@ -323,9 +371,20 @@ impl Metrics {
         }
     }
 
-    /// Handles for the listener `name`; `tcp`: with its byte counters.
-    pub(crate) fn listener(&self, name: &str, tcp: bool) -> ListenerMetrics {
+    /// Handles for the listener `name`; `tcp`: with its byte counters;
+    /// `tls`: with its handshake counters.
+    pub(crate) fn listener(&self, name: &str, tcp: bool, tls: bool) -> ListenerMetrics {
         ListenerMetrics {
+            tls: tls.then(|| {
+                Box::new(TlsCounters {
+                    succeeded: self.tls_handshakes.with_label_values(&[name, "success"]),
+                    failed: self.tls_handshakes.with_label_values(&[name, "failure"]),
+                    sessions: TLS_VERSIONS.map(|version| {
+                        ALPNS
+                            .map(|alpn| self.tls_sessions.with_label_values(&[name, version, alpn]))
+                    }),
+                })
+            }),
             connections_active: self.connections_active.with_label_values(&[name]),
             tcp_bytes: tcp
                 .then(|| ["in", "out"].map(|d| self.tcp_bytes.with_label_values(&[name, d]))),
@@ -364,6 +423,27 @@ impl Metrics {
         _ = self.connections_active.remove_label_values(&[name]);
         for direction in ["in", "out"] {
             _ = self.tcp_bytes.remove_label_values(&[name, direction]);
+        }
+        for result in ["success", "failure"] {
+            _ = self.tls_handshakes.remove_label_values(&[name, result]);
+        }
+        for version in TLS_VERSIONS {
+            for alpn in ALPNS {
+                _ = self
+                    .tls_sessions
+                    .remove_label_values(&[name, version, alpn]);
+            }
+        }
+    }
+
+    /// Sets the expiry series of every certificate served, and drops those
+    /// of certificates no longer served.
+    pub(crate) fn set_cert_expiry(&self, certs: &[(&str, &crate::tls::CertInfo)]) {
+        self.tls_cert_expiry.reset();
+        for (listener, cert) in certs {
+            self.tls_cert_expiry
+                .with_label_values(&[listener, cert.subject.as_str()])
+                .set(cert.not_after);
         }
     }
 

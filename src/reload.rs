@@ -1,7 +1,8 @@
-//! What sets a reload off: changes in the configuration file's directory and
-//! SIGHUP. The directory is watched, not the file, so editors' rename-writes
-//! and Kubernetes ConfigMap symlink swaps (which replace `..data`) are seen.
-//! This module only triggers reloads; `server` performs them.
+//! What sets a reload off: changes in the configuration file's directory,
+//! or in a directory of the TLS files in use, and SIGHUP. Directories are
+//! watched, not files, so editors' rename-writes and Kubernetes ConfigMap
+//! and Secret symlink swaps (which replace `..data`) are seen. This module
+//! only triggers reloads; `server` performs them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,12 +26,17 @@ pub struct WatchError {
     source: notify::Error,
 }
 
-/// Watches the directory of a configuration file.
+/// Watches the directory of a configuration file, and those of the TLS
+/// files it names.
 pub struct FileWatcher {
     /// Kept alive for as long as events are wanted.
-    _watcher: notify::RecommendedWatcher,
+    watcher: notify::RecommendedWatcher,
     events: mpsc::Receiver<()>,
     handle: Handle,
+    /// The configuration file's directory, always watched.
+    config_dir: PathBuf,
+    /// TLS directories watched now, besides `config_dir`.
+    tls_dirs: Vec<PathBuf>,
 }
 
 impl FileWatcher {
@@ -55,18 +61,58 @@ impl FileWatcher {
             })?;
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|source| WatchError { dir, source })?;
-        Ok(Self {
-            _watcher: watcher,
+            .map_err(|source| WatchError {
+                dir: dir.clone(),
+                source,
+            })?;
+        let mut this = Self {
+            watcher,
             events,
             handle,
-        })
+            config_dir: dir,
+            tls_dirs: Vec::new(),
+        };
+        this.watch_tls_dirs();
+        Ok(this)
+    }
+
+    /// Watches the TLS directories of the configuration in force, and no
+    /// others. A directory that cannot be watched is logged, not fatal: the
+    /// files it holds still reload with SIGHUP.
+    fn watch_tls_dirs(&mut self) {
+        let wanted: Vec<PathBuf> = self
+            .handle
+            .status()
+            .tls_dirs
+            .into_iter()
+            .filter(|d| *d != self.config_dir)
+            .collect();
+        for dir in &self.tls_dirs {
+            if !wanted.contains(dir) {
+                _ = self.watcher.unwatch(dir);
+            }
+        }
+        for dir in &wanted {
+            if !self.tls_dirs.contains(dir) {
+                if let Err(e) = self.watcher.watch(dir, RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %dir.display(), error = %e,
+                        "cannot watch this TLS directory; changes in it reload on SIGHUP only");
+                }
+            }
+        }
+        self.tls_dirs = wanted;
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut status = self.handle.tls_dirs();
         loop {
             tokio::select! {
                 event = self.events.recv() => if event.is_none() { break },
+                changed = status.changed() => {
+                    if changed.is_err() { break }
+                    self.watch_tls_dirs();
+                    continue;
+                }
                 () = shutdown.cancelled() => break,
             }
             tokio::time::sleep(SETTLE).await;

@@ -30,6 +30,7 @@ use crate::listener::{self, AcceptLoop};
 use crate::metrics::Metrics;
 use crate::snapshot::{Inputs, SharedSnapshot, Snapshot};
 use crate::state::{self, Overrides, StateError};
+use crate::tls::{Material, TlsErrors};
 use crate::upstream::Upstreams;
 use drains::Drains;
 use handle::Command;
@@ -43,6 +44,8 @@ pub enum ServerError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Tls(#[from] TlsErrors),
     #[error("listener {name:?}: cannot bind {addr}: {source}")]
     Bind {
         name: String,
@@ -95,6 +98,8 @@ pub struct Server {
     /// Text of the configuration in force, to skip reloads that change nothing.
     text: String,
     config: Config,
+    /// What the configuration's TLS settings read from files.
+    tls: Material,
     overrides: Overrides,
     /// When each service's weights in the file last changed (RFC 3339).
     file_changed_at: HashMap<String, String>,
@@ -118,6 +123,7 @@ impl Server {
     /// snapshot. Nothing is left bound when it fails.
     pub async fn start(path: &Path, options: Options) -> Result<(Self, Handle), ServerError> {
         let (text, config) = config::read(path)?;
+        let tls = Material::load(&config)?;
         let overrides = match &config.admin.state_file {
             Some(file) if !options.ignore_state && !config.admin.read_only => {
                 let mut overrides = Overrides::load(file)?;
@@ -146,6 +152,7 @@ impl Server {
                 .map(|s| (s.name.clone(), now.clone()))
                 .collect(),
             config,
+            tls,
             overrides,
             snapshot: snapshot.clone(),
             upstreams: Upstreams::default(),
@@ -256,16 +263,22 @@ impl Server {
             }
         };
         let generation = self.snapshot.load().generation;
-        if trigger == Trigger::FileChanged && text == self.text {
-            // Back to the text in force (say, a bad edit undone): nothing to
-            // apply, and the last failure no longer describes the file.
-            self.status.send_modify(|s| s.last_reload_error = None);
-            return Ok(generation);
-        }
         let config = match config::parse(&self.path, text.clone()) {
             Ok(config) => config,
             Err(e) => return Err(self.reload_failed(e.to_string())),
         };
+        // Certificates and keys are read again too: a rotated pair is a
+        // change even when the text is not.
+        let tls = match Material::load(&config) {
+            Ok(tls) => tls,
+            Err(e) => return Err(self.reload_failed(e.to_string())),
+        };
+        if trigger == Trigger::FileChanged && text == self.text && tls.same_files(&self.tls) {
+            // Back to what is in force (say, a bad edit undone): nothing to
+            // apply, and the last failure no longer describes the files.
+            self.status.send_modify(|s| s.last_reload_error = None);
+            return Ok(generation);
+        }
         if let Err(e) = self.open_listeners(&config) {
             return Err(self.reload_failed(e.to_string()));
         }
@@ -300,6 +313,7 @@ impl Server {
         }
         self.config = config;
         self.text = text;
+        self.tls = tls;
         if !ended.is_empty() {
             self.save_state();
         }
@@ -354,8 +368,17 @@ impl Server {
                 checks: &mut self.checks,
                 activities: &mut self.activities,
                 metrics: &self.metrics,
+                tls: &self.tls,
             },
         ));
+        let certs: Vec<(&str, &crate::tls::CertInfo)> = self
+            .config
+            .listeners
+            .iter()
+            .filter_map(|l| Some((l.name.as_str(), self.tls.listeners.get(&l.bind)?)))
+            .flat_map(|(name, tls)| tls.certs.iter().map(move |c| (name, c)))
+            .collect();
+        self.metrics.set_cert_expiry(&certs);
         let kept: HashSet<(&str, &str)> = snapshot
             .services
             .iter()
@@ -399,6 +422,7 @@ impl Server {
             s.services = services;
             s.read_only = self.config.admin.read_only;
             s.config_file = self.path.clone();
+            s.tls_dirs = self.tls.dirs();
         });
     }
 

@@ -22,6 +22,7 @@ use crate::health::{EndpointHealth, HealthChecks};
 use crate::metrics::{ListenerMetrics, Metrics, PoolMetrics, ServiceMetrics};
 use crate::proxy_protocol;
 use crate::state::Overrides;
+use crate::tls::{ListenerTls, Material};
 use crate::upstream::{EndpointConns, EndpointSpec, Upstreams};
 
 /// The one place the data plane reads routing state from.
@@ -49,6 +50,8 @@ pub struct Inputs<'a> {
     pub checks: &'a mut HealthChecks,
     pub activities: &'a mut Activities,
     pub metrics: &'a Metrics,
+    /// What the configuration's TLS settings read from files.
+    pub tls: &'a Material,
 }
 
 /// One listener's routing: what it speaks, whom it trusts for PROXY
@@ -62,6 +65,10 @@ pub(crate) struct Router {
     pub(crate) sni: bool,
     /// Sources whose connections open with a PROXY header.
     pub(crate) accept_proxy: Box<[IpNet]>,
+    /// http: TLS terminated here.
+    pub(crate) tls: Option<Arc<ListenerTls>>,
+    /// Plain http: every request answered with a redirect to https.
+    pub(crate) redirect_https: bool,
     /// tcp: `cutover_tcp_connections_total` per service and pool, in the
     /// services' pool order.
     tcp_connections: Vec<(Arc<str>, Box<[IntCounter]>)>,
@@ -292,11 +299,14 @@ impl Snapshot {
             .iter()
             .map(|l| {
                 let tcp = l.protocol == Protocol::Tcp;
+                let tls = inputs.tls.listeners.get(&l.bind).cloned();
                 let mut router = Router {
-                    metrics: Arc::new(metrics.listener(&l.name, tcp)),
+                    metrics: Arc::new(metrics.listener(&l.name, tcp, tls.is_some())),
                     protocol: l.protocol,
                     sni: l.sni,
                     accept_proxy: l.accept_proxy.as_slice().into(),
+                    tls,
+                    redirect_https: l.redirect_https,
                     tcp_connections: Vec::new(),
                     exact: HashMap::new(),
                     wildcard: Vec::new(),

@@ -53,6 +53,10 @@ pub(crate) struct Limits {
     pub body_read_timeout: Duration,
     /// Longest a client may take to accept more of a response.
     pub send_timeout: Duration,
+    /// Time allowed for a client's TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Requests one HTTP/2 client may have in flight at once, at least 1.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for Limits {
@@ -65,6 +69,8 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             body_read_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 256,
         }
     }
 }
@@ -80,6 +86,8 @@ pub struct Admin {
     pub(crate) read_only: bool,
     /// Where API overrides are kept so they survive a restart.
     pub(crate) state_file: Option<PathBuf>,
+    /// HTTPS for the admin API.
+    pub(crate) tls: Option<CertFiles>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -102,6 +110,80 @@ pub(crate) struct Listener {
     pub sni: bool,
     /// Sources trusted to open with a PROXY protocol header.
     pub accept_proxy: Vec<IpNet>,
+    /// http: TLS terminated here.
+    pub tls: Option<ListenerTls>,
+    /// http without tls: every request answered with a 308 to https.
+    pub redirect_https: bool,
+}
+
+/// A certificate chain and its private key, as PEM files: read when a
+/// configuration is loaded (`tls::Material`), never by `config`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// TLS terminated on an http listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ListenerTls {
+    /// At least one; the first is the default for a name no other covers.
+    pub certs: Vec<CertFiles>,
+    /// ALPN protocols offered, in order of preference; at least one.
+    pub alpn: Vec<Alpn>,
+    pub min_version: TlsVersion,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Alpn {
+    H2,
+    Http11,
+}
+
+impl Alpn {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "h2" => Some(Self::H2),
+            "http/1.1" => Some(Self::Http11),
+            _ => None,
+        }
+    }
+
+    /// The protocol's ALPN identifier.
+    pub fn id(self) -> &'static [u8] {
+        match self {
+            Self::H2 => b"h2",
+            Self::Http11 => b"http/1.1",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+/// TLS from the proxy to a pool's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PoolTls {
+    /// The name sent and verified; `None`: the pool's `host`, else each
+    /// endpoint's host.
+    pub sni: Option<String>,
+    /// Roots that sign the endpoints' certificates; `None`: the system's.
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_verify: bool,
+    /// Client certificate for mutual TLS.
+    pub client_cert: Option<CertFiles>,
+}
+
+/// What a pool's endpoints are spoken to in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum UpstreamProtocol {
+    #[default]
+    Http1,
+    H2,
 }
 
 /// Parses an `accept_proxy` entry: a CIDR block, or one address.
@@ -179,6 +261,10 @@ pub(crate) struct Pool {
     pub host: Option<HeaderValue>,
     /// tcp: the PROXY header every connection to the endpoints opens with.
     pub send_proxy: Option<proxy_protocol::Version>,
+    /// http: TLS to the endpoints.
+    pub tls: Option<PoolTls>,
+    /// http: HTTP/1.1 (the default) or HTTP/2 to the endpoints.
+    pub protocol: UpstreamProtocol,
 }
 
 /// An upstream endpoint, `host:port`: an IP address or a DNS name, resolved

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::model::{self, HealthKind, Outlier, Protocol, Runtime};
+use super::model::{self, HealthKind, Outlier, Protocol, Runtime, UpstreamProtocol};
 use crate::proxy_protocol;
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +53,11 @@ pub struct Limits {
     /// client's connection is closed (slow-read guard).
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
+    /// Time allowed for a client's TLS handshake, from its first byte.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Requests one HTTP/2 client may have in flight at once.
+    pub max_concurrent_streams: Spanned<u32>,
 }
 
 impl Default for Limits {
@@ -66,6 +71,8 @@ impl Default for Limits {
             idle_timeout: typed.idle_timeout,
             body_read_timeout: typed.body_read_timeout,
             send_timeout: typed.send_timeout,
+            handshake_timeout: typed.handshake_timeout,
+            max_concurrent_streams: Spanned::new(0..0, typed.max_concurrent_streams),
         }
     }
 }
@@ -82,6 +89,8 @@ pub struct Admin {
     pub read_only: bool,
     /// Where API overrides are kept so they survive a restart.
     pub state_file: Option<PathBuf>,
+    /// HTTPS for the admin API: one certificate and its key.
+    pub tls: Option<Spanned<CertFiles>>,
 }
 
 impl Default for Admin {
@@ -91,6 +100,7 @@ impl Default for Admin {
             token_file: None,
             read_only: false,
             state_file: None,
+            tls: None,
         }
     }
 }
@@ -111,6 +121,67 @@ pub struct Listener {
     /// PROXY protocol header, read for the client's address.
     #[serde(default)]
     pub accept_proxy: Vec<Spanned<String>>,
+    /// http: TLS terminated here, with these certificates.
+    #[serde(default)]
+    pub tls: Option<Spanned<ListenerTls>>,
+    /// http without tls: answer every request with a 308 to its https URL.
+    #[serde(default)]
+    pub redirect_https: Option<Spanned<bool>>,
+}
+
+/// A certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// TLS terminated on an http listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Chosen by the ClientHello's server name; the first is the default.
+    pub certs: Spanned<Vec<CertFiles>>,
+    /// Protocols offered by ALPN, in order of preference.
+    #[serde(default = "default_alpn")]
+    pub alpn: Vec<Spanned<String>>,
+    /// The oldest TLS version accepted: "1.2" or "1.3".
+    #[serde(default = "default_min_version")]
+    pub min_version: Spanned<String>,
+}
+
+fn default_alpn() -> Vec<Spanned<String>> {
+    ["h2", "http/1.1"]
+        .into_iter()
+        .map(|p| Spanned::new(0..0, p.to_owned()))
+        .collect()
+}
+
+fn default_min_version() -> Spanned<String> {
+    Spanned::new(0..0, "1.2".to_owned())
+}
+
+/// TLS from the proxy to a pool's endpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolTls {
+    /// Server name sent and verified; the pool's `host`, else the
+    /// endpoint's host name, when absent.
+    #[serde(default)]
+    pub sni: Option<Spanned<String>>,
+    /// CA certificates (PEM) that sign the endpoints' certificates; the
+    /// system's roots when absent.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate. Must be written out; logged as a warning.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Client certificate for mutual TLS, with `key`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 fn default_protocol() -> Spanned<Protocol> {
@@ -217,4 +288,10 @@ pub struct Pool {
     /// connection to the pool's endpoints.
     #[serde(default)]
     pub send_proxy: Option<Spanned<proxy_protocol::Version>>,
+    /// http: TLS to the endpoints.
+    #[serde(default)]
+    pub tls: Option<Spanned<PoolTls>>,
+    /// http: what the endpoints are spoken to in.
+    #[serde(default)]
+    pub protocol: Option<Spanned<UpstreamProtocol>>,
 }

@@ -12,8 +12,8 @@ use http::HeaderValue;
 use toml::Spanned;
 
 use super::model::{
-    parse_source, Admin, Config, Endpoint, Expect, Health, Host, Limits, Listener, Pool, Protocol,
-    Service,
+    parse_source, Admin, Alpn, CertFiles, Config, Endpoint, Expect, Health, Host, Limits, Listener,
+    ListenerTls, Pool, PoolTls, Protocol, Service, TlsVersion,
 };
 use super::{schema, Problem};
 
@@ -72,6 +72,7 @@ fn limits(raw: &schema::Config, problems: &mut Vec<Problem>) -> Limits {
         ("idle_timeout", limits.idle_timeout),
         ("body_read_timeout", limits.body_read_timeout),
         ("send_timeout", limits.send_timeout),
+        ("handshake_timeout", limits.handshake_timeout),
     ] {
         if value.is_zero() {
             problems.push(Problem {
@@ -79,6 +80,12 @@ fn limits(raw: &schema::Config, problems: &mut Vec<Problem>) -> Limits {
                 message: format!("[limits] {name} must be longer than 0s"),
             });
         }
+    }
+    if *limits.max_concurrent_streams.get_ref() == 0 {
+        problems.push(Problem::at(
+            limits.max_concurrent_streams.span(),
+            "max_concurrent_streams must be at least 1",
+        ));
     }
     if raw.runtime.threads > 1024 {
         problems.push(Problem {
@@ -96,6 +103,8 @@ fn limits(raw: &schema::Config, problems: &mut Vec<Problem>) -> Limits {
         idle_timeout: limits.idle_timeout,
         body_read_timeout: limits.body_read_timeout,
         send_timeout: limits.send_timeout,
+        handshake_timeout: limits.handshake_timeout,
+        max_concurrent_streams: *limits.max_concurrent_streams.get_ref(),
     }
 }
 
@@ -133,6 +142,7 @@ fn admin(
         token_file: admin.token_file.clone(),
         read_only: admin.read_only,
         state_file: admin.state_file.clone(),
+        tls: admin.tls.as_ref().map(|t| cert_files(t.get_ref())),
     })
 }
 
@@ -211,6 +221,16 @@ fn listeners(raw: &schema::Config, problems: &mut Vec<Problem>) -> Vec<Option<Li
                     })
                 })
                 .collect();
+            let tls = listener_tls(listener, problems);
+            let redirect_https = listener.redirect_https.as_ref().is_some_and(|r| *r.get_ref());
+            if let Some(flag) = &listener.redirect_https {
+                if protocol != Protocol::Http || listener.tls.is_some() {
+                    problems.push(Problem::at(
+                        flag.span(),
+                        format!("listener {listener_name:?}: redirect_https applies to plain http listeners (it answers every request with a redirect to https)"),
+                    ));
+                }
+            }
             if listener.services.get_ref().is_empty() {
                 problems.push(Problem::at(
                     listener.services.span(),
@@ -233,9 +253,89 @@ fn listeners(raw: &schema::Config, problems: &mut Vec<Problem>) -> Vec<Option<Li
                     .collect(),
                 sni,
                 accept_proxy: accept_proxy.into_iter().collect::<Option<_>>()?,
+                tls: tls?,
+                redirect_https,
             })
         })
         .collect()
+}
+
+/// A listener's `tls` table: `Some(None)` when it has none.
+fn listener_tls(
+    listener: &schema::Listener,
+    problems: &mut Vec<Problem>,
+) -> Option<Option<ListenerTls>> {
+    let Some(tls) = &listener.tls else {
+        return Some(None);
+    };
+    let name = listener.name.get_ref();
+    if *listener.protocol.get_ref() != Protocol::Http {
+        return refuse(
+            problems,
+            Problem::at(
+                tls.span(),
+                format!("listener {name:?}: tls terminates TLS on http listeners; a tcp listener passes TLS through (sni = true routes it by server name)"),
+            ),
+        );
+    }
+    let raw = tls.get_ref();
+    if raw.certs.get_ref().is_empty() {
+        problems.push(Problem::at(
+            raw.certs.span(),
+            format!("listener {name:?}: tls has no certs; give at least one {{ cert = \"a.crt\", key = \"a.key\" }}"),
+        ));
+    }
+    let mut alpn = Vec::new();
+    for protocol in &raw.alpn {
+        match Alpn::parse(protocol.get_ref()) {
+            Some(p) if !alpn.contains(&p) => alpn.push(p),
+            Some(_) => problems.push(Problem::at(
+                protocol.span(),
+                format!(
+                    "listener {name:?}: alpn lists {:?} twice",
+                    protocol.get_ref()
+                ),
+            )),
+            None => problems.push(Problem::at(
+                protocol.span(),
+                format!(
+                    "listener {name:?}: alpn {:?} is not \"h2\" or \"http/1.1\"",
+                    protocol.get_ref()
+                ),
+            )),
+        }
+    }
+    if raw.alpn.is_empty() {
+        problems.push(Problem::at(
+            tls.span(),
+            format!("listener {name:?}: alpn is empty; list \"h2\", \"http/1.1\" or both"),
+        ));
+    }
+    let min_version = match raw.min_version.get_ref().as_str() {
+        "1.2" => TlsVersion::V1_2,
+        "1.3" => TlsVersion::V1_3,
+        other => {
+            return refuse(
+                problems,
+                Problem::at(
+                    raw.min_version.span(),
+                    format!("listener {name:?}: min_version {other:?} is not \"1.2\" or \"1.3\" (older versions are not offered)"),
+                ),
+            )
+        }
+    };
+    Some(Some(ListenerTls {
+        certs: raw.certs.get_ref().iter().map(cert_files).collect(),
+        alpn,
+        min_version,
+    }))
+}
+
+fn cert_files(files: &schema::CertFiles) -> CertFiles {
+    CertFiles {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+    }
 }
 
 /// The services a listener names: each must exist; and when it routes
@@ -369,6 +469,21 @@ fn services(raw: &schema::Config, problems: &mut Vec<Problem>) -> Vec<Option<Ser
                             send_proxy.span(),
                             format!("pool {:?} of service {name:?}: send_proxy applies to tcp listeners' connections, but an http listener uses this service (its upstream connections carry many clients' requests)", pool.name.get_ref()),
                         ));
+                    }
+                }
+            }
+            if by_tcp.contains(name.as_str()) {
+                for pool in &service.pools {
+                    for (key, span) in [
+                        ("tls", pool.tls.as_ref().map(|t| t.span())),
+                        ("protocol", pool.protocol.as_ref().map(|p| p.span())),
+                    ] {
+                        if let Some(span) = span {
+                            problems.push(Problem::at(
+                                span,
+                                format!("pool {:?} of service {name:?}: {key} applies to http listeners' requests, but a tcp listener uses this service (its bytes go upstream as they came)", pool.name.get_ref()),
+                            ));
+                        }
                     }
                 }
             }
@@ -522,12 +637,76 @@ fn pool_of(pool: &schema::Pool, problems: &mut Vec<Problem>) -> Option<Pool> {
             ),
         },
     };
+    let tls = match &pool.tls {
+        None => Some(None),
+        Some(tls) => pool_tls(name, tls, problems).map(Some),
+    };
     Some(Pool {
         name: name.clone(),
         weight: weight?,
         endpoints: endpoints.into_iter().collect::<Option<_>>()?,
         host: host?,
         send_proxy: pool.send_proxy.as_ref().map(|v| *v.get_ref()),
+        tls: tls?,
+        protocol: pool
+            .protocol
+            .as_ref()
+            .map(|p| *p.get_ref())
+            .unwrap_or_default(),
+    })
+}
+
+fn pool_tls(
+    pool: &str,
+    tls: &Spanned<schema::PoolTls>,
+    problems: &mut Vec<Problem>,
+) -> Option<PoolTls> {
+    let raw = tls.get_ref();
+    let sni = match &raw.sni {
+        None => None,
+        Some(sni) => match Host::parse(sni.get_ref()) {
+            Ok(Host::Exact(name)) => Some(name),
+            _ => {
+                return refuse(
+                    problems,
+                    Problem::at(
+                        sni.span(),
+                        format!(
+                            "pool {pool:?}: tls sni {:?} is not a host name",
+                            sni.get_ref()
+                        ),
+                    ),
+                )
+            }
+        },
+    };
+    let client_cert = match (&raw.cert, &raw.key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(CertFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => {
+            return refuse(
+                problems,
+                Problem::at(
+                    tls.span(),
+                    format!("pool {pool:?}: tls needs both cert and key for a client certificate, or neither"),
+                ),
+            )
+        }
+    };
+    if raw.insecure_skip_verify && raw.ca_file.is_some() {
+        problems.push(Problem::at(
+            tls.span(),
+            format!("pool {pool:?}: tls has both ca_file and insecure_skip_verify = true; verification is either on or off"),
+        ));
+    }
+    Some(PoolTls {
+        sni,
+        ca_file: raw.ca_file.clone(),
+        insecure_skip_verify: raw.insecure_skip_verify,
+        client_cert,
     })
 }
 

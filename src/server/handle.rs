@@ -172,6 +172,11 @@ impl Handle {
         self.shutdown.cancel();
     }
 
+    /// Directories of the TLS files in use, as they change.
+    pub(crate) fn tls_dirs(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutdown.is_cancelled()
     }

@@ -28,6 +28,8 @@ pub struct Status {
     pub reloads_failed: u64,
     pub(crate) read_only: bool,
     pub services: Vec<ServiceView>,
+    /// Directories of the TLS files in use: a change there is a reload.
+    pub(crate) tls_dirs: Vec<PathBuf>,
 }
 
 impl Status {

@@ -1,0 +1,129 @@
+//! TLS to a pool's endpoints: a client configuration per pool, which
+//! verifies the endpoints' certificates against the pool's `ca_file` or the
+//! system's roots (never skipped unless `insecure_skip_verify = true` is
+//! written out), offers the ALPN protocol the pool speaks, and presents a
+//! client certificate when the pool has one.
+
+use std::sync::{Arc, OnceLock};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use super::pem::{certified_key, chain};
+use super::{provider, Files, TlsError};
+use crate::config::{PoolTls, UpstreamProtocol};
+
+/// The client configuration of a pool with `tls`, speaking `protocol`.
+pub(super) fn config(
+    tls: &PoolTls,
+    protocol: UpstreamProtocol,
+    read: &mut Files,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::new("tls", std::path::Path::new(""), e.to_string()))?;
+    let builder = if tls.insecure_skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+    } else {
+        let roots = match &tls.ca_file {
+            Some(path) => {
+                let mut roots = RootCertStore::empty();
+                for cert in chain(path, "tls ca_file", read)? {
+                    roots.add(cert).map_err(|e| {
+                        TlsError::new("tls ca_file", path, format!("not a usable CA: {e}"))
+                    })?;
+                }
+                Arc::new(roots)
+            }
+            None => system_roots(),
+        };
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match &tls.client_cert {
+        Some(files) => {
+            let (key, _) = certified_key(files, read).map_err(|e| e.within("tls"))?;
+            builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)))
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![match protocol {
+        UpstreamProtocol::Http1 => b"http/1.1".to_vec(),
+        UpstreamProtocol::H2 => b"h2".to_vec(),
+    }];
+    Ok(Arc::new(config))
+}
+
+/// The system's trusted roots, read once; empty (so every verification
+/// fails, and says why) when the system has none.
+fn system_roots() -> Arc<RootCertStore> {
+    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            for error in &found.errors {
+                tracing::warn!(%error, "while reading the system's CA certificates");
+            }
+            let mut roots = RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                tracing::warn!("no system CA certificates found: pools without ca_file cannot verify their endpoints");
+            }
+            Arc::new(roots)
+        })
+        .clone()
+}
+
+/// `insecure_skip_verify`: any certificate is accepted, but the handshake's
+/// signatures are still checked, so the session is at least with the
+/// holder of the certificate's key.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
