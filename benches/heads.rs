@@ -32,7 +32,9 @@ fn heads(c: &mut Criterion) {
     let mut out = Vec::with_capacity(1024);
     group.bench_function("request_parse_and_rewrite", |b| {
         b.iter(|| {
-            let Ok(Some(request)) = codec::parse_request(black_box(REQUEST), b"192.0.2.10") else {
+            let Ok(Some(request)) =
+                codec::parse_request(black_box(REQUEST), b"192.0.2.10", codec::Scheme::Http)
+            else {
                 panic!("the sample request is valid");
             };
             request.write_upstream(None, &mut out);

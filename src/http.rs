@@ -1,6 +1,7 @@
 //! The layer-7 data plane. One HTTP/1 engine (`h1`) serves every HTTP/1.x
 //! client connection over the project's own codec (`codec`); a connection
-//! that opens with the HTTP/2 preface is served by hyper (`h2`). Each request
+//! that opens with the HTTP/2 preface, or that chose `h2` by ALPN on a
+//! listener terminating TLS (`tls`), is served by hyper (`h2`). Each request
 //! is routed afresh from the current snapshot — by Host to a service — and
 //! forwarded by the one attempt loop (`attempt`): by weight to a pool,
 //! round-robin to an endpoint, over that endpoint's kept HTTP/1.1
@@ -21,11 +22,13 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
+use crate::config::Alpn;
 use crate::inbound::proxy_header;
 pub(crate) use crate::inbound::Listening;
 use crate::limit::Slot;
 use crate::metrics::ListenerMetrics;
-use transport::Prefixed;
+use crate::tls::ListenerTls;
+use transport::{Prefixed, Transport};
 
 /// Serves one accepted plain-TCP client connection until it closes.
 pub(crate) fn serve_connection(
@@ -59,5 +62,55 @@ pub(crate) async fn serve_proxied(
     } else {
         let stream = Prefixed::new(proxied.leftover, stream);
         h1::serve(stream, client, listening, metrics, slot).await;
+    }
+}
+
+/// Serves a client connection on a listener that terminates TLS: after the
+/// PROXY header when its source sends one, the handshake, within
+/// `handshake_timeout`; then the engine ALPN chose.
+pub(crate) async fn serve_tls(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    proxied: bool,
+    tls: Arc<ListenerTls>,
+    listening: Arc<Listening>,
+    metrics: Arc<ListenerMetrics>,
+    slot: Slot,
+) {
+    if !proxied {
+        return terminate(stream, peer, &tls, listening, metrics, slot).await;
+    }
+    let timeout = listening.snapshot.load().limits.header_read_timeout;
+    let proxied = match proxy_header::read(&mut stream, peer, timeout).await {
+        Ok(proxied) => proxied,
+        Err(refusal) => return metrics.refused(refusal),
+    };
+    let client = proxied.client;
+    if proxied.leftover.is_empty() {
+        terminate(stream, client, &tls, listening, metrics, slot).await;
+    } else {
+        let stream = Prefixed::new(proxied.leftover, stream);
+        terminate(stream, client, &tls, listening, metrics, slot).await;
+    }
+}
+
+async fn terminate<S: Transport>(
+    stream: S,
+    client: SocketAddr,
+    tls: &ListenerTls,
+    listening: Arc<Listening>,
+    metrics: Arc<ListenerMetrics>,
+    slot: Slot,
+) {
+    let timeout = listening.snapshot.load().limits.handshake_timeout;
+    let Some(accepted) = tls.accept(stream, timeout, &metrics).await else {
+        return;
+    };
+    if accepted.alpn == Some(Alpn::H2) {
+        let _slot = slot;
+        let _open = metrics.open();
+        h2::serve(accepted.stream, client, &listening, &metrics).await;
+    } else {
+        h1::serve(accepted.stream, client, listening, metrics, slot).await;
     }
 }

@@ -68,6 +68,7 @@ pub struct Started<'a> {
 pub async fn start_admin(
     handle: &server::Handle,
     config: &config::Admin,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: CancellationToken,
 ) -> Result<SocketAddr, RunError> {
     let token = config
@@ -91,8 +92,9 @@ pub async fn start_admin(
     let sampler = admin.clone();
     let (sampler_handle, sampler_stop) = (handle.clone(), stop.clone());
     tokio::spawn(async move { sampler.rates.run(sampler_handle, sampler_stop).await });
-    tokio::spawn(admin::serve(listener, admin, stop));
-    tracing::info!(%addr, "admin API listening");
+    let https = tls.is_some();
+    tokio::spawn(admin::serve(listener, admin, tls, stop));
+    tracing::info!(%addr, https, "admin API listening");
     Ok(addr)
 }
 
@@ -108,9 +110,10 @@ pub async fn run(
     let signals = reload::Signals::install().map_err(RunError::Signals)?;
     let (server, handle) = server::Server::start(path, options).await?;
     let admin_config = server.admin_config().clone();
+    let admin_tls = server.admin_tls();
     let watcher = reload::FileWatcher::new(path, handle.clone())?;
     let stop = CancellationToken::new();
-    let admin_addr = start_admin(&handle, &admin_config, stop.clone()).await?;
+    let admin_addr = start_admin(&handle, &admin_config, admin_tls, stop.clone()).await?;
     tokio::spawn(watcher.run(stop.clone()));
     tokio::spawn(signals.run(handle.clone()));
     on_start(Started {

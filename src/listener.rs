@@ -1,8 +1,8 @@
 //! Client-facing sockets: binding, and the accept loop, which takes a slot
 //! of the listener's connection limit (`limit`) before each accept and hands
-//! each connection to its protocol — `http` or `tcp`, as the snapshot says
-//! at that moment, with whether its source is trusted to open with a PROXY
-//! header. A listener is identified by its configured bind address, so
+//! each connection to its protocol — `http` (over TLS when the listener
+//! terminates it) or `tcp`, as the snapshot says at that moment, with
+//! whether its source is trusted to open with a PROXY header. A listener is identified by its configured bind address, so
 //! a reload that keeps the address keeps the socket. What a connection does
 //! once handed over is its protocol's business.
 
@@ -81,8 +81,15 @@ impl AcceptLoop {
                     let metrics = router.metrics.clone();
                     let proxied = router.trusts_proxy(peer.ip());
                     let protocol = router.protocol;
+                    let tls = router.tls.clone();
                     drop(snapshot);
                     let listening = listening.clone();
+                    if let Some(tls) = tls {
+                        self.tracker.spawn(crate::http::serve_tls(
+                            stream, peer, proxied, tls, listening, metrics, slot,
+                        ));
+                        continue;
+                    }
                     match (protocol, proxied) {
                         (Protocol::Http, false) => self.tracker.spawn(
                             crate::http::serve_connection(stream, peer, listening, metrics, slot),

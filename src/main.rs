@@ -103,15 +103,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// Validates the file, then reads every TLS file it names: each must
+/// exist, parse, and (for a pair) have a key that matches its certificate.
 fn check(path: &Path) -> ExitCode {
-    match cutover::config::read(path) {
+    let config = match cutover::config::read(path) {
+        Ok((_, config)) => config,
+        Err(e) => {
+            for line in e.lines() {
+                eprintln!("{line}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    match cutover::tls::Material::load(&config) {
         Ok(_) => {
             println!("{}: ok", path.display());
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            for line in e.lines() {
-                eprintln!("{line}");
+        Err(errors) => {
+            for error in &errors.errors {
+                eprintln!("{}: {error}", path.display());
             }
             ExitCode::FAILURE
         }

@@ -30,7 +30,7 @@ use crate::listener::{self, AcceptLoop};
 use crate::metrics::Metrics;
 use crate::snapshot::{Inputs, SharedSnapshot, Snapshot};
 use crate::state::{self, Overrides, StateError};
-use crate::tls::{Material, TlsErrors};
+use crate::tls::{Fingerprint, Material, TlsErrors};
 use crate::upstream::Upstreams;
 use drains::Drains;
 use handle::Command;
@@ -100,6 +100,9 @@ pub struct Server {
     config: Config,
     /// What the configuration's TLS settings read from files.
     tls: Material,
+    /// The text and TLS files of the last reload that failed: the same
+    /// again is not tried again on a file event, nor reported twice.
+    failed: Option<(String, Fingerprint)>,
     overrides: Overrides,
     /// When each service's weights in the file last changed (RFC 3339).
     file_changed_at: HashMap<String, String>,
@@ -153,6 +156,7 @@ impl Server {
                 .collect(),
             config,
             tls,
+            failed: None,
             overrides,
             snapshot: snapshot.clone(),
             upstreams: Upstreams::default(),
@@ -189,6 +193,11 @@ impl Server {
             metrics,
         };
         Ok((server, handle))
+    }
+
+    /// The admin API's TLS, when `[admin] tls` is set; read at start.
+    pub fn admin_tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.admin.clone()
     }
 
     /// The `[admin]` section the server started with.
@@ -263,17 +272,32 @@ impl Server {
             }
         };
         let generation = self.snapshot.load().generation;
-        let config = match config::parse(&self.path, text.clone()) {
-            Ok(config) => config,
-            Err(e) => return Err(self.reload_failed(e.to_string())),
+        let loaded = config::parse(&self.path, text.clone())
+            .map_err(|e| (e.to_string(), Fingerprint::new()))
+            .and_then(|config| {
+                // Certificates and keys are read again too: a rotated pair is
+                // a change even when the text is not.
+                match Material::load(&config) {
+                    Ok(tls) => Ok((config, tls)),
+                    Err(e) => Err((e.to_string(), e.fingerprint().clone())),
+                }
+            });
+        let on_file_event = trigger == Trigger::FileChanged;
+        let (config, tls) = match loaded {
+            Ok(loaded) => loaded,
+            Err((error, read)) => {
+                let seen = (text, read);
+                if on_file_event && self.failed.as_ref() == Some(&seen) {
+                    // An event elsewhere in the directory: this failure was
+                    // reported when these very files came.
+                    return Err(ChangeError::Reload(error));
+                }
+                self.failed = Some(seen);
+                return Err(self.reload_failed(error));
+            }
         };
-        // Certificates and keys are read again too: a rotated pair is a
-        // change even when the text is not.
-        let tls = match Material::load(&config) {
-            Ok(tls) => tls,
-            Err(e) => return Err(self.reload_failed(e.to_string())),
-        };
-        if trigger == Trigger::FileChanged && text == self.text && tls.same_files(&self.tls) {
+        self.failed = None;
+        if on_file_event && text == self.text && tls.fingerprint() == self.tls.fingerprint() {
             // Back to what is in force (say, a bad edit undone): nothing to
             // apply, and the last failure no longer describes the files.
             self.status.send_modify(|s| s.last_reload_error = None);
@@ -285,9 +309,10 @@ impl Server {
         if config.runtime != self.config.runtime
             || config.admin.listen != self.config.admin.listen
             || config.admin.token_file != self.config.admin.token_file
+            || config.admin.tls != self.config.admin.tls
         {
             tracing::warn!(
-                "[runtime], [admin] listen and [admin] token_file take effect at the next start"
+                "[runtime], [admin] listen, token_file and tls take effect at the next start"
             );
         }
         if config.admin.read_only && !self.overrides.is_empty() {

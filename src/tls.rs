@@ -20,7 +20,7 @@ use rustls::crypto::CryptoProvider;
 
 use crate::config::Config;
 pub(crate) use pem::CertInfo;
-pub(crate) use server::{Accepted, ListenerTls};
+pub(crate) use server::ListenerTls;
 
 /// The one crypto provider: aws-lc-rs (see Cargo.toml for the figures).
 pub(crate) fn provider() -> Arc<CryptoProvider> {
@@ -52,8 +52,19 @@ impl TlsError {
 
 /// Every problem with the TLS files of one configuration.
 #[derive(Debug, thiserror::Error)]
-#[error("{}", lines(.0))]
-pub struct TlsErrors(pub Vec<TlsError>);
+#[error("{}", lines(&self.errors))]
+pub struct TlsErrors {
+    pub errors: Vec<TlsError>,
+    /// The files read, as for `Material`.
+    files: Fingerprint,
+}
+
+impl TlsErrors {
+    /// What the failed load read.
+    pub(crate) fn fingerprint(&self) -> &Fingerprint {
+        &self.files
+    }
+}
 
 fn lines(errors: &[TlsError]) -> String {
     errors
@@ -62,6 +73,10 @@ fn lines(errors: &[TlsError]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// The bytes of every TLS file one load read, by path: two loads that read
+/// the same bytes made the same `Material` (or failed alike).
+pub(crate) type Fingerprint = BTreeMap<PathBuf, Vec<u8>>;
 
 /// What the TLS settings of one configuration read from files, ready to use.
 #[derive(Default)]
@@ -74,7 +89,7 @@ pub struct Material {
     pub(crate) admin: Option<Arc<rustls::ServerConfig>>,
     /// The bytes of every file read, to tell a changed file from an
     /// unchanged one.
-    files: BTreeMap<PathBuf, Vec<u8>>,
+    files: Fingerprint,
 }
 
 impl Material {
@@ -119,15 +134,18 @@ impl Material {
             }
         }
         if !errors.is_empty() {
-            return Err(TlsErrors(errors));
+            return Err(TlsErrors {
+                errors,
+                files: files.read,
+            });
         }
         material.files = files.read;
         Ok(material)
     }
 
-    /// Whether `other` was read from the same bytes.
-    pub(crate) fn same_files(&self, other: &Self) -> bool {
-        self.files == other.files
+    /// What this load read.
+    pub(crate) fn fingerprint(&self) -> &Fingerprint {
+        &self.files
     }
 
     /// The directories of every file read: where a change means a reload.
@@ -150,7 +168,7 @@ impl Material {
 /// Files read while loading, kept by path.
 #[derive(Default)]
 struct Files {
-    read: BTreeMap<PathBuf, Vec<u8>>,
+    read: Fingerprint,
 }
 
 impl Files {

@@ -15,7 +15,7 @@
 
 use cutover::http::codec::chunked::Chunks;
 use cutover::http::codec::{
-    parse_request, parse_response, Asked, Framing, RequestBody, Version, MAX_HEADERS,
+    parse_request, parse_response, Asked, Framing, RequestBody, Scheme, Version, MAX_HEADERS,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -35,7 +35,7 @@ fn request(data: &[u8]) -> Option<usize> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut reference = httparse::Request::new(&mut headers);
     let expected = reference.parse(data);
-    let request = match parse_request(data, b"192.0.2.7") {
+    let request = match parse_request(data, b"192.0.2.7", Scheme::Http) {
         Ok(Some(r)) => r,
         Ok(None) => {
             assert!(

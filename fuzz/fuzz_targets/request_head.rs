@@ -9,7 +9,7 @@
 
 #![no_main]
 
-use cutover::http::codec::{parse_request, Request, MAX_HEADERS};
+use cutover::http::codec::{parse_request, Request, Scheme, MAX_HEADERS};
 use libfuzzer_sys::fuzz_target;
 
 const CLIENT_IP: &[u8] = b"192.0.2.7";
@@ -17,7 +17,7 @@ const CLIENT_IP: &[u8] = b"192.0.2.7";
 const POOL_HOST: &[u8] = b"green.internal:8080";
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(Some(request)) = parse_request(data, CLIENT_IP) else {
+    let Ok(Some(request)) = parse_request(data, CLIENT_IP, Scheme::Http) else {
         return;
     };
     assert!(request.head_len <= data.len(), "head_len past the buffer");
@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn reparse(upstream: &[u8]) -> Option<Request> {
-    match parse_request(upstream, CLIENT_IP) {
+    match parse_request(upstream, CLIENT_IP, Scheme::Http) {
         Ok(Some(r)) => Some(r),
         Err(refused) if refused.status == 431 => {
             // More fields than a client may send: still a whole head within

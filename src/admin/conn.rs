@@ -12,7 +12,8 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,8 +34,15 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// backlog until one closes.
 pub const MAX_CONNECTIONS: usize = 256;
 
-/// Serves the admin API on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
+/// Serves the admin API on `listener` until `shutdown`; over HTTPS when
+/// `tls` is given.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+) {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -62,28 +70,35 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
             },
             () = shutdown.cancelled() => return,
         };
-        tokio::spawn(connection(
-            stream,
-            peer,
-            builder.clone(),
-            admin.clone(),
-            shutdown.clone(),
-            permit,
-        ));
+        let (builder, admin, shutdown) = (builder.clone(), admin.clone(), shutdown.clone());
+        let Some(tls) = &tls else {
+            tokio::spawn(connection(stream, peer, builder, admin, shutdown, permit));
+            continue;
+        };
+        let accept = tls.accept(stream);
+        tokio::spawn(async move {
+            match tokio::time::timeout(HEADER_READ_TIMEOUT, accept).await {
+                Ok(Ok(stream)) => connection(stream, peer, builder, admin, shutdown, permit).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "admin TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
+            }
+        });
     }
 }
 
 /// Serves one connection until the client closes it, it has been idle for
 /// `IDLE_TIMEOUT`, or shutdown has let its open requests finish. Dropping
 /// `_permit` makes room for another connection.
-async fn connection(
-    stream: TcpStream,
+async fn connection<S>(
+    stream: S,
     peer: SocketAddr,
     builder: auto::Builder<TokioExecutor>,
     admin: Arc<Admin>,
     shutdown: CancellationToken,
     _permit: OwnedSemaphorePermit,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::default());
     let service = {
         let activity = activity.clone();

@@ -32,6 +32,14 @@ pub const MAX_REQUEST_HEADERS: usize = MAX_HEADERS - 5;
 /// Most interim (1xx) responses accepted ahead of a final one.
 pub const MAX_INTERIM: usize = 16;
 
+/// How the client reached the proxy, as `X-Forwarded-Proto` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    /// Over TLS the proxy terminated.
+    Https,
+}
+
 /// HTTP/1.0 or HTTP/1.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use super::attempt::{self, Outcome};
 use super::codec::{self, RequestBody};
-use super::replies::Reply;
+use super::replies::{self, Reply};
 use super::transport::{Prefixed, Transport};
 use super::{buffers, Listening};
 use crate::limit::Slot;
@@ -72,10 +72,17 @@ pub(crate) struct Conn<'a> {
     pub limits: Limits,
     /// The client's IP as an `X-Forwarded-For` entry: up to 45 bytes.
     client_ip: ([u8; 45], usize),
+    /// How the client reached the proxy.
+    scheme: codec::Scheme,
 }
 
 impl<'a> Conn<'a> {
-    fn new(peer: &'a SocketAddr, listening: &'a Listening, metrics: &'a ListenerMetrics) -> Self {
+    fn new(
+        peer: &'a SocketAddr,
+        listening: &'a Listening,
+        metrics: &'a ListenerMetrics,
+        scheme: codec::Scheme,
+    ) -> Self {
         let mut ip = [0u8; 45];
         let len = {
             let mut cursor = io::Cursor::new(&mut ip[..]);
@@ -88,6 +95,7 @@ impl<'a> Conn<'a> {
             metrics,
             limits: Limits::of(&listening.snapshot.load().limits),
             client_ip: (ip, len),
+            scheme,
         }
     }
 
@@ -161,7 +169,7 @@ pub(crate) fn serve<S: Transport>(
             }
             let at_start = std::mem::replace(&mut first, false);
             let request = async {
-                let conn = Conn::new(&peer, &listening, &metrics);
+                let conn = Conn::new(&peer, &listening, &metrics, S::SCHEME);
                 let mut client = Client {
                     stream: &mut stream,
                     conn: &conn,
@@ -240,7 +248,7 @@ impl<S: Transport> Client<'_, S> {
                 return Ok(None);
             }
             if !preface {
-                match codec::parse_request(buf, self.conn.client_ip()) {
+                match codec::parse_request(buf, self.conn.client_ip(), self.conn.scheme) {
                     Ok(Some(r)) if r.head_len <= limits.max_header_bytes => return Ok(Some(r)),
                     Ok(Some(_)) => break Reply::HeadTooLarge(limits.max_header_bytes),
                     Ok(None) if buf.len() > limits.max_header_bytes => {
@@ -308,6 +316,11 @@ impl<S: Transport> Client<'_, S> {
         let service = {
             let snapshot = self.conn.listening.snapshot.load();
             let router = snapshot.router(self.conn.listening.bind);
+            if router.is_some_and(|r| r.redirect_https) {
+                drop(snapshot);
+                let location = replies::https_location(request.host(), request.target());
+                return self.redirect(&request, buf, location).await;
+            }
             match router.and_then(|r| r.route(request.host())) {
                 Some(service) => service.clone(),
                 None => {
@@ -338,10 +351,46 @@ impl<S: Transport> Client<'_, S> {
         self.local(&request, buf, reply).await
     }
 
+    /// `redirect_https`: a 308 to the request's https URL, or a 400 when it
+    /// names no host to send the client to.
+    async fn redirect(
+        &mut self,
+        request: &codec::Request,
+        buf: &mut Vec<u8>,
+        location: Option<String>,
+    ) -> bool {
+        match location {
+            Some(location) => {
+                let head = request.head_method;
+                self.answer(request, buf, |close, http10| {
+                    replies::redirect_h1(&location, head, close, http10)
+                })
+                .await
+            }
+            None => {
+                self.conn.metrics.rejected(StatusCode::BAD_REQUEST);
+                self.local(request, buf, Reply::NoHostToRedirect).await
+            }
+        }
+    }
+
     /// A proxy-made reply to a request whose body was not touched. A small
     /// `Content-Length` body is read and dropped, so the connection can go
     /// on; otherwise the connection closes after the reply.
     async fn local(&mut self, request: &codec::Request, buf: &mut Vec<u8>, reply: Reply) -> bool {
+        let head = request.head_method;
+        self.answer(request, buf, |close, http10| reply.h1(head, close, http10))
+            .await
+    }
+
+    /// Writes a proxy-made response, made by `bytes(close, http10)`, to a
+    /// request whose body was not touched; see `local`.
+    async fn answer(
+        &mut self,
+        request: &codec::Request,
+        buf: &mut Vec<u8>,
+        bytes: impl FnOnce(bool, bool) -> Vec<u8>,
+    ) -> bool {
         let unread = match request.body {
             RequestBody::None => Some(0),
             // A client waiting for 100 Continue may never send its body.
@@ -355,10 +404,7 @@ impl<S: Transport> Client<'_, S> {
         };
         let close = !request.keep_alive || self.conn.stopping() || unread.is_none();
         let http10 = request.version == codec::Version::Http10;
-        if !self
-            .write(&reply.h1(request.head_method, close, http10))
-            .await
-        {
+        if !self.write(&bytes(close, http10)).await {
             return false;
         }
         match unread {

@@ -36,8 +36,6 @@ use super::Listening;
 use crate::metrics::ListenerMetrics;
 use crate::upstream::RawConn;
 
-/// Streams one client may have open at once.
-const MAX_STREAMS: u32 = 256;
 /// How often an idle HTTP/2 connection is pinged, and how long a ping may
 /// go unanswered before the connection is closed.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
@@ -49,6 +47,7 @@ struct Ctx {
     snapshot: crate::snapshot::SharedSnapshot,
     metrics: Arc<ListenerMetrics>,
     client_ip: Vec<u8>,
+    scheme: codec::Scheme,
     body_read_timeout: Duration,
     streams: Arc<Streams>,
 }
@@ -110,6 +109,7 @@ pub(crate) async fn serve<S: Transport>(
         snapshot: listening.snapshot.clone(),
         metrics: metrics.clone(),
         client_ip: peer.ip().to_string().into_bytes(),
+        scheme: S::SCHEME,
         body_read_timeout: limits.body_read_timeout,
     });
     let service = service_fn(move |req| {
@@ -121,7 +121,7 @@ pub(crate) async fn serve<S: Transport>(
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEP_ALIVE)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-        .max_concurrent_streams(MAX_STREAMS)
+        .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(
             u32::try_from(*limits.max_header_bytes.get_ref()).unwrap_or(u32::MAX),
         );
@@ -174,6 +174,17 @@ async fn route_and_forward(req: Request<Incoming>, ctx: &Ctx) -> H2Response {
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
         });
+        if router.is_some_and(|r| r.redirect_https) {
+            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            return match super::replies::https_location(host, target.as_bytes()) {
+                Some(location) => super::replies::redirect_h2(&location)
+                    .map(|text| H2Body::new(Kind::Local(Some(text)))),
+                None => {
+                    ctx.metrics.rejected(StatusCode::BAD_REQUEST);
+                    local(Reply::NoHostToRedirect)
+                }
+            };
+        }
         match router.and_then(|r| r.route(host)) {
             Some(service) => service.clone(),
             None => {
@@ -191,7 +202,7 @@ async fn route_and_forward(req: Request<Incoming>, ctx: &Ctx) -> H2Response {
             None => RequestBody::Chunked,
         }
     };
-    let request = codec::h2_request(&parts, framing, &ctx.client_ip);
+    let request = codec::h2_request(&parts, framing, &ctx.client_ip, ctx.scheme);
     let mut exchange = H2Exchange {
         request,
         body: Some(body),

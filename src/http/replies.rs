@@ -32,6 +32,8 @@ pub(crate) enum Reply {
     BodyTimeout(Duration),
     /// The body's chunked framing was broken.
     BadBody(&'static str),
+    /// `redirect_https`, but the request names no host.
+    NoHostToRedirect,
 }
 
 /// What went wrong with an upstream, as a 502 says it.
@@ -54,7 +56,7 @@ impl Reply {
             Reply::Refused(r) => r.status,
             Reply::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reply::HeadTimeout(_) | Reply::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Reply::BadBody(_) => StatusCode::BAD_REQUEST,
+            Reply::BadBody(_) | Reply::NoHostToRedirect => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -68,6 +70,7 @@ impl Reply {
                 | Reply::HeadTimeout(_)
                 | Reply::BodyTimeout(_)
                 | Reply::BadBody(_)
+                | Reply::NoHostToRedirect
         )
     }
 
@@ -107,42 +110,105 @@ impl Reply {
             Reply::BadBody(why) => Cow::Owned(format!(
                 "400 Bad Request: the request body is not valid chunked encoding: {why}\n"
             )),
+            Reply::NoHostToRedirect => fixed(
+                "400 Bad Request: this listener redirects to https, but the request names no host\n",
+            ),
         }
     }
 
     /// The reply as HTTP/1.1 bytes; `connection: close` when `close`, and
     /// `connection: keep-alive` to an HTTP/1.0 client (`http10`) otherwise.
     pub fn h1(self, head_method: bool, close: bool, http10: bool) -> Vec<u8> {
-        let text = self.text();
-        let status = self.status();
-        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-        let mut reply = format!(
-            "HTTP/1.1 {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\ndate: {date}\r\n",
-            status_line(status),
-            text.len()
-        );
-        if close {
-            reply.push_str("connection: close\r\n");
-        } else if http10 {
-            reply.push_str("connection: keep-alive\r\n");
-        }
-        reply.push_str("\r\n");
-        if !head_method {
-            reply.push_str(&text);
-        }
-        reply.into_bytes()
+        let status = status_line(self.status());
+        write_h1(&status, None, &self.text(), head_method, close, http10)
     }
 
     /// The reply as an HTTP/2 response.
     pub fn h2(self) -> http::Response<Bytes> {
-        let mut response = http::Response::new(Bytes::from(self.text().into_owned()));
-        *response.status_mut() = self.status();
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        response
+        write_h2(self.status(), None, self.text().into_owned())
     }
+}
+
+/// `redirect_https`: the https URL of a request for `host` (its port
+/// dropped: https is on its default port) and `target`; `None` without a
+/// host, or with one that cannot be put in a URL.
+pub(crate) fn https_location(host: Option<&str>, target: &[u8]) -> Option<String> {
+    let host = host.filter(|h| !h.is_empty())?;
+    let name = match host.strip_prefix('[') {
+        Some(v6) => &host[..v6.find(']')? + 2],
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let target = std::str::from_utf8(target).ok()?;
+    let target = if target.starts_with('/') { target } else { "/" };
+    let location = format!("https://{name}{target}");
+    // Whatever the client sent must still make a valid header value.
+    http::HeaderValue::from_str(&location).ok()?;
+    Some(location)
+}
+
+/// The 308 `redirect_https` answers, as HTTP/1.1 bytes; see `Reply::h1`.
+pub(crate) fn redirect_h1(location: &str, head_method: bool, close: bool, http10: bool) -> Vec<u8> {
+    let text = format!("308 Permanent Redirect: {location}\n");
+    write_h1(
+        "308 Permanent Redirect",
+        Some(location),
+        &text,
+        head_method,
+        close,
+        http10,
+    )
+}
+
+/// A proxy-made response as HTTP/1.1 bytes: `status` line, an optional
+/// `location`, and `text` as its body (none to `HEAD`).
+fn write_h1(
+    status: &str,
+    location: Option<&str>,
+    text: &str,
+    head_method: bool,
+    close: bool,
+    http10: bool,
+) -> Vec<u8> {
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let mut reply = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\ndate: {date}\r\n",
+        text.len()
+    );
+    if let Some(location) = location {
+        reply.push_str("location: ");
+        reply.push_str(location);
+        reply.push_str("\r\n");
+    }
+    if close {
+        reply.push_str("connection: close\r\n");
+    } else if http10 {
+        reply.push_str("connection: keep-alive\r\n");
+    }
+    reply.push_str("\r\n");
+    if !head_method {
+        reply.push_str(text);
+    }
+    reply.into_bytes()
+}
+
+/// The same 308 as an HTTP/2 response.
+pub(crate) fn redirect_h2(location: &str) -> http::Response<Bytes> {
+    let text = format!("308 Permanent Redirect: {location}\n");
+    write_h2(StatusCode::PERMANENT_REDIRECT, Some(location), text)
+}
+
+fn write_h2(status: StatusCode, location: Option<&str>, text: String) -> http::Response<Bytes> {
+    let mut response = http::Response::new(Bytes::from(text));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    if let Some(value) = location.and_then(|l| http::HeaderValue::from_str(l).ok()) {
+        headers.insert(http::header::LOCATION, value);
+    }
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 fn status_line(status: StatusCode) -> String {

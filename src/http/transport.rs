@@ -1,6 +1,7 @@
 //! Client transports: what the engines need of a client stream
-//! (`Transport`), and a stream with bytes already read put back in front
-//! (`Prefixed`), so hyper reads an HTTP/2 connection from its preface.
+//! (`Transport`: plain TCP, TLS the proxy terminated, or either with bytes
+//! already read put back in front, `Prefixed`, so hyper reads an HTTP/2
+//! connection from its preface).
 
 use std::io;
 use std::pin::Pin;
@@ -9,9 +10,14 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::codec::Scheme;
+
 /// A client stream the engine serves: plain TCP, or any transport that
 /// wraps one (TLS, a PROXY-protocol prefix).
 pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// How the client reached the proxy, for `X-Forwarded-Proto`.
+    const SCHEME: Scheme = Scheme::Http;
+
     /// Whether `poll_readable` tells real readiness, so that a read after it
     /// that finds nothing can give up rather than wait.
     const READINESS: bool = false;
@@ -100,4 +106,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-impl<S: Transport> Transport for Prefixed<S> {}
+impl<S: Transport> Transport for Prefixed<S> {
+    const SCHEME: Scheme = S::SCHEME;
+}
+
+/// TLS the proxy terminated. Readiness of the socket says nothing of
+/// decrypted bytes, so reads wait.
+impl<S: Transport> Transport for tokio_rustls::server::TlsStream<S> {
+    const SCHEME: Scheme = Scheme::Https;
+}

@@ -84,9 +84,7 @@ impl ListenerTls {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let result = tokio::time::timeout(timeout, self.acceptor.accept(stream)).await;
-        let Some(counters) = metrics.tls.as_deref() else {
-            return None;
-        };
+        let counters = metrics.tls.as_deref();
         match result {
             Ok(Ok(stream)) => {
                 let (_, conn) = stream.get_ref();
@@ -96,16 +94,22 @@ impl ListenerTls {
                     _ => None,
                 };
                 let tls13 = conn.protocol_version() == Some(ProtocolVersion::TLSv1_3);
-                counters.succeeded(tls13, alpn);
+                if let Some(counters) = counters {
+                    counters.succeeded(tls13, alpn);
+                }
                 Some(Accepted { stream, alpn })
             }
             Ok(Err(e)) => {
-                counters.failed();
+                if let Some(counters) = counters {
+                    counters.failed();
+                }
                 tracing::debug!(error = %e, "TLS handshake failed");
                 None
             }
             Err(_) => {
-                counters.failed();
+                if let Some(counters) = counters {
+                    counters.failed();
+                }
                 tracing::debug!(?timeout, "TLS handshake timed out");
                 None
             }

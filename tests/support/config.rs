@@ -43,6 +43,7 @@ pub struct Limits {
     idle_timeout: Option<String>,
     body_read_timeout: Option<String>,
     send_timeout: Option<String>,
+    handshake_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +52,8 @@ struct Admin {
     token_file: Option<String>,
     read_only: Option<bool>,
     state_file: Option<String>,
+    /// `tls`, as the inline table's text.
+    tls: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +64,9 @@ struct Listener {
     protocol: Option<&'static str>,
     sni: Option<bool>,
     accept_proxy: Option<Vec<String>>,
+    /// `tls`, as the inline table's text.
+    tls: Option<String>,
+    redirect_https: Option<bool>,
 }
 
 /// One `[[service]]` table and what it holds.
@@ -162,6 +168,7 @@ impl Config {
             token_file: None,
             read_only: None,
             state_file: None,
+            tls: None,
         })
     }
 
@@ -179,6 +186,8 @@ impl Config {
             protocol: None,
             sni: None,
             accept_proxy: None,
+            tls: None,
+            redirect_https: None,
         });
         self
     }
@@ -205,6 +214,44 @@ impl Config {
     /// The last listener reads PROXY headers from these sources.
     pub fn accept_proxy<const N: usize>(mut self, sources: [&str; N]) -> Self {
         self.last_listener().accept_proxy = Some(sources.map(str::to_owned).to_vec());
+        self
+    }
+
+    /// The last listener terminates TLS with these certificate and key
+    /// files; `extra` adds keys to the table (`alpn = ["h2"]`), or is "".
+    pub fn tls(mut self, pairs: &[(&Path, &Path)], extra: &str) -> Self {
+        let certs: Vec<String> = pairs
+            .iter()
+            .map(|(cert, key)| {
+                format!(
+                    "{{ cert = {}, key = {} }}",
+                    quoted(&path_text(cert)),
+                    quoted(&path_text(key))
+                )
+            })
+            .collect();
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(", {extra}")
+        };
+        self.last_listener().tls = Some(format!("{{ certs = [{}]{extra} }}", certs.join(", ")));
+        self
+    }
+
+    /// The last listener answers every request with a redirect to https.
+    pub fn redirect_https(mut self) -> Self {
+        self.last_listener().redirect_https = Some(true);
+        self
+    }
+
+    /// `[admin] tls` with this certificate and key.
+    pub fn admin_tls(mut self, cert: &Path, key: &Path) -> Self {
+        self.admin_table().tls = Some(format!(
+            "{{ cert = {}, key = {} }}",
+            quoted(&path_text(cert)),
+            quoted(&path_text(key))
+        ));
         self
     }
 
@@ -268,8 +315,14 @@ impl Limits {
         self
     }
 
+    pub fn handshake_timeout(mut self, d: &str) -> Self {
+        self.handshake_timeout = Some(d.to_owned());
+        self
+    }
+
     fn is_empty(&self) -> bool {
-        self.max_connections.is_none()
+        self.handshake_timeout.is_none()
+            && self.max_connections.is_none()
             && self.max_header_bytes.is_none()
             && self.header_read_timeout.is_none()
             && self.idle_timeout.is_none()
@@ -480,6 +533,7 @@ impl Display for Config {
             t.text("idle_timeout", &l.idle_timeout)?;
             t.text("body_read_timeout", &l.body_read_timeout)?;
             t.text("send_timeout", &l.send_timeout)?;
+            t.text("handshake_timeout", &l.handshake_timeout)?;
             out.push('\n');
         }
         if let Some(admin) = &self.admin {
@@ -489,6 +543,7 @@ impl Display for Config {
             t.text("token_file", &admin.token_file)?;
             t.raw("read_only", admin.read_only)?;
             t.text("state_file", &admin.state_file)?;
+            t.raw("tls", admin.tls.as_ref())?;
             out.push('\n');
         }
         for listener in &self.listeners {
@@ -502,6 +557,8 @@ impl Display for Config {
             if let Some(sources) = &listener.accept_proxy {
                 t.list("accept_proxy", sources)?;
             }
+            t.raw("tls", listener.tls.as_ref())?;
+            t.raw("redirect_https", listener.redirect_https)?;
             out.push('\n');
         }
         for service in &self.services {

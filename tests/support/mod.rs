@@ -249,7 +249,7 @@ impl Proxy {
         let admin = if admin {
             let config = server.admin_config().clone();
             Some(
-                cutover::start_admin(&handle, &config, stop_watching.clone())
+                cutover::start_admin(&handle, &config, server.admin_tls(), stop_watching.clone())
                     .await
                     .map_err(|e| e.to_string())?,
             )

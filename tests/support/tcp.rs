@@ -450,6 +450,36 @@ impl TestCa {
         (cert.der().clone(), key)
     }
 
+    /// A certificate for `names` and its key, written as PEM files
+    /// `<stem>.crt` and `<stem>.key` in `dir`, as a user would have them.
+    pub fn issue_files(
+        &self,
+        dir: &std::path::Path,
+        stem: &str,
+        names: &[&str],
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        let (cert_path, key_path) = (
+            dir.join(format!("{stem}.crt")),
+            dir.join(format!("{stem}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path)
+    }
+
+    /// This CA's certificate as a PEM file in `dir`.
+    pub fn write_ca(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, self.issuer.pem()).unwrap();
+        path
+    }
+
     /// A client configuration that trusts this CA only.
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();

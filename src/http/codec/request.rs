@@ -9,7 +9,7 @@ use http::StatusCode;
 
 use super::{
     bad, classify, merge_length, push_header, refuse, Codings, ConnectionTokens, Name, Refused,
-    RequestBody, Version, MAX_REQUEST_HEADERS,
+    RequestBody, Scheme, Version, MAX_REQUEST_HEADERS,
 };
 
 /// A client's request head, parsed, with its rewrite for upstream.
@@ -45,6 +45,13 @@ impl Request {
         self.host
             .clone()
             .and_then(|r| std::str::from_utf8(&self.upstream[r]).ok())
+    }
+
+    /// The request target as sent upstream (origin-form).
+    pub fn target(&self) -> &[u8] {
+        let line = &self.upstream[..self.line_end];
+        let mut parts = line.splitn(3, |&b| b == b' ');
+        parts.nth(1).unwrap_or(b"/")
     }
 
     pub fn wants_upgrade(&self) -> bool {
@@ -147,6 +154,7 @@ fn push_forwarding(
     upstream: &mut Vec<u8>,
     forwarded_for: Option<&[u8]>,
     client_ip: &[u8],
+    scheme: Scheme,
     host: Option<&[u8]>,
 ) -> Option<Range<usize>> {
     upstream.extend_from_slice(b"x-forwarded-for: ");
@@ -155,7 +163,10 @@ fn push_forwarding(
         upstream.extend_from_slice(b", ");
     }
     upstream.extend_from_slice(client_ip);
-    upstream.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    upstream.extend_from_slice(match scheme {
+        Scheme::Http => b"\r\nx-forwarded-proto: http\r\n",
+        Scheme::Https => b"\r\nx-forwarded-proto: https\r\n",
+    });
     host.map(|value| {
         upstream.extend_from_slice(b"x-forwarded-host: ");
         let start = upstream.len();
@@ -167,7 +178,11 @@ fn push_forwarding(
 
 /// Parses a client's request head at the start of `buf` and rewrites it for
 /// upstream. `Ok(None)`: more bytes are needed.
-pub fn parse_request(buf: &[u8], client_ip: &[u8]) -> Result<Option<Request>, Refused> {
+pub fn parse_request(
+    buf: &[u8],
+    client_ip: &[u8],
+    scheme: Scheme,
+) -> Result<Option<Request>, Refused> {
     // Left uninitialised: httparse writes only the entries it fills.
     let mut headers = [const { MaybeUninit::uninit() }; MAX_REQUEST_HEADERS];
     let mut req = httparse::Request::new(&mut []);
@@ -287,7 +302,13 @@ pub fn parse_request(buf: &[u8], client_ip: &[u8]) -> Result<Option<Request>, Re
         Some(range) => Some(&target.as_bytes()[range]),
         None => host,
     };
-    let host = push_forwarding(&mut upstream, forwarded_for.as_deref(), client_ip, host);
+    let host = push_forwarding(
+        &mut upstream,
+        forwarded_for.as_deref(),
+        client_ip,
+        scheme,
+        host,
+    );
     upstream.extend_from_slice(match version {
         Version::Http10 => b"via: 1.0 cutover\r\n",
         Version::Http11 => b"via: 1.1 cutover\r\n",
@@ -318,6 +339,7 @@ pub(crate) fn h2_request(
     parts: &http::request::Parts,
     body: RequestBody,
     client_ip: &[u8],
+    scheme: Scheme,
 ) -> Request {
     let method = parts.method.as_str();
     let target = match parts.uri.path_and_query() {
@@ -348,6 +370,7 @@ pub(crate) fn h2_request(
         &mut upstream,
         forwarded_for.as_deref(),
         client_ip,
+        scheme,
         authority,
     );
     upstream.extend_from_slice(b"via: 2 cutover\r\n");

@@ -3,7 +3,7 @@
 use super::*;
 
 fn request(head: &str) -> Request {
-    match parse_request(head.as_bytes(), b"10.0.0.1") {
+    match parse_request(head.as_bytes(), b"10.0.0.1", Scheme::Http) {
         Ok(Some(r)) => r,
         Ok(None) => panic!("partial: {head:?}"),
         Err(e) => panic!("refused ({e:?}): {head:?}"),
@@ -17,7 +17,7 @@ fn upstream_text(r: &Request, host: Option<&[u8]>) -> String {
 }
 
 fn refused(head: &str) -> Refused {
-    match parse_request(head.as_bytes(), b"1") {
+    match parse_request(head.as_bytes(), b"1", Scheme::Http) {
         Err(e) => e,
         Ok(r) => panic!("accepted ({}): {head:?}", r.is_some()),
     }
@@ -124,7 +124,7 @@ fn ambiguous_framing_is_refused() {
         StatusCode::EXPECTATION_FAILED
     );
     assert!(matches!(
-        parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n", b"1"),
+        parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n", b"1", Scheme::Http),
         Ok(None)
     ));
 }
