@@ -206,21 +206,51 @@ pub struct Ports {
     pub admin_port: u16,
     /// The TLS-passthrough (tcp, sni) listener.
     pub tls_port: u16,
+    /// The https listener: TLS terminated by the proxy.
+    pub https_port: u16,
 }
 
-/// The demo's configuration: blue takes all traffic, green none, on an
-/// http listener and a TLS-passthrough one.
+/// A self-signed certificate for `localhost`, `TLS_HOST` and 127.0.0.1,
+/// written with its key as `proxy.crt` and `proxy.key` in `dir`: the
+/// demo's https listener serves it.
+pub fn write_proxy_cert(
+    dir: &Path,
+) -> Result<(std::path::PathBuf, std::path::PathBuf), Box<dyn std::error::Error + Send + Sync>> {
+    let mut params = rcgen::CertificateParams::new(vec![
+        "localhost".to_owned(),
+        TLS_HOST.to_owned(),
+        "127.0.0.1".to_owned(),
+    ])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "cutover demo proxy");
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    let (cert_path, key_path) = (dir.join("proxy.crt"), dir.join("proxy.key"));
+    std::fs::write(&cert_path, cert.pem())?;
+    std::fs::write(&key_path, key.serialize_pem())?;
+    Ok((cert_path, key_path))
+}
+
+/// The demo's configuration, in `dir` beside its state file and the
+/// proxy's certificate: blue takes all traffic, green none, on an http
+/// listener, an https one (TLS terminated by the proxy) and a
+/// TLS-passthrough one.
 pub fn config_text(
     ports: Ports,
-    state_file: &Path,
+    dir: &Path,
     blue: &SampleProcess,
     green: &SampleProcess,
 ) -> String {
+    let state_file = dir.join("state.json");
     let state_file = state_file.display();
+    let (cert, key) = (dir.join("proxy.crt"), dir.join("proxy.key"));
+    let (cert, key) = (cert.display(), key.display());
     let Ports {
         port,
         admin_port,
         tls_port,
+        https_port,
     } = ports;
     let (blue_tls, green_tls) = (blue.tls_addr, green.tls_addr);
     let (blue, green) = (blue.addr, green.addr);
@@ -237,6 +267,15 @@ name = "web"
 bind = "127.0.0.1:{port}"
 protocol = "http"
 services = ["hello"]
+
+# The same service over HTTPS: TLS terminated here, HTTP/2 or HTTP/1.1 by
+# ALPN. Replace the files (cert-manager does) and new handshakes use the
+# new pair; a broken pair is refused and the old one keeps serving.
+[[listener]]
+name = "web-tls"
+bind = "127.0.0.1:{https_port}"
+services = ["hello"]
+tls = {{ certs = [{{ cert = "{cert}", key = "{key}" }}] }}
 
 [[service]]
 name = "hello"
@@ -296,12 +335,17 @@ pub fn instructions(
 ) -> String {
     let file = path.display();
     let (blue_pid, green_pid) = (blue.pid, green.pid);
-    let Ports { port, tls_port, .. } = ports;
+    let Ports {
+        port,
+        tls_port,
+        https_port,
+        ..
+    } = ports;
     format!(
         r#"
 cutover demo is running: blue and green sample backends behind the proxy.
 
-  proxy   http://127.0.0.1:{port}/
+  proxy   http://127.0.0.1:{port}/   and   https://localhost:{https_port}/
   admin   http://{admin}/v1/status   (metrics: http://{admin}/metrics)
   config  {file}
 
@@ -343,6 +387,14 @@ green=50), keep the curl loop running, and kill green's process:
 
 Not one request fails: those green cannot take are retried on blue, the
 health checks mark green down, and `cutover ctl ... status` shows why.
+
+HTTPS, terminated by the proxy with a self-signed certificate (hence -k),
+HTTP/2 chosen by ALPN; the backends see X-Forwarded-Proto: https:
+
+  curl -sk --http2 https://localhost:{https_port}/ -o /dev/null -w '%{{http_version}}\n'
+  curl -sk https://localhost:{https_port}/ | head -1
+  openssl s_client -connect 127.0.0.1:{https_port} -servername localhost -alpn h2 </dev/null 2>/dev/null | grep -E 'subject|ALPN|Protocol'
+  curl -s http://{admin}/metrics | grep cutover_tls_
 
 TLS passthrough (layer 4): port {tls_port} routes each TLS connection by its
 server name without decrypting it; each sample cluster holds its own

@@ -51,6 +51,9 @@ enum Command {
         /// Port of the TLS-passthrough (layer 4, routed by SNI) listener on 127.0.0.1.
         #[arg(long, default_value_t = 8443)]
         tls_port: u16,
+        /// Port of the https listener (TLS terminated by the proxy) on 127.0.0.1.
+        #[arg(long, default_value_t = 8444)]
+        https_port: u16,
     },
     /// Talk to a running proxy's admin API.
     Ctl(ctl::CtlArgs),
@@ -82,12 +85,14 @@ fn main() -> ExitCode {
             port,
             admin_port,
             tls_port,
+            https_port,
         } => {
             logging::init(cli.log_format);
             demo(cutover::demo::Ports {
                 port,
                 admin_port,
                 tls_port,
+                https_port,
             })
         }
     };
@@ -207,10 +212,11 @@ fn demo(ports: cutover::demo::Ports) -> anyhow::Result<()> {
             .tempdir()
             .context("cannot create a directory for the demo configuration")?;
         let path = dir.path().join("cutover.toml");
-        let state = dir.path().join("state.json");
+        cutover::demo::write_proxy_cert(dir.path())
+            .map_err(|e| anyhow::anyhow!("cannot write the demo's certificate: {e}"))?;
         std::fs::write(
             &path,
-            cutover::demo::config_text(ports, &state, &blue, &green),
+            cutover::demo::config_text(ports, dir.path(), &blue, &green),
         )
         .with_context(|| format!("cannot write {}", path.display()))?;
         let options = cutover::server::Options {
