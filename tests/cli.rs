@@ -149,6 +149,133 @@ async fn check_reports_every_semantic_problem_with_its_position() {
     assert!(output.stdout.is_empty());
 }
 
+const TLS_PROBLEMS: &str = r#"# TLS settings in the wrong places, or malformed.
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8443"
+services = ["hello"]
+tls = { certs = [{ cert = "a.crt", key = "a.key" }], alpn = ["h3"], min_version = "1.1" }
+
+[[listener]]
+name = "plain"
+bind = "127.0.0.1:8080"
+services = ["hello"]
+redirect_https = true
+tls = { certs = [] }
+
+[[listener]]
+name = "l4"
+bind = "127.0.0.1:9000"
+protocol = "tcp"
+services = ["raw"]
+tls = { certs = [{ cert = "a.crt", key = "a.key" }] }
+
+[[service]]
+name = "hello"
+
+  [[service.pool]]
+  name = "blue"
+  weight = 100
+  endpoints = ["10.0.0.10:443"]
+  tls = { cert = "client.crt" }
+
+[[service]]
+name = "raw"
+
+  [[service.pool]]
+  name = "blue"
+  weight = 100
+  endpoints = ["10.0.0.10:5432"]
+  protocol = "h2"
+"#;
+
+#[tokio::test]
+async fn check_reports_tls_settings_in_the_wrong_place_with_their_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = TLS_PROBLEMS;
+    let file = write(dir.path(), "cutover.toml", text);
+    let output = cutover(&["check", "-c", &file]).await;
+    let at = |marker, value| position(&file, text, marker, value);
+    assert_problems(
+        &output,
+        &[
+            (at("\"h3\"", "\"h3\""), &["alpn", "h3"]),
+            (at("\"1.1\"", "\"1.1\""), &["min_version", "1.1"]),
+            (
+                at("redirect_https", "true"),
+                &["redirect_https", "plain http"],
+            ),
+            (at("certs = []", "[]"), &["no certs"]),
+            (
+                at(
+                    "tls = { certs = [{ cert = \"a.crt\", key = \"a.key\" }] }",
+                    "{",
+                ),
+                &["l4", "tcp listener passes TLS through"],
+            ),
+            (at("client.crt", "{"), &["both cert and key"]),
+            (at("\"h2\"", "\"h2\""), &["protocol", "tcp listener"]),
+        ],
+    );
+}
+
+#[tokio::test]
+async fn check_reads_the_tls_files_and_names_each_one_that_cannot_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::tcp::TestCa::new();
+    let (cert, key) = ca.issue_files(dir.path(), "web", &["hello.test"]);
+    let (_, other_key) = ca.issue_files(dir.path(), "other", &["other.test"]);
+    let missing = dir.path().join("missing.crt");
+    let text = format!(
+        r#"[[listener]]
+name = "web"
+bind = "127.0.0.1:8443"
+services = ["hello"]
+tls = {{ certs = [{{ cert = "{cert}", key = "{other_key}" }}, {{ cert = "{missing}", key = "{key}" }}] }}
+
+[[service]]
+name = "hello"
+
+  [[service.pool]]
+  name = "blue"
+  weight = 100
+  endpoints = ["10.0.0.10:443"]
+  tls = {{ ca_file = "{not_pem}" }}
+"#,
+        cert = cert.display(),
+        other_key = other_key.display(),
+        missing = missing.display(),
+        key = key.display(),
+        not_pem = key.display(),
+    );
+    let file = write(dir.path(), "cutover.toml", &text);
+    let output = cutover(&["check", "-c", &file]).await;
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("other.key") && err.contains("KeyMismatch"),
+        "{err}"
+    );
+    // The first problem of a listener is reported; the pool's too.
+    assert!(
+        err.contains("pool \"blue\" of service \"hello\" tls ca_file"),
+        "{err}"
+    );
+    assert!(err.contains("holds no PEM certificate"), "{err}");
+
+    // Fixed, it passes.
+    let good = text
+        .replace(&other_key.display().to_string(), &key.display().to_string())
+        .replace(&missing.display().to_string(), &cert.display().to_string())
+        .replace(
+            &format!("ca_file = \"{}\"", key.display()),
+            &format!("ca_file = \"{}\"", ca.write_ca(dir.path()).display()),
+        );
+    let file = write(dir.path(), "cutover.toml", &good);
+    let output = cutover(&["check", "-c", &file]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
 #[tokio::test]
 async fn check_reports_an_unknown_key_in_a_later_table_at_its_line() {
     let dir = tempfile::tempdir().unwrap();

@@ -282,7 +282,7 @@ fn listener_tls(
     if raw.certs.get_ref().is_empty() {
         problems.push(Problem::at(
             raw.certs.span(),
-            format!("listener {name:?}: tls has no certs; give at least one {{ cert = \"a.crt\", key = \"a.key\" }}"),
+            format!("listener {name:?}: tls has no certs; list at least one, like certs = [{{cert = \"a.crt\", key = \"a.key\"}}]"),
         ));
     }
     let mut alpn = Vec::new();
