@@ -493,3 +493,31 @@ async fn shutdown_sends_goaway_and_streams_in_flight_finish() {
         .unwrap();
     assert!(ended.is_ok(), "{ended:?}");
 }
+
+#[tokio::test]
+async fn pipelined_requests_in_one_tls_record_are_all_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue_files(dir.path(), "web", &["hello.test"]);
+    let backend = Backend::start("blue").await;
+    let proxy = tls_proxy(&backend, &[(&cert, &key)], "").await;
+    let mut stream = connect(proxy.addr(), &ca, "hello.test", &[b"http/1.1"]).await;
+    // Three requests in one write: rustls decrypts them together, and the
+    // second and third must not wait for more bytes from the socket.
+    let request = "GET / HTTP/1.1\r\nHost: hello.test\r\n\r\n";
+    stream
+        .write_all(request.repeat(3).as_bytes())
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while seen.matches("HTTP/1.1 200").count() < 3 {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("three answers within 5s")
+            .unwrap();
+        assert!(n > 0, "closed early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert_eq!(backend.hits(), 3);
+}

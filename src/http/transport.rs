@@ -110,8 +110,17 @@ impl<S: Transport> Transport for Prefixed<S> {
     const SCHEME: Scheme = S::SCHEME;
 }
 
-/// TLS the proxy terminated. Readiness of the socket says nothing of
-/// decrypted bytes, so reads wait.
+/// TLS the proxy terminated: ready when rustls holds decrypted bytes (or
+/// the close) already, else when the socket is. A ready socket may still
+/// hold only part of a record, so a read after it waits.
 impl<S: Transport> Transport for tokio_rustls::server::TlsStream<S> {
     const SCHEME: Scheme = Scheme::Https;
+
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (io, conn) = self.get_mut();
+        if !conn.wants_read() {
+            return Poll::Ready(Ok(()));
+        }
+        io.poll_readable(cx)
+    }
 }
