@@ -180,6 +180,13 @@ async fn exposition_passes_promtool() {
         .service("hello-tls", |s| {
             s.health_none().pool("blue", 100, &[blue.addr])
         });
+    // And one terminating TLS, for the handshake and certificate series.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = support::tcp::TestCa::new().issue_files(dir.path(), "secure", &["x.test"]);
+    let text = text
+        .listener_at("secure", "127.0.0.4:0")
+        .tls(&[(&cert, &key)], "")
+        .serves("hello");
     let proxy = Proxy::with_admin(&text.toml()).await;
     for _ in 0..20 {
         get(proxy.addr(), "x", "/").await;
@@ -191,6 +198,8 @@ async fn exposition_passes_promtool() {
     }
     let limit = Duration::from_secs(5);
     support::raw(tls, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", limit).await;
+    let secure = proxy.handle.listener_addr("secure").unwrap();
+    support::raw(secure, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", limit).await;
     let text = call(proxy.admin.unwrap(), Method::GET, "/metrics", "")
         .await
         .body;
@@ -208,6 +217,9 @@ async fn exposition_passes_promtool() {
         "cutover_tcp_connections_total{listener=\"edge\"",
         "cutover_tcp_bytes_total{direction=\"in\",listener=\"edge\"}",
         "cutover_connections_refused_total{listener=\"tls\",reason=\"not_tls\"} 1",
+        "cutover_tls_handshakes_total{listener=\"secure\",result=\"failure\"} 1",
+        "cutover_tls_sessions_total{alpn=\"h2\",listener=\"secure\",version=\"1.3\"} 0",
+        "cutover_tls_cert_expiry_timestamp_seconds{listener=\"secure\",subject=",
     ] {
         assert!(text.contains(series), "no {series} in\n{text}");
     }
