@@ -439,7 +439,28 @@ impl Metrics {
     /// Sets the expiry series of every certificate served, and drops those
     /// of certificates no longer served.
     pub(crate) fn set_cert_expiry(&self, certs: &[(&str, &crate::tls::CertInfo)]) {
-        self.tls_cert_expiry.reset();
+        use prometheus::core::Collector;
+        // Only the series that go are removed, so no scrape sees a gap.
+        for family in self.tls_cert_expiry.collect() {
+            for metric in family.get_metric() {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map_or("", |l| l.value())
+                };
+                let (listener, subject) = (label("listener"), label("subject"));
+                if !certs
+                    .iter()
+                    .any(|(l, c)| *l == listener && c.subject == subject)
+                {
+                    _ = self
+                        .tls_cert_expiry
+                        .remove_label_values(&[listener, subject]);
+                }
+            }
+        }
         for (listener, cert) in certs {
             self.tls_cert_expiry
                 .with_label_values(&[listener, cert.subject.as_str()])

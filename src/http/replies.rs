@@ -218,3 +218,53 @@ fn status_line(status: StatusCode) -> String {
         status.canonical_reason().unwrap_or("Error")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_location_drops_the_port_and_keeps_the_target() {
+        let at = |host, target: &str| https_location(host, target.as_bytes());
+        assert_eq!(
+            at(Some("shop.example.com:8080"), "/a?b=1").as_deref(),
+            Some("https://shop.example.com/a?b=1")
+        );
+        assert_eq!(
+            at(Some("shop.example.com"), "/").as_deref(),
+            Some("https://shop.example.com/")
+        );
+        assert_eq!(
+            at(Some("[fd00::1]:8080"), "/x").as_deref(),
+            Some("https://[fd00::1]/x")
+        );
+        assert_eq!(
+            at(Some("[fd00::1]"), "/x").as_deref(),
+            Some("https://[fd00::1]/x")
+        );
+        // Absolute or asterisk forms are sent to the root.
+        assert_eq!(at(Some("a.test"), "*").as_deref(), Some("https://a.test/"));
+        assert_eq!(at(None, "/x"), None);
+        assert_eq!(at(Some(""), "/x"), None);
+        assert_eq!(at(Some("[fd00::1"), "/x"), None);
+    }
+
+    #[test]
+    fn the_redirect_says_where_and_has_no_body_for_head() {
+        let get = String::from_utf8(redirect_h1("https://a.test/", false, false, false)).unwrap();
+        assert!(
+            get.starts_with("HTTP/1.1 308 Permanent Redirect\r\n"),
+            "{get}"
+        );
+        assert!(get.contains("\r\nlocation: https://a.test/\r\n"), "{get}");
+        assert!(
+            get.ends_with("\r\n\r\n308 Permanent Redirect: https://a.test/\n"),
+            "{get}"
+        );
+        let head = String::from_utf8(redirect_h1("https://a.test/", true, true, false)).unwrap();
+        assert!(head.ends_with("connection: close\r\n\r\n"), "{head}");
+        let h2 = redirect_h2("https://a.test/");
+        assert_eq!(h2.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(h2.headers()["location"], "https://a.test/");
+    }
+}
