@@ -41,59 +41,53 @@ pub(crate) fn serve_connection(
     h1::serve(stream, peer, listening, metrics, slot)
 }
 
-/// Serves a client connection from a source trusted to open it with a
-/// PROXY header: the header's client address is the one `X-Forwarded-For`
-/// names.
-pub(crate) async fn serve_proxied(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    listening: Arc<Listening>,
-    metrics: Arc<ListenerMetrics>,
-    slot: Slot,
-) {
-    let timeout = listening.snapshot.load().limits.header_read_timeout;
-    let proxied = match proxy_header::read(&mut stream, peer, timeout).await {
-        Ok(proxied) => proxied,
-        Err(refusal) => return metrics.refused(refusal),
-    };
-    let client = proxied.client;
-    if proxied.leftover.is_empty() {
-        h1::serve(stream, client, listening, metrics, slot).await;
-    } else {
-        let stream = Prefixed::new(proxied.leftover, stream);
-        h1::serve(stream, client, listening, metrics, slot).await;
-    }
-}
-
-/// Serves a client connection on a listener that terminates TLS: after the
-/// PROXY header when its source sends one, the handshake, within
-/// `handshake_timeout`; then the engine ALPN chose.
-pub(crate) async fn serve_tls(
+/// Serves a client connection that is not plain HTTP from its first byte:
+/// from a source trusted to open it with a PROXY header (whose client
+/// address is the one `X-Forwarded-For` names), or on a listener that
+/// terminates TLS, or both — the header first, then the handshake.
+pub(crate) async fn serve_wrapped(
     mut stream: TcpStream,
     peer: SocketAddr,
     proxied: bool,
-    tls: Arc<ListenerTls>,
+    tls: Option<Arc<ListenerTls>>,
     listening: Arc<Listening>,
     metrics: Arc<ListenerMetrics>,
     slot: Slot,
 ) {
-    if !proxied {
-        return terminate(stream, peer, &tls, listening, metrics, slot).await;
-    }
-    let timeout = listening.snapshot.load().limits.header_read_timeout;
-    let proxied = match proxy_header::read(&mut stream, peer, timeout).await {
-        Ok(proxied) => proxied,
-        Err(refusal) => return metrics.refused(refusal),
-    };
-    let client = proxied.client;
-    if proxied.leftover.is_empty() {
-        terminate(stream, client, &tls, listening, metrics, slot).await;
+    let (client, leftover) = if proxied {
+        let timeout = listening.snapshot.load().limits.header_read_timeout;
+        match proxy_header::read(&mut stream, peer, timeout).await {
+            Ok(proxied) => (proxied.client, proxied.leftover),
+            Err(refusal) => return metrics.refused(refusal),
+        }
     } else {
-        let stream = Prefixed::new(proxied.leftover, stream);
-        terminate(stream, client, &tls, listening, metrics, slot).await;
+        (peer, Vec::new())
+    };
+    let tls = tls.as_deref();
+    if leftover.is_empty() {
+        serve_over(stream, client, tls, listening, metrics, slot).await;
+    } else {
+        let stream = Prefixed::new(leftover, stream);
+        serve_over(stream, client, tls, listening, metrics, slot).await;
     }
 }
 
+async fn serve_over<S: Transport>(
+    stream: S,
+    client: SocketAddr,
+    tls: Option<&ListenerTls>,
+    listening: Arc<Listening>,
+    metrics: Arc<ListenerMetrics>,
+    slot: Slot,
+) {
+    match tls {
+        Some(tls) => terminate(stream, client, tls, listening, metrics, slot).await,
+        None => h1::serve(stream, client, listening, metrics, slot).await,
+    }
+}
+
+/// The TLS handshake, within `handshake_timeout`; then the engine ALPN
+/// chose.
 async fn terminate<S: Transport>(
     stream: S,
     client: SocketAddr,

@@ -84,18 +84,12 @@ impl AcceptLoop {
                     let tls = router.tls.clone();
                     drop(snapshot);
                     let listening = listening.clone();
-                    if let Some(tls) = tls {
-                        self.tracker.spawn(crate::http::serve_tls(
-                            stream, peer, proxied, tls, listening, metrics, slot,
-                        ));
-                        continue;
-                    }
-                    match (protocol, proxied) {
+                    match (protocol, proxied || tls.is_some()) {
                         (Protocol::Http, false) => self.tracker.spawn(
                             crate::http::serve_connection(stream, peer, listening, metrics, slot),
                         ),
-                        (Protocol::Http, true) => self.tracker.spawn(crate::http::serve_proxied(
-                            stream, peer, listening, metrics, slot,
+                        (Protocol::Http, true) => self.tracker.spawn(crate::http::serve_wrapped(
+                            stream, peer, proxied, tls, listening, metrics, slot,
                         )),
                         (Protocol::Tcp, _) => self.tracker.spawn(crate::tcp::serve(
                             stream, peer, proxied, listening, metrics, slot,

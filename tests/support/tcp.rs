@@ -440,14 +440,19 @@ impl TestCa {
 
     /// A certificate for `names` (wildcards allowed) and its key.
     pub fn issue(&self, names: &[&str]) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+        let (cert, key) = self.sign(names);
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        (cert.der().clone(), key)
+    }
+
+    fn sign(&self, names: &[&str]) -> (rcgen::Certificate, rcgen::KeyPair) {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(names)
             .unwrap()
             .signed_by(&key, &self.issuer)
             .unwrap();
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        (cert.der().clone(), key)
+        (cert, key)
     }
 
     /// A certificate for `names` and its key, written as PEM files
@@ -458,12 +463,7 @@ impl TestCa {
         stem: &str,
         names: &[&str],
     ) -> (std::path::PathBuf, std::path::PathBuf) {
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &self.issuer)
-            .unwrap();
+        let (cert, key) = self.sign(names);
         let (cert_path, key_path) = (
             dir.join(format!("{stem}.crt")),
             dir.join(format!("{stem}.key")),
