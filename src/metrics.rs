@@ -438,7 +438,9 @@ impl Metrics {
 
     /// Sets the expiry series of every certificate served, and drops those
     /// of certificates no longer served.
-    pub(crate) fn set_cert_expiry(&self, certs: &[(&str, &crate::tls::CertInfo)]) {
+    /// `certs`: each served certificate's listener, subject and expiry (Unix
+    /// seconds).
+    pub(crate) fn set_cert_expiry(&self, certs: &[(&str, &str, i64)]) {
         use prometheus::core::Collector;
         // Only the series that go are removed, so no scrape sees a gap.
         for family in self.tls_cert_expiry.collect() {
@@ -453,7 +455,7 @@ impl Metrics {
                 let (listener, subject) = (label("listener"), label("subject"));
                 if !certs
                     .iter()
-                    .any(|(l, c)| *l == listener && c.subject == subject)
+                    .any(|(l, s, _)| *l == listener && *s == subject)
                 {
                     _ = self
                         .tls_cert_expiry
@@ -461,10 +463,10 @@ impl Metrics {
                 }
             }
         }
-        for (listener, cert) in certs {
+        for (listener, subject, not_after) in certs {
             self.tls_cert_expiry
-                .with_label_values(&[listener, cert.subject.as_str()])
-                .set(cert.not_after);
+                .with_label_values(&[listener, subject])
+                .set(*not_after);
         }
     }
 

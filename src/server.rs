@@ -396,12 +396,16 @@ impl Server {
                 tls: &self.tls,
             },
         ));
-        let certs: Vec<(&str, &crate::tls::CertInfo)> = self
+        let certs: Vec<(&str, &str, i64)> = self
             .config
             .listeners
             .iter()
             .filter_map(|l| Some((l.name.as_str(), self.tls.listeners.get(&l.bind)?)))
-            .flat_map(|(name, tls)| tls.certs.iter().map(move |c| (name, c)))
+            .flat_map(|(name, tls)| {
+                tls.certs
+                    .iter()
+                    .map(move |c| (name, c.subject.as_str(), c.not_after))
+            })
             .collect();
         self.metrics.set_cert_expiry(&certs);
         let kept: HashSet<(&str, &str)> = snapshot

@@ -19,7 +19,6 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 
 use crate::config::Config;
-pub(crate) use pem::CertInfo;
 pub(crate) use server::ListenerTls;
 
 /// The one crypto provider: aws-lc-rs (see Cargo.toml for the figures).
