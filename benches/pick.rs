@@ -109,6 +109,7 @@ fn build_once(config: &Config) -> Snapshot {
             checks: &mut HealthChecks::default(),
             activities: &mut Activities::default(),
             metrics: &Metrics::new(),
+            tls: &cutover::tls::Material::default(),
         },
     )
 }

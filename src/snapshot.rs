@@ -22,6 +22,7 @@ use crate::health::{EndpointHealth, HealthChecks};
 use crate::metrics::{ListenerMetrics, Metrics, PoolMetrics, ServiceMetrics};
 use crate::proxy_protocol;
 use crate::state::Overrides;
+use crate::tls::client::EndpointTls;
 use crate::tls::{ListenerTls, Material};
 use crate::upstream::{EndpointConns, EndpointSpec, Upstreams};
 
@@ -221,6 +222,10 @@ impl Snapshot {
                     .map(|(p, &weight)| {
                         let pool_name = p.name.as_str();
                         let pool_metrics = inputs.metrics.pool(service_name, pool_name);
+                        let client = p.tls.as_ref().and_then(|tls| {
+                            let client = inputs.tls.pools.get(&(s.name.clone(), p.name.clone()))?;
+                            Some((tls, client))
+                        });
                         let endpoints = p
                             .endpoints
                             .iter()
@@ -233,6 +238,14 @@ impl Snapshot {
                                         pool: pool_name,
                                         address,
                                         connect_timeout: s.connect_timeout,
+                                        tls: client.map(|(tls, client)| {
+                                            EndpointTls::new(
+                                                client,
+                                                tls.sni.as_deref(),
+                                                p.host.as_ref(),
+                                                &e.authority,
+                                            )
+                                        }),
                                         connections: &pool_metrics.upstream_connections,
                                     }),
                                     health: health.endpoint(

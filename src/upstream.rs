@@ -4,6 +4,7 @@
 //! `snapshot`'s and `balance`'s.
 
 mod pool;
+mod stream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +13,9 @@ use std::time::Duration;
 use prometheus::IntGauge;
 
 pub(crate) use pool::{ConnectError, EndpointConns, Migration, RawConn};
+pub(crate) use stream::{ReadHalf, WriteHalf};
+
+use crate::tls::client::{EndpointTls, TlsIdentity};
 
 /// What makes two endpoints' connections interchangeable.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -20,6 +24,9 @@ struct Key {
     pool: String,
     address: String,
     connect_timeout: Duration,
+    /// TLS settings, files and server name: changing any of them makes new
+    /// connections.
+    tls: Option<TlsIdentity>,
 }
 
 /// The endpoint connection sets of the current snapshot, kept by the control
@@ -35,6 +42,8 @@ pub(crate) struct EndpointSpec<'a> {
     pub pool: &'a str,
     pub address: &'a str,
     pub connect_timeout: Duration,
+    /// TLS to the endpoint, when its pool has it.
+    pub tls: Option<EndpointTls>,
     /// The pool's open-connections gauge.
     pub connections: &'a IntGauge,
 }
@@ -70,6 +79,7 @@ impl UpstreamsBuilder<'_> {
             pool: spec.pool.to_owned(),
             address: spec.address.to_owned(),
             connect_timeout: spec.connect_timeout,
+            tls: spec.tls.as_ref().map(EndpointTls::identity),
         };
         let previous = &self.previous.endpoints;
         self.used
@@ -79,6 +89,7 @@ impl UpstreamsBuilder<'_> {
                     Arc::new(EndpointConns::new(
                         spec.address.into(),
                         spec.connect_timeout,
+                        spec.tls,
                         spec.connections.clone(),
                     ))
                 })

@@ -7,12 +7,12 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::ReadHalf;
 use tokio_util::sync::CancellationToken;
 
 use super::attempt::Failure;
 use super::buffers::HEAD_READ;
 use super::codec::{self, Asked, MAX_INTERIM};
+use crate::upstream::ReadHalf;
 
 /// Largest upstream response head accepted, interim ones included.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;

@@ -1,5 +1,5 @@
 //! One endpoint's upstream connections: connect (with the service's connect
-//! timeout), keep idle sockets for reuse, count every open one in the pool's
+//! timeout, the TLS handshake of a pool with `tls` within it), keep idle sockets for reuse, count every open one in the pool's
 //! gauge, close idle ones the upstream closed or that aged out (`reap`), and
 //! end the work of a drain when its deadline comes. Connecting is a step of
 //! its own, so a request that could not be sent is still in hand and can be
@@ -8,7 +8,6 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -17,6 +16,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use super::stream::Stream;
+use crate::tls::client::EndpointTls;
 
 /// How long an unused upstream connection is kept open for reuse.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
@@ -40,32 +42,25 @@ pub enum ConnectError {
         #[source]
         source: io::Error,
     },
+    /// The TLS handshake failed: the certificate did not verify, the
+    /// endpoint does not speak TLS, or it refused ours.
+    #[error("TLS handshake with {address} failed: {error}")]
+    Tls {
+        address: Arc<str>,
+        #[source]
+        error: io::Error,
+    },
 }
 
-/// An upstream socket. It holds one count in its pool's gauge while open.
-pub struct RawConn {
-    pub stream: TcpStream,
+/// An upstream connection. It holds one count in its pool's gauge while
+/// open. Layer-4 connections are `RawConn<TcpStream>`: plain, so the relay
+/// can splice.
+pub struct RawConn<S = Stream> {
+    pub stream: S,
     _open: OpenCount,
     /// Whether it served a request before: a reused connection the upstream
     /// closed meanwhile fails before the request was read.
     pub reused: bool,
-}
-
-impl RawConn {
-    /// Whether an idle socket may still be used: one the upstream closed (or
-    /// wrote to unasked) is readable. Readiness is what the reactor already
-    /// knows, so the usual answer costs no system call.
-    fn still_open(&self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => matches!(
-                self.stream.try_read(&mut [0u8; 1]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock
-            ),
-        }
-    }
 }
 
 /// One open connection in a pool's gauge, for as long as it lives.
@@ -88,6 +83,8 @@ impl Drop for OpenCount {
 pub struct EndpointConns {
     address: Arc<str>,
     connect_timeout: Duration,
+    /// The pool speaks TLS to the endpoint.
+    tls: Option<EndpointTls>,
     idle: Mutex<Vec<(RawConn, Instant)>>,
     /// Open connections of the endpoint's pool (shared by its endpoints).
     open: IntGauge,
@@ -174,10 +171,16 @@ impl std::fmt::Debug for EndpointConns {
 }
 
 impl EndpointConns {
-    pub fn new(address: Arc<str>, connect_timeout: Duration, open: IntGauge) -> Self {
+    pub fn new(
+        address: Arc<str>,
+        connect_timeout: Duration,
+        tls: Option<EndpointTls>,
+        open: IntGauge,
+    ) -> Self {
         Self {
             address,
             connect_timeout,
+            tls,
             idle: Mutex::new(Vec::new()),
             open,
             cut: ArcSwap::from_pointee(CancellationToken::new()),
@@ -190,25 +193,38 @@ impl EndpointConns {
         &self.address
     }
 
-    /// A socket: the most recently used idle one, or a new one.
+    /// A connection: the most recently used idle one, or a new one (over
+    /// TLS when the pool has it).
     pub async fn checkout(&self) -> Result<RawConn, ConnectError> {
         loop {
             let idle = self.idle.lock().expect("idle lock").pop();
             let Some((mut conn, since)) = idle else {
                 break;
             };
-            if since.elapsed() <= IDLE_TIMEOUT && conn.still_open() {
+            if since.elapsed() <= IDLE_TIMEOUT && conn.stream.still_open() {
                 conn.reused = true;
                 return Ok(conn);
             }
         }
-        self.connect().await
-    }
-
-    /// A new socket, never an idle one: for a layer-4 connection, which is
-    /// the upstream's for its whole life.
-    pub async fn connect(&self) -> Result<RawConn, ConnectError> {
-        let stream = self.open_stream().await?;
+        let address = &*self.address;
+        let open = async {
+            let tcp = self.open_tcp().await?;
+            match &self.tls {
+                None => Ok(Stream::Plain(tcp)),
+                Some(tls) => match tls.handshake(tcp).await {
+                    Ok(tls) => Ok(Stream::Tls(Box::new(tls))),
+                    Err(error) => Err(ConnectError::Tls {
+                        address: self.address.clone(),
+                        error,
+                    }),
+                },
+            }
+        };
+        // The handshake is part of connecting, and shares its timeout.
+        let stream = tokio::time::timeout(self.connect_timeout, open)
+            .await
+            .map_err(|_| self.timed_out())??;
+        tracing::trace!(address, "upstream connection opened");
         Ok(RawConn {
             stream,
             _open: OpenCount::new(&self.open),
@@ -216,25 +232,35 @@ impl EndpointConns {
         })
     }
 
-    /// Opens a socket to the endpoint, within the connect timeout.
-    async fn open_stream(&self) -> Result<TcpStream, ConnectError> {
+    /// A new plain socket, never an idle one: for a layer-4 connection,
+    /// which is the upstream's for its whole life (tcp pools have no TLS).
+    pub async fn connect(&self) -> Result<RawConn<TcpStream>, ConnectError> {
+        let stream = tokio::time::timeout(self.connect_timeout, self.open_tcp())
+            .await
+            .map_err(|_| self.timed_out())??;
+        Ok(RawConn {
+            stream,
+            _open: OpenCount::new(&self.open),
+            reused: false,
+        })
+    }
+
+    fn timed_out(&self) -> ConnectError {
+        ConnectError::Timeout {
+            address: self.address.clone(),
+            timeout: self.connect_timeout,
+        }
+    }
+
+    /// Opens a socket to the endpoint; the caller bounds the wait.
+    async fn open_tcp(&self) -> Result<TcpStream, ConnectError> {
         let address = &*self.address;
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(source)) => {
-                    return Err(ConnectError::Io {
-                        address: self.address.clone(),
-                        source,
-                    })
-                }
-                Err(_) => {
-                    return Err(ConnectError::Timeout {
-                        address: self.address.clone(),
-                        timeout: self.connect_timeout,
-                    })
-                }
-            };
+        let stream = TcpStream::connect(address)
+            .await
+            .map_err(|source| ConnectError::Io {
+                address: self.address.clone(),
+                source,
+            })?;
         // Best effort: a socket without TCP_NODELAY is slower, not broken.
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(address, error = %e, "cannot set TCP_NODELAY");
@@ -265,7 +291,7 @@ impl EndpointConns {
         self.idle
             .lock()
             .expect("idle lock")
-            .retain(|(conn, since)| since.elapsed() <= keep_for && conn.still_open());
+            .retain_mut(|(conn, since)| since.elapsed() <= keep_for && conn.stream.still_open());
     }
 
     /// Out of rotation (`true`): idle connections close now and busy ones

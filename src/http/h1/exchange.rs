@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::WriteHalf;
 
 use super::{Client, Transport};
 use crate::http::attempt::{Answer, Exchange, Failure};
@@ -23,7 +22,7 @@ use crate::http::codec::chunked::{BadChunk, Chunks};
 use crate::http::codec::{self, Asked, Framing, RequestBody};
 use crate::http::head::{read_head, Closing};
 use crate::http::replies::Reply;
-use crate::upstream::RawConn;
+use crate::upstream::{RawConn, WriteHalf};
 
 /// Room for one read of a response head, and of a large body.
 const HEAD_READ: usize = buffers::HEAD_READ;
