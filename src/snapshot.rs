@@ -231,6 +231,14 @@ impl Snapshot {
                             .iter()
                             .map(|e| {
                                 let address = e.address();
+                                let tls = client.map(|(tls, client)| {
+                                    EndpointTls::new(
+                                        client,
+                                        tls.sni.as_deref(),
+                                        p.host.as_ref(),
+                                        &e.authority,
+                                    )
+                                });
                                 Endpoint {
                                     address: address.into(),
                                     conns: clients.endpoint(EndpointSpec {
@@ -238,20 +246,15 @@ impl Snapshot {
                                         pool: pool_name,
                                         address,
                                         connect_timeout: s.connect_timeout,
-                                        tls: client.map(|(tls, client)| {
-                                            EndpointTls::new(
-                                                client,
-                                                tls.sni.as_deref(),
-                                                p.host.as_ref(),
-                                                &e.authority,
-                                            )
-                                        }),
+                                        tls: tls.clone(),
                                         connections: &pool_metrics.upstream_connections,
                                     }),
                                     health: health.endpoint(
                                         e,
                                         &s.health,
                                         p.host.as_ref(),
+                                        tls.as_ref(),
+                                        p.protocol,
                                         inputs.metrics.endpoint(service_name, pool_name, address),
                                     ),
                                     draining: inputs.overrides.is_drained(

@@ -13,7 +13,7 @@ use std::time::Duration;
 use prometheus::IntGauge;
 
 pub(crate) use pool::{ConnectError, EndpointConns, Migration, RawConn};
-pub(crate) use stream::{ReadHalf, WriteHalf};
+pub(crate) use stream::{ReadHalf, Stream, WriteHalf};
 
 use crate::tls::client::{EndpointTls, TlsIdentity};
 
