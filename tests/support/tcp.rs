@@ -450,6 +450,11 @@ impl TestCa {
         (cert.der().clone(), key)
     }
 
+    /// The CA certificate, PEM-encoded: what a `ca_file` holds.
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
     /// A client configuration that trusts this CA only.
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();

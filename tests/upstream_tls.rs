@@ -1,0 +1,256 @@
+//! TLS and HTTP/2 from the proxy to a pool's endpoints: a pool whose
+//! ingress presents a certificate from a private CA is reached over
+//! verified TLS; one whose certificate does not verify is a connect
+//! failure (502, counted, logged), never a silent plaintext fallback;
+//! health checks speak the pool's TLS; an h2 pool multiplexes many client
+//! requests over few upstream connections.
+
+mod support;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use support::config::Service;
+use support::tcp::TestCa;
+use support::{Client, Config, Proxy};
+
+/// An ingress stand-in: HTTP/1.1 or HTTP/2 (by prior knowledge, or ALPN
+/// over TLS), answering `<method> <path> <host> <body>` and counting the
+/// connections it accepted and the TLS handshakes it completed.
+struct Ingress {
+    addr: SocketAddr,
+    connections: Arc<AtomicU64>,
+    handshakes: Arc<AtomicU64>,
+}
+
+impl Ingress {
+    async fn start(tls: Option<(&TestCa, &str)>, h2: bool) -> Self {
+        let acceptor = tls.map(|(ca, name)| {
+            let (cert, key) = ca.issue(&[name]);
+            let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+            config.alpn_protocols = vec![if h2 {
+                b"h2".to_vec()
+            } else {
+                b"http/1.1".to_vec()
+            }];
+            tokio_rustls::TlsAcceptor::from(Arc::new(config))
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ingress = Self {
+            addr: listener.local_addr().unwrap(),
+            connections: Arc::default(),
+            handshakes: Arc::default(),
+        };
+        let (connections, handshakes) = (ingress.connections.clone(), ingress.handshakes.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                connections.fetch_add(1, Ordering::Relaxed);
+                let acceptor = acceptor.clone();
+                let handshakes = handshakes.clone();
+                tokio::spawn(async move {
+                    match acceptor {
+                        None => serve(TokioIo::new(stream), h2).await,
+                        Some(acceptor) => {
+                            let Ok(Ok(tls)) =
+                                tokio::time::timeout(WAIT, acceptor.accept(stream)).await
+                            else {
+                                return;
+                            };
+                            handshakes.fetch_add(1, Ordering::Relaxed);
+                            serve(TokioIo::new(tls), h2).await;
+                        }
+                    }
+                });
+            }
+        });
+        ingress
+    }
+
+    fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    fn handshakes(&self) -> u64 {
+        self.handshakes.load(Ordering::Relaxed)
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn serve<I>(io: TokioIo<I>, h2: bool)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(|req: Request<Incoming>| async move {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("")
+            .to_owned();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let text = format!("{method} {path} {host} {}", String::from_utf8_lossy(&body));
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+    });
+    if h2 {
+        _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, service)
+            .await;
+    } else {
+        _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, service)
+            .await;
+    }
+}
+
+/// `ca`'s certificate in a file of `dir`, for a pool's `ca_file`.
+fn ca_file(dir: &tempfile::TempDir, name: &str, ca: &TestCa) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, ca.pem()).unwrap();
+    path
+}
+
+/// One service `hello` on listener `web`, with what `service` gives it.
+fn config(service: impl FnOnce(Service) -> Service) -> String {
+    Config::new()
+        .limits(|l| l.header_read_timeout("2s"))
+        .listener("web")
+        .service("hello", service)
+        .toml()
+}
+
+fn metric(proxy: &Proxy, name: &str, labels: &str) -> f64 {
+    let prefix = format!("{name}{{{labels}}} ");
+    String::from_utf8(proxy.handle.metrics.render())
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(|v| v.parse().unwrap()))
+        .unwrap_or(0.0)
+}
+
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_pool_reaches_its_ingress_over_tls_verified_against_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let ingress = Ingress::start(Some((&ca, "ingress.cluster-a")), false).await;
+    let ca_path = ca_file(&dir, "ca.pem", &ca);
+    let proxy = Proxy::start(&config(|s| {
+        s.health_none()
+            .pool_with("blue", 100, &[ingress.addr], |p| {
+                p.tls("ingress.cluster-a", &ca_path)
+            })
+    }))
+    .await;
+
+    let mut client = Client::connect(proxy.addr()).await;
+    for i in 0..3 {
+        let reply = client.get("/hello", &[]).await.unwrap();
+        assert_eq!(reply.status, 200, "request {i}");
+        assert!(reply.text().starts_with("GET /hello "), "{}", reply.text());
+    }
+    assert_eq!(ingress.connections(), 1, "one connection, kept and reused");
+    assert_eq!(ingress.handshakes(), 1, "and it is TLS");
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_a_connect_failure_and_502() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let other = TestCa::new();
+    let ingress = Ingress::start(Some((&ca, "ingress.cluster-a")), false).await;
+    let wrong = ca_file(&dir, "other-ca.pem", &other);
+    let proxy = Proxy::start(&config(|s| {
+        s.health_none()
+            .retries(0)
+            .pool_with("blue", 100, &[ingress.addr], |p| {
+                p.tls("ingress.cluster-a", &wrong)
+            })
+    }))
+    .await;
+
+    let reply = support::get(proxy.addr(), "hello.example.com", "/").await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(ingress.handshakes(), 0, "no session was established");
+    let connect_errors = metric(
+        &proxy,
+        "cutover_upstream_errors_total",
+        "kind=\"connect\",pool=\"blue\",service=\"hello\"",
+    );
+    assert_eq!(connect_errors, 1.0);
+}
+
+#[tokio::test]
+async fn health_checks_speak_the_pools_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let other = TestCa::new();
+    let good = Ingress::start(Some((&ca, "ingress.cluster-a")), false).await;
+    let bad = Ingress::start(Some((&other, "ingress.cluster-a")), false).await;
+    let ca_path = ca_file(&dir, "ca.pem", &ca);
+    let proxy = Proxy::start(&config(|s| {
+        s.health(|h| {
+            h.http("/healthz")
+                .interval("100ms")
+                .timeout("1s")
+                .healthy_threshold(1)
+                .unhealthy_threshold(1)
+        })
+        .pool_with("blue", 100, &[good.addr], |p| {
+            p.tls("ingress.cluster-a", &ca_path)
+        })
+        .pool_with("green", 0, &[bad.addr], |p| {
+            p.tls("ingress.cluster-a", &ca_path)
+        })
+    }))
+    .await;
+
+    let snapshot = proxy.handle.snapshot();
+    let pools = &snapshot.services[0].pools;
+    let (blue, green) = (&pools[0].endpoints[0], &pools[1].endpoints[0]);
+    until("blue is healthy", || blue.health.healthy()).await;
+    until("green has failed a check", || {
+        green.health.detail().consecutive_failures > 0
+    })
+    .await;
+    assert!(!green.health.healthy());
+    assert!(good.handshakes() >= 1, "the check went over TLS");
+    let error = green.health.detail().last_error.unwrap_or_default();
+    assert!(
+        error.contains("TLS handshake: invalid peer certificate"),
+        "{error}"
+    );
+}
