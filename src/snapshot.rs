@@ -247,6 +247,7 @@ impl Snapshot {
                                         address,
                                         connect_timeout: s.connect_timeout,
                                         tls: tls.clone(),
+                                        protocol: p.protocol,
                                         connections: &pool_metrics.upstream_connections,
                                     }),
                                     health: health.endpoint(

@@ -3,6 +3,7 @@
 //! connections; one that drops it closes them. Choosing an endpoint is
 //! `snapshot`'s and `balance`'s.
 
+mod multiplex;
 mod pool;
 mod stream;
 
@@ -12,9 +13,11 @@ use std::time::Duration;
 
 use prometheus::IntGauge;
 
+pub(crate) use multiplex::{H2Body, H2Sender};
 pub(crate) use pool::{ConnectError, EndpointConns, Migration, RawConn};
 pub(crate) use stream::{ReadHalf, Stream, WriteHalf};
 
+use crate::config::UpstreamProtocol;
 use crate::tls::client::{EndpointTls, TlsIdentity};
 
 /// What makes two endpoints' connections interchangeable.
@@ -27,6 +30,7 @@ struct Key {
     /// TLS settings, files and server name: changing any of them makes new
     /// connections.
     tls: Option<TlsIdentity>,
+    protocol: UpstreamProtocol,
 }
 
 /// The endpoint connection sets of the current snapshot, kept by the control
@@ -44,6 +48,7 @@ pub(crate) struct EndpointSpec<'a> {
     pub connect_timeout: Duration,
     /// TLS to the endpoint, when its pool has it.
     pub tls: Option<EndpointTls>,
+    pub protocol: UpstreamProtocol,
     /// The pool's open-connections gauge.
     pub connections: &'a IntGauge,
 }
@@ -80,6 +85,7 @@ impl UpstreamsBuilder<'_> {
             address: spec.address.to_owned(),
             connect_timeout: spec.connect_timeout,
             tls: spec.tls.as_ref().map(EndpointTls::identity),
+            protocol: spec.protocol,
         };
         let previous = &self.previous.endpoints;
         self.used
@@ -90,6 +96,7 @@ impl UpstreamsBuilder<'_> {
                         spec.address.into(),
                         spec.connect_timeout,
                         spec.tls,
+                        spec.protocol,
                         spec.connections.clone(),
                     ))
                 })

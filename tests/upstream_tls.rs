@@ -254,3 +254,94 @@ async fn health_checks_speak_the_pools_tls() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn an_h2_pool_multiplexes_http1_clients_over_few_connections() {
+    let ingress = Ingress::start(None, true).await;
+    let proxy = Proxy::start(&config(|s| {
+        s.health_none()
+            .pool_with("blue", 100, &[ingress.addr], |p| p.protocol("h2"))
+    }))
+    .await;
+    let addr = proxy.addr();
+
+    let mut client = Client::connect(addr).await;
+    let reply = client.get("/hello", &[]).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), format!("GET /hello {addr} "));
+    let post = Request::post("/upload")
+        .header("host", "hello.example.com")
+        .body(support::full("a body"))
+        .unwrap();
+    let reply = client.send(post).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "POST /upload hello.example.com a body");
+    let chunked = support::raw(
+        addr,
+        b"POST /chunked HTTP/1.1\r\nhost: hello.example.com\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(chunked.starts_with("HTTP/1.1 200"), "{chunked}");
+    assert!(
+        chunked.ends_with("POST /chunked hello.example.com hello world"),
+        "{chunked}"
+    );
+
+    let requests = (0..50).map(|i| {
+        tokio::spawn(async move {
+            let mut client = Client::connect(addr).await;
+            let reply = client.get(&format!("/many/{i}"), &[]).await.unwrap();
+            (reply.status, reply.text())
+        })
+    });
+    for (i, request) in requests.enumerate() {
+        let (status, text) = request.await.unwrap();
+        assert_eq!(status, 200, "request {i}");
+        assert!(text.starts_with(&format!("GET /many/{i} ")), "{text}");
+    }
+    assert!(
+        ingress.connections() <= 2,
+        "{} upstream connections for 53 requests",
+        ingress.connections()
+    );
+}
+
+#[tokio::test]
+async fn an_h2_pool_over_tls_is_chosen_by_alpn_and_health_checked_in_h2() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let ingress = Ingress::start(Some((&ca, "ingress.cluster-a")), true).await;
+    let ca_path = ca_file(&dir, "ca.pem", &ca);
+    let proxy = Proxy::start(&config(|s| {
+        s.health(|h| {
+            h.http("/healthz")
+                .interval("100ms")
+                .timeout("1s")
+                .healthy_threshold(1)
+                .unhealthy_threshold(1)
+        })
+        .pool_with("blue", 100, &[ingress.addr], |p| {
+            p.tls("ingress.cluster-a", &ca_path).protocol("h2")
+        })
+    }))
+    .await;
+    let snapshot = proxy.handle.snapshot();
+    let endpoint = &snapshot.services[0].pools[0].endpoints[0];
+    until("the endpoint is healthy", || endpoint.health.healthy()).await;
+
+    let mut client = Client::connect(proxy.addr()).await;
+    for i in 0..3 {
+        let reply = client.get("/over-tls", &[]).await.unwrap();
+        assert_eq!(reply.status, 200, "request {i}");
+        assert!(
+            reply.text().starts_with("GET /over-tls "),
+            "{}",
+            reply.text()
+        );
+    }
+    assert!(
+        ingress.handshakes() >= 2,
+        "the check and the requests used TLS"
+    );
+}

@@ -3,7 +3,9 @@
 //! HTTP/1.1 upstreams over the same codec and connection pools. Only the
 //! client side differs: the request body comes from hyper's stream and is
 //! sent upstream with the length it declared, or chunked; the response
-//! body is read off the upstream socket and handed to hyper as frames.
+//! body is read off the upstream socket and handed to hyper as frames. To
+//! an `h2` pool, the request goes as a stream of its connection, and the
+//! upstream's response body is handed on as it comes.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,15 +28,16 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::attempt::{self, Answer, Exchange, Failure, Outcome};
+use super::attempt::{self, Answer, Conn, Exchange, Failure, Outcome};
 use super::codec::chunked::{self, Chunks};
 use super::codec::{self, Asked, Framing, RequestBody, Version};
 use super::head::{read_head, Closing};
 use super::replies::Reply;
 use super::transport::Transport;
+use super::upstream_h2;
 use super::Listening;
 use crate::metrics::ListenerMetrics;
-use crate::upstream::RawConn;
+use crate::upstream::{EndpointConns, H2Sender, RawConn};
 
 /// Streams one client may have open at once.
 const MAX_STREAMS: u32 = 256;
@@ -219,6 +222,14 @@ fn local(reply: Reply) -> H2Response {
 
 /// The response to an HTTP/2 client from an upstream's head and body.
 fn respond(answer: Answer, rest: Vec<u8>, raw: &[u8]) -> H2Response {
+    if let Conn::H2(response) = &answer.conn {
+        // From an h2 pool: its head as it came, its body handed on.
+        let mut passed = Response::new(());
+        *passed.status_mut() = response.status();
+        *passed.headers_mut() = response.headers().clone();
+        let cut = Box::pin(answer.cut.clone().cancelled_owned());
+        return passed.map(|()| H2Body::new(Kind::Passed(Box::new(Passed { answer, cut }))));
+    }
     let Some((status, headers)) = codec::response_headers(raw) else {
         return local(Reply::BadGateway(super::replies::Gateway::Invalid));
     };
@@ -365,6 +376,32 @@ impl Exchange for H2Exchange {
         }
     }
 
+    async fn attempt_h2<'a>(
+        &'a mut self,
+        sender: &'a mut H2Sender,
+        conns: &'a EndpointConns,
+        host: Option<&'a [u8]>,
+    ) -> Result<(codec::Response, Response<Incoming>), Failure> {
+        self.request.write_upstream(host, &mut self.out);
+        let body = match self.body.take() {
+            Some(body) if !body.is_end_stream() => {
+                self.taken = true;
+                upstream_h2::forward(body, self.body_read_timeout)
+            }
+            _ => upstream_h2::empty(),
+        };
+        let request = upstream_h2::request(&self.out, conns.address(), conns.is_tls(), body)?;
+        let response = upstream_h2::send(sender, request).await?;
+        let asked = Asked {
+            head_method: self.request.head_method,
+            upgrade: false,
+            client: Version::Http11,
+            close: false,
+        };
+        let head = upstream_h2::head_for_h1(&response, asked, &mut self.out);
+        Ok((head, response))
+    }
+
     fn replayable(&self) -> bool {
         !self.taken
     }
@@ -384,6 +421,35 @@ struct H2Body {
 enum Kind {
     Local(Option<Bytes>),
     Upstream(Box<Upstream>),
+    Passed(Box<Passed>),
+}
+
+/// An `h2` pool's response body, handed on frame by frame until it ends or
+/// its pool's drain deadline.
+struct Passed {
+    /// Holds the response (`Conn::H2`) and the request's work on its pool.
+    answer: Answer,
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl Passed {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let Conn::H2(response) = &mut self.answer.conn else {
+            return Poll::Ready(None);
+        };
+        if self.cut.as_mut().poll(cx).is_ready() {
+            self.answer.count_cut();
+            return Poll::Ready(Some(Err(io::Error::other(
+                "closed at its pool's drain deadline",
+            ))));
+        }
+        Pin::new(response.body_mut())
+            .poll_frame(cx)
+            .map_err(io::Error::other)
+    }
 }
 
 impl H2Body {
@@ -478,8 +544,11 @@ impl Upstream {
                 ))));
             }
             self.buf.reserve(64 * 1024);
-            let read =
-                tokio_util::io::poll_read_buf(Pin::new(&mut answer.conn.stream), cx, &mut self.buf);
+            // Only HTTP/1.1 answers are read here (`respond`).
+            let Conn::H1(conn) = &mut answer.conn else {
+                return Poll::Ready(None);
+            };
+            let read = tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut self.buf);
             match read {
                 Poll::Ready(Ok(0)) if self.framing == Framing::UntilClose => {
                     self.answer = None;
@@ -520,6 +589,7 @@ impl Body for H2Body {
         match &mut self.get_mut().kind {
             Kind::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
             Kind::Upstream(body) => body.poll_data(cx).map(|d| d.map(|d| d.map(Frame::data))),
+            Kind::Passed(body) => body.poll_frame(cx),
         }
     }
 
@@ -527,6 +597,10 @@ impl Body for H2Body {
         match &self.kind {
             Kind::Local(text) => text.is_none(),
             Kind::Upstream(body) => body.done && body.buf.is_empty(),
+            Kind::Passed(body) => match &body.answer.conn {
+                Conn::H2(response) => response.body().is_end_stream(),
+                Conn::H1(_) => true,
+            },
         }
     }
 
@@ -538,6 +612,10 @@ impl Body for H2Body {
                     SizeHint::with_exact(n)
                 }
                 _ => SizeHint::default(),
+            },
+            Kind::Passed(body) => match &body.answer.conn {
+                Conn::H2(response) => response.body().size_hint(),
+                Conn::H1(_) => SizeHint::default(),
             },
         }
     }

@@ -17,7 +17,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::multiplex::{H2Sender, Multiplexed};
 use super::stream::Stream;
+use crate::config::UpstreamProtocol;
 use crate::tls::client::EndpointTls;
 
 /// How long an unused upstream connection is kept open for reuse.
@@ -50,6 +52,13 @@ pub enum ConnectError {
         #[source]
         error: io::Error,
     },
+    /// An `h2` pool's endpoint chose another protocol by ALPN.
+    #[error("{address} does not speak HTTP/2: it chose another protocol by ALPN")]
+    NotH2 { address: Arc<str> },
+    /// The failed connect that every request waiting for an HTTP/2
+    /// connection shares.
+    #[error(transparent)]
+    Shared(Arc<ConnectError>),
 }
 
 /// An upstream connection. It holds one count in its pool's gauge while
@@ -61,6 +70,13 @@ pub struct RawConn<S = Stream> {
     /// Whether it served a request before: a reused connection the upstream
     /// closed meanwhile fails before the request was read.
     pub reused: bool,
+}
+
+impl<S> RawConn<S> {
+    /// The stream, and its place in the gauge to hold while it is open.
+    pub(super) fn into_counted(self) -> (S, impl Send + 'static) {
+        (self.stream, self._open)
+    }
 }
 
 /// One open connection in a pool's gauge, for as long as it lives.
@@ -85,6 +101,8 @@ pub struct EndpointConns {
     connect_timeout: Duration,
     /// The pool speaks TLS to the endpoint.
     tls: Option<EndpointTls>,
+    /// An `h2` pool's shared connection; `None` for HTTP/1.1.
+    h2: Option<Multiplexed>,
     idle: Mutex<Vec<(RawConn, Instant)>>,
     /// Open connections of the endpoint's pool (shared by its endpoints).
     open: IntGauge,
@@ -175,12 +193,14 @@ impl EndpointConns {
         address: Arc<str>,
         connect_timeout: Duration,
         tls: Option<EndpointTls>,
+        protocol: UpstreamProtocol,
         open: IntGauge,
     ) -> Self {
         Self {
             address,
             connect_timeout,
             tls,
+            h2: (protocol == UpstreamProtocol::H2).then(Multiplexed::default),
             idle: Mutex::new(Vec::new()),
             open,
             cut: ArcSwap::from_pointee(CancellationToken::new()),
@@ -191,6 +211,32 @@ impl EndpointConns {
 
     pub fn address(&self) -> &str {
         &self.address
+    }
+
+    pub(super) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// Whether the endpoint is spoken to over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Whether the endpoint is spoken to in HTTP/2 (`h2_sender`) rather
+    /// than HTTP/1.1 (`checkout`).
+    pub fn is_h2(&self) -> bool {
+        self.h2.is_some()
+    }
+
+    /// A sender on the endpoint's shared HTTP/2 connection.
+    pub async fn h2_sender(&self) -> Result<H2Sender, ConnectError> {
+        match &self.h2 {
+            Some(h2) => h2.sender(self).await,
+            None => Err(ConnectError::Io {
+                address: self.address.clone(),
+                source: io::Error::other("the pool speaks HTTP/1.1"),
+            }),
+        }
     }
 
     /// A connection: the most recently used idle one, or a new one (over
@@ -206,6 +252,11 @@ impl EndpointConns {
                 return Ok(conn);
             }
         }
+        self.open().await
+    }
+
+    /// A new connection, TLS included when the pool has it.
+    pub(super) async fn open(&self) -> Result<RawConn, ConnectError> {
         let address = &*self.address;
         let open = async {
             let tcp = self.open_tcp().await?;
@@ -245,7 +296,7 @@ impl EndpointConns {
         })
     }
 
-    fn timed_out(&self) -> ConnectError {
+    pub(super) fn timed_out(&self) -> ConnectError {
         ConnectError::Timeout {
             address: self.address.clone(),
             timeout: self.connect_timeout,
@@ -303,9 +354,12 @@ impl EndpointConns {
         }
     }
 
-    /// Closes every idle connection now.
+    /// Closes every idle connection now; an HTTP/2 one once its streams end.
     pub fn close_idle(&self) {
         self.idle.lock().expect("idle lock").clear();
+        if let Some(h2) = &self.h2 {
+            h2.close();
+        }
     }
 
     /// Starts a drain: returns the token the work in flight now watches,
