@@ -345,3 +345,26 @@ async fn an_h2_pool_over_tls_is_chosen_by_alpn_and_health_checked_in_h2() {
         "the check and the requests used TLS"
     );
 }
+
+#[tokio::test]
+async fn an_http2_client_reaches_an_h2_pool() {
+    let ingress = Ingress::start(None, true).await;
+    let proxy = Proxy::start(&config(|s| {
+        s.health_none()
+            .pool_with("blue", 100, &[ingress.addr], |p| p.protocol("h2"))
+    }))
+    .await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let uri = "http://hello.example.com/h2/upload";
+    let request = Request::post(uri).body(support::full("from h2")).unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"POST /h2/upload hello.example.com from h2");
+    assert_eq!(ingress.connections(), 1);
+}

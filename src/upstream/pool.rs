@@ -1,7 +1,9 @@
 //! One endpoint's upstream connections: connect (with the service's connect
-//! timeout, the TLS handshake of a pool with `tls` within it), keep idle sockets for reuse, count every open one in the pool's
-//! gauge, close idle ones the upstream closed or that aged out (`reap`), and
-//! end the work of a drain when its deadline comes. Connecting is a step of
+//! timeout, the TLS handshake of a pool with `tls` within it), keep idle
+//! sockets for reuse, count every open one in the pool's gauge, close idle
+//! ones the upstream closed or that aged out (`reap`), and end the work of
+//! a drain when its deadline comes. An `h2` pool's endpoint shares one
+//! connection instead (`multiplex`). Connecting is a step of
 //! its own, so a request that could not be sent is still in hand and can be
 //! retried elsewhere. What goes over a socket is `http`'s business.
 
