@@ -39,6 +39,9 @@ pub(crate) enum Failure {
     /// came. `stale`: on a reused connection, before any response byte, so
     /// the upstream never read the request.
     Broken { error: io::Error, stale: bool },
+    /// The upstream: an HTTP/2 request it never processed (never sent, or
+    /// refused with REFUSED_STREAM), so it may go again, whatever its method.
+    Unprocessed(io::Error),
     /// The upstream sent a head that cannot be forwarded.
     BadResponse(&'static str),
     /// The client: gone, too slow, or its body was malformed. Answered
@@ -219,6 +222,19 @@ pub(crate) async fn forward<E: Exchange>(
                 tracing::warn!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address,
                     %error, "upstream request failed");
                 (whole, Gateway::Failed)
+            }
+            Err(Failure::Unprocessed(error)) => {
+                if exchange.replayable() && resends < UNSENT_RESENDS {
+                    tracing::debug!(endpoint = %endpoint.address, %error, "resending a request the upstream did not process");
+                    resends += 1;
+                    tried.pop();
+                    continue;
+                }
+                pool.metrics.upstream_error(UpstreamErrorKind::Reset);
+                service.eject_on_failure(pool, endpoint);
+                tracing::warn!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address,
+                    %error, "upstream did not process the request");
+                (exchange.replayable(), Gateway::Failed)
             }
             Err(Failure::BadResponse(what)) => {
                 pool.metrics.upstream_error(UpstreamErrorKind::Reset);

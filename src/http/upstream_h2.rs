@@ -105,25 +105,36 @@ pub(crate) fn request(
 }
 
 /// Sends `request` on `sender` and waits for the response head. A request
-/// that never left (the connection was closing) is `stale`: safe to send
-/// again; any other failure after it left is not.
+/// that never left (the connection was closing) or that the upstream
+/// refused unprocessed (REFUSED_STREAM) may go again; any other failure
+/// after it left is a broken exchange.
 pub(crate) async fn send(
     sender: &mut H2Sender,
     request: Request<H2Body>,
 ) -> Result<Response<Incoming>, Failure> {
     if let Err(e) = sender.ready().await {
-        return Err(Failure::Broken {
-            error: io::Error::other(e),
-            stale: true,
-        });
+        return Err(Failure::Unprocessed(io::Error::other(e)));
     }
     sender.try_send_request(request).await.map_err(|mut e| {
-        let stale = e.take_message().is_some();
-        Failure::Broken {
-            error: io::Error::other(e.into_error()),
-            stale,
+        let unsent = e.take_message().is_some();
+        let error = e.into_error();
+        if unsent || refused(&error) {
+            Failure::Unprocessed(io::Error::other(error))
+        } else {
+            Failure::Broken {
+                error: io::Error::other(error),
+                stale: false,
+            }
         }
     })
+}
+
+/// Whether the upstream refused the stream before processing it.
+fn refused(error: &hyper::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<h2::Error>())
+        .and_then(h2::Error::reason)
+        == Some(h2::Reason::REFUSED_STREAM)
 }
 
 /// The HTTP/1.1 head for a client that `asked`, of `response` from an
