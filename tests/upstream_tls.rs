@@ -38,16 +38,30 @@ struct Ingress {
 
 impl Ingress {
     async fn start(tls: Option<(&TestCa, &str)>, h2: bool) -> Self {
+        Self::start_with(tls, None, h2).await
+    }
+
+    /// An ingress that also asks for a client certificate `clients` signs.
+    async fn start_with(tls: Option<(&TestCa, &str)>, clients: Option<&TestCa>, h2: bool) -> Self {
         let acceptor = tls.map(|(ca, name)| {
             let (cert, key) = ca.issue(&[name]);
-            let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::aws_lc_rs::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert], key)
-            .unwrap();
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap();
+            let builder = match clients {
+                None => builder.with_no_client_auth(),
+                Some(clients) => {
+                    let roots = clients.roots();
+                    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                        roots, provider,
+                    )
+                    .build()
+                    .unwrap();
+                    builder.with_client_cert_verifier(verifier)
+                }
+            };
+            let mut config = builder.with_single_cert(vec![cert], key).unwrap();
             config.alpn_protocols = vec![if h2 {
                 b"h2".to_vec()
             } else {
@@ -367,4 +381,70 @@ async fn an_http2_client_reaches_an_h2_pool() {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"POST /h2/upload hello.example.com from h2");
     assert_eq!(ingress.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_reload_with_a_new_ca_file_verifies_new_connections_against_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let other = TestCa::new();
+    let ingress = Ingress::start(Some((&ca, "ingress.cluster-a")), false).await;
+    let ca_path = ca_file(&dir, "ca.pem", &other);
+    let text = config(|s| {
+        s.health_none()
+            .retries(0)
+            .pool_with("blue", 100, &[ingress.addr], |p| {
+                p.tls("ingress.cluster-a", &ca_path)
+            })
+    });
+    let proxy = Proxy::start(&text).await;
+    let reply = support::get(proxy.addr(), "hello.example.com", "/").await;
+    assert_eq!(reply.status, 502, "the other CA does not verify it");
+
+    // The operator fixes the bundle: same path, same settings, new bytes.
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let generation = proxy.generation();
+    proxy.rewrite(&format!("{text}\n# ca rotated\n"));
+    proxy.wait_generation(generation + 1).await;
+    let reply = support::get(proxy.addr(), "hello.example.com", "/").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(ingress.handshakes(), 1);
+}
+
+#[tokio::test]
+async fn a_pool_presents_its_client_certificate_to_an_ingress_that_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let clients = TestCa::new();
+    let ingress =
+        Ingress::start_with(Some((&ca, "ingress.cluster-a")), Some(&clients), false).await;
+    let ca_path = ca_file(&dir, "ca.pem", &ca);
+    let (cert, key) = clients.issue_pem(&["cutover.example.com"]);
+    let (cert_path, key_path) = (dir.path().join("client.crt"), dir.path().join("client.key"));
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let proxy = Proxy::start(&config(|s| {
+        s.health_none()
+            .retries(0)
+            .pool_with("blue", 100, &[ingress.addr], |p| {
+                p.mtls("ingress.cluster-a", &ca_path, &cert_path, &key_path)
+            })
+    }))
+    .await;
+
+    let reply = support::get(proxy.addr(), "hello.example.com", "/mtls").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(ingress.handshakes(), 1);
+
+    // Without the certificate, the ingress refuses the session.
+    let without = Proxy::start(&config(|s| {
+        s.health_none()
+            .retries(0)
+            .pool_with("blue", 100, &[ingress.addr], |p| {
+                p.tls("ingress.cluster-a", &ca_path)
+            })
+    }))
+    .await;
+    let reply = support::get(without.addr(), "hello.example.com", "/").await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
 }

@@ -411,6 +411,19 @@ impl Pool {
         self
     }
 
+    /// `tls = { sni, ca_file, cert, key }`: as `tls`, presenting a client
+    /// certificate (mutual TLS).
+    pub fn mtls(mut self, sni: &str, ca_file: &Path, cert: &Path, key: &Path) -> Self {
+        self.tls = Some(format!(
+            "{{ sni = {}, ca_file = {}, cert = {}, key = {} }}",
+            quoted(sni),
+            quoted(&path_text(ca_file)),
+            quoted(&path_text(cert)),
+            quoted(&path_text(key))
+        ));
+        self
+    }
+
     /// `protocol`: "http1" or "h2".
     pub fn protocol(mut self, protocol: &'static str) -> Self {
         self.protocol = Some(protocol);
