@@ -24,7 +24,7 @@ pub type H2Body = BoxBody<Bytes, io::Error>;
 /// Sends requests over an endpoint's HTTP/2 connection.
 pub type H2Sender = http2::SendRequest<H2Body>;
 
-/// How often an idle upstream HTTP/2 connection is pinged, and how long a
+/// How often an upstream HTTP/2 connection is pinged, and how long a
 /// ping may go unanswered before it is closed.
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,6 +70,7 @@ impl Multiplexed {
 /// Opens the connection (TLS included) and its HTTP/2 handshake, within the
 /// connect timeout; a task drives it until it closes.
 async fn connect(conns: &EndpointConns) -> Result<H2Sender, Arc<ConnectError>> {
+    let deadline = tokio::time::Instant::now() + conns.connect_timeout();
     let (stream, count) = conns.open().await.map_err(Arc::new)?.into_counted();
     if let Stream::Tls(tls) = &stream {
         let alpn = tls.get_ref().1.alpn_protocol();
@@ -83,9 +84,11 @@ async fn connect(conns: &EndpointConns) -> Result<H2Sender, Arc<ConnectError>> {
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEP_ALIVE)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        // An idle connection whose upstream vanished is found before a
+        // request is lost on it.
+        .keep_alive_while_idle(true)
         .handshake(TokioIo::new(stream));
-    let (sender, connection) = match tokio::time::timeout(conns.connect_timeout(), handshake).await
-    {
+    let (sender, connection) = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(handshake)) => handshake,
         Ok(Err(e)) => {
             return Err(Arc::new(ConnectError::Io {
