@@ -227,8 +227,8 @@ fn respond(answer: Answer, rest: Vec<u8>, raw: &[u8]) -> H2Response {
         let mut passed = Response::new(());
         *passed.status_mut() = response.status();
         *passed.headers_mut() = response.headers().clone();
-        let cut = Box::pin(answer.cut.clone().cancelled_owned());
-        return passed.map(|()| H2Body::new(Kind::Passed(Box::new(Passed { answer, cut }))));
+        let body = upstream_h2::Passed::new(answer);
+        return passed.map(|()| H2Body::new(Kind::Passed(Box::new(body))));
     }
     let Some((status, headers)) = codec::response_headers(raw) else {
         return local(Reply::BadGateway(super::replies::Gateway::Invalid));
@@ -421,35 +421,7 @@ struct H2Body {
 enum Kind {
     Local(Option<Bytes>),
     Upstream(Box<Upstream>),
-    Passed(Box<Passed>),
-}
-
-/// An `h2` pool's response body, handed on frame by frame until it ends or
-/// its pool's drain deadline.
-struct Passed {
-    /// Holds the response (`Conn::H2`) and the request's work on its pool.
-    answer: Answer,
-    cut: Pin<Box<WaitForCancellationFutureOwned>>,
-}
-
-impl Passed {
-    fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let Conn::H2(response) = &mut self.answer.conn else {
-            return Poll::Ready(None);
-        };
-        if self.cut.as_mut().poll(cx).is_ready() {
-            self.answer.count_cut();
-            return Poll::Ready(Some(Err(io::Error::other(
-                "closed at its pool's drain deadline",
-            ))));
-        }
-        Pin::new(response.body_mut())
-            .poll_frame(cx)
-            .map_err(io::Error::other)
-    }
+    Passed(Box<upstream_h2::Passed>),
 }
 
 impl H2Body {
@@ -589,7 +561,7 @@ impl Body for H2Body {
         match &mut self.get_mut().kind {
             Kind::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
             Kind::Upstream(body) => body.poll_data(cx).map(|d| d.map(|d| d.map(Frame::data))),
-            Kind::Passed(body) => body.poll_frame(cx),
+            Kind::Passed(body) => Pin::new(&mut **body).poll_frame(cx),
         }
     }
 
@@ -597,10 +569,7 @@ impl Body for H2Body {
         match &self.kind {
             Kind::Local(text) => text.is_none(),
             Kind::Upstream(body) => body.done && body.buf.is_empty(),
-            Kind::Passed(body) => match &body.answer.conn {
-                Conn::H2(response) => response.body().is_end_stream(),
-                Conn::H1(_) => true,
-            },
+            Kind::Passed(body) => body.is_end_stream(),
         }
     }
 
@@ -613,10 +582,7 @@ impl Body for H2Body {
                 }
                 _ => SizeHint::default(),
             },
-            Kind::Passed(body) => match &body.answer.conn {
-                Conn::H2(response) => response.body().size_hint(),
-                Conn::H1(_) => SizeHint::default(),
-            },
+            Kind::Passed(body) => body.size_hint(),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! `http::Request` for hyper's HTTP/2 client (connection-specific headers
 //! dropped, the Host as `:authority`), the body fed through a channel as the
 //! client sends it, the send's errors sorted into the attempt loop's
-//! `Failure`s, and the response head rewritten for an HTTP/1 client.
+//! `Failure`s, the response head rewritten for an HTTP/1 client, and the
+//! response body handed on to an HTTP/2 client (`Passed`).
 //!
 //! An upgrade (WebSocket) cannot go to an `h2` pool: HTTP/2 has no 101, and
 //! extended CONNECT (RFC 8441) is not spoken upstream. Such a request is
@@ -25,8 +26,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::future::Future;
 use tokio::sync::mpsc;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::attempt::Failure;
+use super::attempt::{Answer, Conn, Failure};
 use super::codec::{self, Asked, Framing, Refused, Version};
 use super::replies::Reply;
 use crate::upstream::{H2Body, H2Sender};
@@ -304,6 +306,59 @@ impl Body for Forward {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// An `h2` pool's response body for an HTTP/2 client, handed on frame by
+/// frame until it ends or its pool's drain deadline.
+pub(crate) struct Passed {
+    /// Holds the response (`Conn::H2`) and the request's work on its pool.
+    answer: Answer,
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl Passed {
+    pub fn new(answer: Answer) -> Self {
+        let cut = Box::pin(answer.cut.clone().cancelled_owned());
+        Self { answer, cut }
+    }
+}
+
+impl Body for Passed {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        let Conn::H2(response) = &mut this.answer.conn else {
+            return Poll::Ready(None);
+        };
+        if this.cut.as_mut().poll(cx).is_ready() {
+            this.answer.count_cut();
+            return Poll::Ready(Some(Err(io::Error::other(
+                "closed at its pool's drain deadline",
+            ))));
+        }
+        Pin::new(response.body_mut())
+            .poll_frame(cx)
+            .map_err(io::Error::other)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.answer.conn {
+            Conn::H2(response) => response.body().is_end_stream(),
+            Conn::H1(_) => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.answer.conn {
+            Conn::H2(response) => response.body().size_hint(),
+            Conn::H1(_) => SizeHint::default(),
+        }
     }
 }
 
