@@ -319,6 +319,15 @@ async fn an_h2_pool_multiplexes_http1_clients_over_few_connections() {
         "{} upstream connections for 53 requests",
         ingress.connections()
     );
+    let open = metric(
+        &proxy,
+        "cutover_upstream_connections_active",
+        "pool=\"blue\",service=\"hello\"",
+    );
+    assert!(
+        open >= 1.0 && open <= ingress.connections() as f64,
+        "the shared connection counts in the pool's gauge: {open}"
+    );
 }
 
 #[tokio::test]

@@ -385,3 +385,21 @@ impl EndpointConns {
         CancellationToken::clone(&self.cut.load())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_handshake_says_with_whom_and_why() {
+        let why = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let error = ConnectError::Tls {
+            address: "127.0.0.1:8443".into(),
+            error: io::Error::new(io::ErrorKind::InvalidData, why),
+        };
+        assert_eq!(
+            error.to_string(),
+            "TLS handshake with 127.0.0.1:8443 failed: invalid peer certificate: UnknownIssuer"
+        );
+    }
+}
