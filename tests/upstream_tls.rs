@@ -457,3 +457,30 @@ async fn a_pool_presents_its_client_certificate_to_an_ingress_that_asks() {
     let reply = support::get(without.addr(), "hello.example.com", "/").await;
     assert_eq!(reply.status, 502, "{}", reply.text());
 }
+
+#[tokio::test]
+async fn a_large_upload_crosses_a_tls_pool_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let ingress = Ingress::start(Some((&ca, "ingress.cluster-a")), false).await;
+    let ca_path = ca_file(&dir, "ca.pem", &ca);
+    let proxy = Proxy::start(&config(|s| {
+        s.health_none()
+            .pool_with("blue", 100, &[ingress.addr], |p| {
+                p.tls("ingress.cluster-a", &ca_path)
+            })
+    }))
+    .await;
+    let body = "x".repeat(4 << 20);
+    let mut client = Client::connect(proxy.addr()).await;
+    let post = Request::post("/big")
+        .header("host", "hello.example.com")
+        .body(support::full(body.clone()))
+        .unwrap();
+    let reply = tokio::time::timeout(WAIT * 2, client.send(post))
+        .await
+        .expect("the upload ends")
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), format!("POST /big hello.example.com {body}"));
+}

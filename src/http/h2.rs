@@ -24,7 +24,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
@@ -277,7 +276,7 @@ impl Exchange for H2Exchange {
         let reused = conn.reused;
         self.request.write_upstream(host, &mut self.out);
         let (mut upstream_read, mut upstream_write) = conn.stream.split();
-        if let Err(error) = upstream_write.write_all(&self.out).await {
+        if let Err(error) = upstream_write.send(&self.out).await {
             return Err(Failure::Broken {
                 error,
                 stale: reused && !self.taken,
@@ -322,7 +321,7 @@ impl Exchange for H2Exchange {
                 } else {
                     &data
                 };
-                if let Err(error) = upstream_write.write_all(bytes).await {
+                if let Err(error) = upstream_write.send(bytes).await {
                     return Err(Failure::Broken {
                         error,
                         stale: false,
@@ -330,7 +329,7 @@ impl Exchange for H2Exchange {
                 }
             }
             if chunked {
-                if let Err(error) = upstream_write.write_all(chunked::LAST_CHUNK).await {
+                if let Err(error) = upstream_write.send(chunked::LAST_CHUNK).await {
                     return Err(Failure::Broken {
                         error,
                         stale: false,

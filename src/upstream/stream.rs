@@ -7,7 +7,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{tcp, TcpStream};
 use tokio_rustls::client::TlsStream;
 
@@ -68,6 +68,19 @@ impl Stream {
                     .is_pending()
             }
         }
+    }
+}
+
+impl WriteHalf<'_> {
+    /// Writes all of `bytes` onto the wire. A TLS write may leave the end
+    /// of a record in rustls when the socket is full, so it is flushed; a
+    /// plain one goes straight to the socket, with no flush to wait for.
+    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_all(bytes).await?;
+        if let Self::Tls(_) = self {
+            self.flush().await?;
+        }
+        Ok(())
     }
 }
 

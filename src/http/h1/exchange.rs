@@ -76,7 +76,7 @@ trait Sink: Send {
 
 impl Sink for WriteHalf<'_> {
     fn put<'s>(&'s mut self, bytes: &'s [u8]) -> impl Future<Output = io::Result<()>> + Send + 's {
-        self.write_all(bytes)
+        self.send(bytes)
     }
 }
 
@@ -340,7 +340,12 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
             return false;
         }
         if !self.buf.is_empty() {
-            if conn.stream.write_all(self.buf).await.is_err() {
+            // Flushed: over TLS the end may otherwise wait in rustls.
+            let sent = async {
+                conn.stream.write_all(self.buf).await?;
+                conn.stream.flush().await
+            };
+            if sent.await.is_err() {
                 return false;
             }
             self.buf.clear();
