@@ -484,3 +484,60 @@ async fn a_large_upload_crosses_a_tls_pool_whole() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), format!("POST /big hello.example.com {body}"));
 }
+
+/// An h2c ingress that closes each connection (GOAWAY) after its first
+/// request, as one restarting would; returns its address and how many
+/// connections it accepted.
+async fn one_request_per_connection() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicU64::new(0));
+    let accepted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            accepted.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let served = Arc::new(tokio::sync::Notify::new());
+                let done = served.clone();
+                let service = service_fn(move |_req: Request<Incoming>| {
+                    let done = done.clone();
+                    async move {
+                        done.notify_one();
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("once"))))
+                    }
+                });
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    () = served.notified() => conn.as_mut().graceful_shutdown(),
+                }
+                _ = conn.await;
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn an_h2_pool_reconnects_when_its_upstream_closes_the_connection() {
+    let (addr, connections) = one_request_per_connection().await;
+    let proxy = Proxy::start(&config(|s| {
+        s.health_none()
+            .pool_with("blue", 100, &[addr], |p| p.protocol("h2"))
+    }))
+    .await;
+    let mut client = Client::connect(proxy.addr()).await;
+    for i in 0..5 {
+        let reply = client.get("/", &[]).await.unwrap();
+        assert_eq!(reply.status, 200, "request {i}: {}", reply.text());
+        assert_eq!(reply.text(), "once");
+    }
+    // A request may still ride the closing connection (graceful GOAWAY
+    // serves what it already has); the rest needed new ones.
+    assert!(connections.load(Ordering::Relaxed) >= 2);
+}
