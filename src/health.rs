@@ -2,7 +2,10 @@
 //! settings (services that share an endpoint and settings share its checker),
 //! started, kept or stopped as snapshots are built, so a reload leaves
 //! unchanged checkers and their state alone. Checks run on the control
-//! plane's runtime; the data plane only reads `EndpointHealth`.
+//! plane's runtime; the data plane only reads `EndpointHealth`. A check
+//! speaks to the endpoint as its pool does: over the pool's TLS (for a tcp
+//! check, a completed handshake is the pass) and in its protocol (HTTP/2
+//! by prior knowledge for an h2 pool without TLS).
 
 mod state;
 
@@ -11,14 +14,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::{Authority, Scheme};
 use http::{header, HeaderValue, Request, Uri};
 use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Endpoint, Health, HealthKind};
+use crate::config::{Endpoint, Health, HealthKind, UpstreamProtocol};
 use crate::metrics::EndpointMetrics;
+use crate::tls::client::{EndpointTls, TlsIdentity};
+use crate::upstream::Stream;
 pub use state::{Detail, EndpointHealth};
 
 /// Everything that makes two checks the same check.
@@ -29,6 +35,16 @@ struct Key {
     /// Host header of an HTTP check: the pool's rewrite, else the address;
     /// `None` for other checks.
     host: Option<HeaderValue>,
+    /// The pool's TLS to the endpoint.
+    tls: Option<TlsIdentity>,
+    /// What an HTTP check speaks.
+    protocol: UpstreamProtocol,
+}
+
+/// How a check reaches its endpoint, beyond its key.
+#[derive(Clone)]
+struct Reach {
+    tls: Option<EndpointTls>,
 }
 
 struct Checker {
@@ -89,12 +105,14 @@ pub(crate) struct HealthBuilder<'a> {
 impl HealthBuilder<'_> {
     /// The health of `endpoint` as `spec` checks it, for one pool of one
     /// service (whose Host rewrite is `rewrite`, and whose metric handles
-    /// are `metrics`).
+    /// are `metrics`), which speaks `protocol` to it, over `tls` if any.
     pub(crate) fn endpoint(
         &mut self,
         endpoint: &Endpoint,
         spec: &Health,
         rewrite: Option<&HeaderValue>,
+        tls: Option<&EndpointTls>,
+        protocol: UpstreamProtocol,
         metrics: EndpointMetrics,
     ) -> Arc<EndpointHealth> {
         if spec.kind == HealthKind::None {
@@ -112,6 +130,8 @@ impl HealthBuilder<'_> {
             address: endpoint.address().into(),
             spec: spec.clone(),
             host,
+            tls: tls.map(EndpointTls::identity),
+            protocol,
         };
         if let Some((checker, users)) = self.used.get_mut(&key) {
             users.push(metrics);
@@ -134,6 +154,7 @@ impl HealthBuilder<'_> {
                 };
                 tokio::spawn(run(
                     key.clone(),
+                    Reach { tls: tls.cloned() },
                     checker.health.clone(),
                     checker.users.clone(),
                     checker.stop.clone(),
@@ -173,6 +194,7 @@ impl HealthBuilder<'_> {
 /// until stopped.
 async fn run(
     key: Key,
+    reach: Reach,
     health: Arc<EndpointHealth>,
     users: Arc<Mutex<Vec<EndpointMetrics>>>,
     stop: CancellationToken,
@@ -180,7 +202,7 @@ async fn run(
     let spec = &key.spec;
     loop {
         let result = tokio::select! {
-            result = tokio::time::timeout(spec.timeout, probe(&key)) => {
+            result = tokio::time::timeout(spec.timeout, probe(&key, &reach)) => {
                 result.unwrap_or_else(|_| Err(format!("no answer within {:?}", spec.timeout)))
             }
             () = stop.cancelled() => return,
@@ -211,33 +233,70 @@ async fn run(
     }
 }
 
-async fn probe(key: &Key) -> Result<(), String> {
-    let stream = TcpStream::connect(&*key.address)
+async fn probe(key: &Key, reach: &Reach) -> Result<(), String> {
+    let tcp = TcpStream::connect(&*key.address)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    let stream = match &reach.tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => Stream::Tls(Box::new(
+            tls.handshake(tcp)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}"))?,
+        )),
+    };
     if key.spec.kind == HealthKind::Tcp {
         return Ok(());
     }
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let conn = tokio::spawn(conn);
     let mut req = Request::new(Empty::<Bytes>::new());
-    *req.uri_mut() = Uri::from(key.spec.path.clone());
-    let headers = req.headers_mut();
-    if let Some(host) = &key.host {
-        headers.insert(header::HOST, host.clone());
-    }
-    headers.insert(
+    req.headers_mut().insert(
         header::USER_AGENT,
         HeaderValue::from_static("cutover-health-check"),
     );
-    let response = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("request: {e}"));
-    conn.abort();
-    let status = response?.status().as_u16();
+    let io = TokioIo::new(stream);
+    let response = match key.protocol {
+        UpstreamProtocol::Http1 => {
+            *req.uri_mut() = Uri::from(key.spec.path.clone());
+            if let Some(host) = &key.host {
+                req.headers_mut().insert(header::HOST, host.clone());
+            }
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            let conn = tokio::spawn(conn);
+            let response = sender.send_request(req).await;
+            conn.abort();
+            response
+        }
+        UpstreamProtocol::H2 => {
+            // HTTP/2 carries the Host as the :authority of an absolute URI.
+            let scheme = match reach.tls {
+                Some(_) => Scheme::HTTPS,
+                None => Scheme::HTTP,
+            };
+            let authority = key
+                .host
+                .as_ref()
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .ok_or("the Host is not an authority")?;
+            let mut parts = Uri::from(key.spec.path.clone()).into_parts();
+            parts.scheme = Some(scheme);
+            parts.authority = Some(authority);
+            *req.uri_mut() = Uri::from_parts(parts).map_err(|e| format!("request: {e}"))?;
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| format!("handshake: {e}"))?;
+            let conn = tokio::spawn(conn);
+            let response = sender.send_request(req).await;
+            conn.abort();
+            response
+        }
+    };
+    let status = response
+        .map_err(|e| format!("request: {e}"))?
+        .status()
+        .as_u16();
     if key.spec.expect.matches(status) {
         Ok(())
     } else {

@@ -16,6 +16,7 @@ mod h2;
 mod head;
 mod replies;
 pub(crate) mod transport;
+mod upstream_h2;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

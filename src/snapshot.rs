@@ -22,6 +22,7 @@ use crate::health::{EndpointHealth, HealthChecks};
 use crate::metrics::{ListenerMetrics, Metrics, PoolMetrics, ServiceMetrics};
 use crate::proxy_protocol;
 use crate::state::Overrides;
+use crate::tls::client::EndpointTls;
 use crate::tls::{ListenerTls, Material};
 use crate::upstream::{EndpointConns, EndpointSpec, Upstreams};
 
@@ -221,11 +222,23 @@ impl Snapshot {
                     .map(|(p, &weight)| {
                         let pool_name = p.name.as_str();
                         let pool_metrics = inputs.metrics.pool(service_name, pool_name);
+                        let client = p.tls.as_ref().and_then(|tls| {
+                            let client = inputs.tls.pools.get(&(s.name.clone(), p.name.clone()))?;
+                            Some((tls, client))
+                        });
                         let endpoints = p
                             .endpoints
                             .iter()
                             .map(|e| {
                                 let address = e.address();
+                                let tls = client.map(|(tls, client)| {
+                                    EndpointTls::new(
+                                        client,
+                                        tls.sni.as_deref(),
+                                        p.host.as_ref(),
+                                        &e.authority,
+                                    )
+                                });
                                 Endpoint {
                                     address: address.into(),
                                     conns: clients.endpoint(EndpointSpec {
@@ -233,12 +246,16 @@ impl Snapshot {
                                         pool: pool_name,
                                         address,
                                         connect_timeout: s.connect_timeout,
+                                        tls: tls.clone(),
+                                        protocol: p.protocol,
                                         connections: &pool_metrics.upstream_connections,
                                     }),
                                     health: health.endpoint(
                                         e,
                                         &s.health,
                                         p.host.as_ref(),
+                                        tls.as_ref(),
+                                        p.protocol,
                                         inputs.metrics.endpoint(service_name, pool_name, address),
                                     ),
                                     draining: inputs.overrides.is_drained(

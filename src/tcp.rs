@@ -168,7 +168,7 @@ async fn read_hello(
 
 /// An upstream connection for a layer-4 client, and what it holds.
 pub(crate) struct Upstream {
-    pub conn: RawConn,
+    pub conn: RawConn<TcpStream>,
     pub pool: usize,
     pub endpoint: usize,
     /// The connection's work on its pool, for drains and `safe_to_remove`.

@@ -83,7 +83,7 @@ pub struct Material {
     /// Terminating listeners, by configured bind address.
     pub(crate) listeners: HashMap<SocketAddr, Arc<ListenerTls>>,
     /// Pools that speak TLS to their endpoints, by service and pool name.
-    pub(crate) pools: HashMap<(String, String), Arc<rustls::ClientConfig>>,
+    pub(crate) pools: HashMap<(String, String), client::PoolClient>,
     /// The admin API's, when it serves HTTPS.
     pub(crate) admin: Option<Arc<rustls::ServerConfig>>,
     /// The bytes of every file read, to tell a changed file from an
@@ -118,9 +118,10 @@ impl Material {
                             tracing::warn!(service = %service.name, pool = %pool.name,
                                 "insecure_skip_verify = true: the endpoints' certificates are not verified");
                         }
+                        let client = client::PoolClient::new(loaded, tls, pool.protocol, &files);
                         material
                             .pools
-                            .insert((service.name.clone(), pool.name.clone()), loaded);
+                            .insert((service.name.clone(), pool.name.clone()), client);
                     }
                     Err(e) => errors.push(e.within(&what)),
                 }

@@ -3,7 +3,9 @@
 //! connections; one that drops it closes them. Choosing an endpoint is
 //! `snapshot`'s and `balance`'s.
 
+mod multiplex;
 mod pool;
+mod stream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +13,12 @@ use std::time::Duration;
 
 use prometheus::IntGauge;
 
+pub(crate) use multiplex::{H2Body, H2Sender};
 pub(crate) use pool::{ConnectError, EndpointConns, Migration, RawConn};
+pub(crate) use stream::{ReadHalf, Stream, WriteHalf};
+
+use crate::config::UpstreamProtocol;
+use crate::tls::client::{EndpointTls, TlsIdentity};
 
 /// What makes two endpoints' connections interchangeable.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -20,6 +27,10 @@ struct Key {
     pool: String,
     address: String,
     connect_timeout: Duration,
+    /// TLS settings, files and server name: changing any of them makes new
+    /// connections.
+    tls: Option<TlsIdentity>,
+    protocol: UpstreamProtocol,
 }
 
 /// The endpoint connection sets of the current snapshot, kept by the control
@@ -35,6 +46,9 @@ pub(crate) struct EndpointSpec<'a> {
     pub pool: &'a str,
     pub address: &'a str,
     pub connect_timeout: Duration,
+    /// TLS to the endpoint, when its pool has it.
+    pub tls: Option<EndpointTls>,
+    pub protocol: UpstreamProtocol,
     /// The pool's open-connections gauge.
     pub connections: &'a IntGauge,
 }
@@ -70,6 +84,8 @@ impl UpstreamsBuilder<'_> {
             pool: spec.pool.to_owned(),
             address: spec.address.to_owned(),
             connect_timeout: spec.connect_timeout,
+            tls: spec.tls.as_ref().map(EndpointTls::identity),
+            protocol: spec.protocol,
         };
         let previous = &self.previous.endpoints;
         self.used
@@ -79,6 +95,8 @@ impl UpstreamsBuilder<'_> {
                     Arc::new(EndpointConns::new(
                         spec.address.into(),
                         spec.connect_timeout,
+                        spec.tls,
+                        spec.protocol,
                         spec.connections.clone(),
                     ))
                 })

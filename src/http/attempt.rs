@@ -1,6 +1,7 @@
 //! The one attempt loop, shared by HTTP/1 and HTTP/2 clients: pick a pool by
 //! weight and an endpoint of it, check out an upstream connection, let the
-//! client protocol's `Exchange` send the request and read the response head,
+//! client protocol's `Exchange` send the request and read the response head
+//! (over an HTTP/1.1 connection, or a stream of an `h2` pool's connection),
 //! and on failure decide — from which side failed and what was sent — whether
 //! to retry elsewhere, eject the endpoint, and what to answer. Metrics, drain
 //! tracking and the request deadline live here too, once.
@@ -14,7 +15,8 @@ use std::io;
 use std::sync::Arc;
 use tokio::time::Instant;
 
-use http::StatusCode;
+use http::{Response, StatusCode};
+use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
 use super::codec;
@@ -22,7 +24,7 @@ use super::replies::{Gateway, Reply};
 use crate::drain::Work;
 use crate::metrics::UpstreamErrorKind;
 use crate::snapshot::{Service, Tried};
-use crate::upstream::{ConnectError, EndpointConns, RawConn};
+use crate::upstream::{ConnectError, EndpointConns, H2Sender, RawConn};
 
 /// How many times a request that was never read (a kept connection the
 /// upstream had closed) is sent again on a fresh one, beyond `retries`.
@@ -37,6 +39,9 @@ pub(crate) enum Failure {
     /// came. `stale`: on a reused connection, before any response byte, so
     /// the upstream never read the request.
     Broken { error: io::Error, stale: bool },
+    /// The upstream: an HTTP/2 request it never processed (never sent, or
+    /// refused with REFUSED_STREAM), so it may go again, whatever its method.
+    Unprocessed(io::Error),
     /// The upstream sent a head that cannot be forwarded.
     BadResponse(&'static str),
     /// The client: gone, too slow, or its body was malformed. Answered
@@ -54,6 +59,16 @@ pub(crate) trait Exchange: Send {
         host: Option<&'a [u8]>,
     ) -> impl Future<Output = Result<codec::Response, Failure>> + Send + 'a;
 
+    /// Sends the request as a stream of an `h2` pool's connection to
+    /// `conns`' endpoint (`host`: the pool's rewrite) and waits for the
+    /// response head; the head for an HTTP/1 client is made from it.
+    fn attempt_h2<'a>(
+        &'a mut self,
+        sender: &'a mut H2Sender,
+        conns: &'a EndpointConns,
+        host: Option<&'a [u8]>,
+    ) -> impl Future<Output = Result<(codec::Response, Response<Incoming>), Failure>> + Send + 'a;
+
     /// Whether the whole request is still in hand: nothing of its body has
     /// been taken from the client yet.
     fn replayable(&self) -> bool;
@@ -63,10 +78,19 @@ pub(crate) trait Exchange: Send {
     fn idempotent(&self) -> bool;
 }
 
+/// Where a response's body comes from.
+pub(crate) enum Conn {
+    /// An HTTP/1.1 connection, the body next on it.
+    H1(RawConn),
+    /// A stream of an HTTP/2 connection: the response, head and body.
+    H2(Response<Incoming>),
+}
+
 /// A response head from an endpoint, with what relaying its body needs.
 pub(crate) struct Answer {
+    /// For an HTTP/2 upstream, made from its response.
     pub head: codec::Response,
-    pub conn: RawConn,
+    pub conn: Conn,
     pub conns: Arc<EndpointConns>,
     /// Cancelled at the drain deadline of the endpoint's pool.
     pub cut: CancellationToken,
@@ -82,8 +106,8 @@ impl Answer {
     /// Puts the connection back for reuse: its response ended where its
     /// framing said, with nothing extra behind it.
     pub fn reuse(self) {
-        if self.head.reusable {
-            self.conns.put_back(self.conn, self.failover);
+        if let (Conn::H1(conn), true) = (self.conn, self.head.reusable) {
+            self.conns.put_back(conn, self.failover);
         }
     }
 
@@ -126,10 +150,16 @@ pub(crate) async fn forward<E: Exchange>(
         let work = pool.activity.start();
         let cut = endpoint.conns.cut_token();
         let attempt = async {
-            let mut conn = endpoint.conns.checkout().await.map_err(Failure::Connect)?;
             let host = pool.host.as_ref().map(|h| h.as_bytes());
+            let conns = &endpoint.conns;
+            if conns.is_h2() {
+                let mut sender = conns.h2_sender().await.map_err(Failure::Connect)?;
+                let (head, response) = exchange.attempt_h2(&mut sender, conns, host).await?;
+                return Ok((Conn::H2(response), head));
+            }
+            let mut conn = conns.checkout().await.map_err(Failure::Connect)?;
             let head = exchange.attempt(&mut conn, host).await?;
-            Ok::<_, Failure>((conn, head))
+            Ok::<_, Failure>((Conn::H1(conn), head))
         };
         let result = tokio::select! {
             biased;
@@ -192,6 +222,19 @@ pub(crate) async fn forward<E: Exchange>(
                 tracing::warn!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address,
                     %error, "upstream request failed");
                 (whole, Gateway::Failed)
+            }
+            Err(Failure::Unprocessed(error)) => {
+                if exchange.replayable() && resends < UNSENT_RESENDS {
+                    tracing::debug!(endpoint = %endpoint.address, %error, "resending a request the upstream did not process");
+                    resends += 1;
+                    tried.pop();
+                    continue;
+                }
+                pool.metrics.upstream_error(UpstreamErrorKind::Reset);
+                service.eject_on_failure(pool, endpoint);
+                tracing::warn!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address,
+                    %error, "upstream did not process the request");
+                (exchange.replayable(), Gateway::Failed)
             }
             Err(Failure::BadResponse(what)) => {
                 pool.metrics.upstream_error(UpstreamErrorKind::Reset);

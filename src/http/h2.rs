@@ -3,7 +3,9 @@
 //! HTTP/1.1 upstreams over the same codec and connection pools. Only the
 //! client side differs: the request body comes from hyper's stream and is
 //! sent upstream with the length it declared, or chunked; the response
-//! body is read off the upstream socket and handed to hyper as frames.
+//! body is read off the upstream socket and handed to hyper as frames. To
+//! an `h2` pool, the request goes as a stream of its connection, and the
+//! upstream's response body is handed on as it comes.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,19 +24,19 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::attempt::{self, Answer, Exchange, Failure, Outcome};
+use super::attempt::{self, Answer, Conn, Exchange, Failure, Outcome};
 use super::codec::chunked::{self, Chunks};
 use super::codec::{self, Asked, Framing, RequestBody, Version};
 use super::head::{read_head, Closing};
 use super::replies::Reply;
 use super::transport::Transport;
+use super::upstream_h2;
 use super::Listening;
 use crate::metrics::ListenerMetrics;
-use crate::upstream::RawConn;
+use crate::upstream::{EndpointConns, H2Sender, RawConn};
 
 /// How often an idle HTTP/2 connection is pinged, and how long a ping may
 /// go unanswered before the connection is closed.
@@ -230,6 +232,14 @@ fn local(reply: Reply) -> H2Response {
 
 /// The response to an HTTP/2 client from an upstream's head and body.
 fn respond(answer: Answer, rest: Vec<u8>, raw: &[u8]) -> H2Response {
+    if let Conn::H2(response) = &answer.conn {
+        // From an h2 pool: its head as it came, its body handed on.
+        let mut passed = Response::new(());
+        *passed.status_mut() = response.status();
+        *passed.headers_mut() = response.headers().clone();
+        let body = upstream_h2::Passed::new(answer);
+        return passed.map(|()| H2Body::new(Kind::Passed(Box::new(body))));
+    }
     let Some((status, headers)) = codec::response_headers(raw) else {
         return local(Reply::BadGateway(super::replies::Gateway::Invalid));
     };
@@ -277,7 +287,7 @@ impl Exchange for H2Exchange {
         let reused = conn.reused;
         self.request.write_upstream(host, &mut self.out);
         let (mut upstream_read, mut upstream_write) = conn.stream.split();
-        if let Err(error) = upstream_write.write_all(&self.out).await {
+        if let Err(error) = upstream_write.send(&self.out).await {
             return Err(Failure::Broken {
                 error,
                 stale: reused && !self.taken,
@@ -322,7 +332,7 @@ impl Exchange for H2Exchange {
                 } else {
                     &data
                 };
-                if let Err(error) = upstream_write.write_all(bytes).await {
+                if let Err(error) = upstream_write.send(bytes).await {
                     return Err(Failure::Broken {
                         error,
                         stale: false,
@@ -330,7 +340,7 @@ impl Exchange for H2Exchange {
                 }
             }
             if chunked {
-                if let Err(error) = upstream_write.write_all(chunked::LAST_CHUNK).await {
+                if let Err(error) = upstream_write.send(chunked::LAST_CHUNK).await {
                     return Err(Failure::Broken {
                         error,
                         stale: false,
@@ -376,6 +386,32 @@ impl Exchange for H2Exchange {
         }
     }
 
+    async fn attempt_h2<'a>(
+        &'a mut self,
+        sender: &'a mut H2Sender,
+        conns: &'a EndpointConns,
+        host: Option<&'a [u8]>,
+    ) -> Result<(codec::Response, Response<Incoming>), Failure> {
+        self.request.write_upstream(host, &mut self.out);
+        let body = match self.body.take() {
+            Some(body) if !body.is_end_stream() => {
+                self.taken = true;
+                upstream_h2::forward(body, self.body_read_timeout)
+            }
+            _ => upstream_h2::empty(),
+        };
+        let request = upstream_h2::request(&self.out, conns.address(), conns.is_tls(), body)?;
+        let response = upstream_h2::send(sender, request).await?;
+        let asked = Asked {
+            head_method: self.request.head_method,
+            upgrade: false,
+            client: Version::Http11,
+            close: false,
+        };
+        let head = upstream_h2::head_for_h1(&response, asked, &mut self.out);
+        Ok((head, response))
+    }
+
     fn replayable(&self) -> bool {
         !self.taken
     }
@@ -395,6 +431,7 @@ struct H2Body {
 enum Kind {
     Local(Option<Bytes>),
     Upstream(Box<Upstream>),
+    Passed(Box<upstream_h2::Passed>),
 }
 
 impl H2Body {
@@ -489,8 +526,11 @@ impl Upstream {
                 ))));
             }
             self.buf.reserve(64 * 1024);
-            let read =
-                tokio_util::io::poll_read_buf(Pin::new(&mut answer.conn.stream), cx, &mut self.buf);
+            // Only HTTP/1.1 answers are read here (`respond`).
+            let Conn::H1(conn) = &mut answer.conn else {
+                return Poll::Ready(None);
+            };
+            let read = tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut self.buf);
             match read {
                 Poll::Ready(Ok(0)) if self.framing == Framing::UntilClose => {
                     self.answer = None;
@@ -531,6 +571,7 @@ impl Body for H2Body {
         match &mut self.get_mut().kind {
             Kind::Local(text) => Poll::Ready(text.take().map(|t| Ok(Frame::data(t)))),
             Kind::Upstream(body) => body.poll_data(cx).map(|d| d.map(|d| d.map(Frame::data))),
+            Kind::Passed(body) => Pin::new(&mut **body).poll_frame(cx),
         }
     }
 
@@ -538,6 +579,7 @@ impl Body for H2Body {
         match &self.kind {
             Kind::Local(text) => text.is_none(),
             Kind::Upstream(body) => body.done && body.buf.is_empty(),
+            Kind::Passed(body) => body.is_end_stream(),
         }
     }
 
@@ -550,6 +592,7 @@ impl Body for H2Body {
                 }
                 _ => SizeHint::default(),
             },
+            Kind::Passed(body) => body.size_hint(),
         }
     }
 }

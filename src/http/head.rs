@@ -1,5 +1,5 @@
-//! Reading an upstream's response head, for both client protocols (whose
-//! upstreams all speak HTTP/1.1): interim responses skipped a bounded number
+//! Reading an HTTP/1.1 upstream's response head, for both client protocols
+//! (an `h2` pool's heads come from hyper, see `upstream_h2`): interim responses skipped a bounded number
 //! of times, the whole within a bounded size, and whether the client
 //! connection closes after it decided when the head arrives.
 
@@ -7,12 +7,12 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::ReadHalf;
 use tokio_util::sync::CancellationToken;
 
 use super::attempt::Failure;
 use super::buffers::HEAD_READ;
 use super::codec::{self, Asked, MAX_INTERIM};
+use crate::upstream::ReadHalf;
 
 /// Largest upstream response head accepted, interim ones included.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -37,8 +37,7 @@ impl Closing<'_> {
 /// Reads the final response head, skipping interim ones (a bounded number,
 /// within a bounded size). The head for an HTTP/1 client goes to `out`, the
 /// head as the upstream sent it to `raw` when asked, and bytes past it stay
-/// in `rest`. Shared with the HTTP/2 client side, whose upstreams speak
-/// HTTP/1.1 too.
+/// in `rest`. Shared with the HTTP/2 client side, for its HTTP/1.1 pools.
 pub(crate) async fn read_head(
     upstream: &mut ReadHalf<'_>,
     asked: Asked,

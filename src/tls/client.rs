@@ -2,9 +2,19 @@
 //! verifies the endpoints' certificates against the pool's `ca_file` or the
 //! system's roots (never skipped unless `insecure_skip_verify = true` is
 //! written out), offers the ALPN protocol the pool speaks, and presents a
-//! client certificate when the pool has one.
+//! client certificate when the pool has one; and what one endpoint's
+//! connections need of it (`EndpointTls`): that configuration and the
+//! server name the endpoint is asked for and verified against.
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::io;
 use std::sync::{Arc, OnceLock};
+
+use http::uri::Authority;
+use http::HeaderValue;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
@@ -14,6 +24,118 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use super::pem::{certified_key, chain};
 use super::{provider, Files, TlsError};
 use crate::config::{PoolTls, UpstreamProtocol};
+
+/// A pool's client configuration, with what tells it from one read from
+/// other settings or other file bytes.
+#[derive(Clone)]
+pub(crate) struct PoolClient {
+    pub config: Arc<ClientConfig>,
+    /// The same for the same settings, protocol and file bytes: a reload
+    /// that changes none of them keeps the pool's connections.
+    pub identity: u64,
+}
+
+impl PoolClient {
+    /// `tls` of a pool speaking `protocol`, whose files `read` holds.
+    pub(super) fn new(
+        config: Arc<ClientConfig>,
+        tls: &PoolTls,
+        protocol: UpstreamProtocol,
+        read: &Files,
+    ) -> Self {
+        let mut hasher = DefaultHasher::new();
+        tls.hash(&mut hasher);
+        protocol.hash(&mut hasher);
+        let files = tls.client_cert.iter().flat_map(|c| [&c.cert, &c.key]);
+        for path in tls.ca_file.iter().chain(files) {
+            read.read.get(path).hash(&mut hasher);
+        }
+        Self {
+            config,
+            identity: hasher.finish(),
+        }
+    }
+}
+
+/// TLS to one endpoint: the pool's configuration and the name it is
+/// verified against.
+#[derive(Clone)]
+pub(crate) struct EndpointTls {
+    config: Arc<ClientConfig>,
+    identity: u64,
+    name: ServerName<'static>,
+}
+
+impl EndpointTls {
+    /// For an endpoint at `endpoint` of a pool with `client`, whose `sni`
+    /// and Host rewrite are given: the name is `sni`, else the rewrite
+    /// (without a port), else the endpoint's host (an IP address as one).
+    pub fn new(
+        client: &PoolClient,
+        sni: Option<&str>,
+        rewrite: Option<&HeaderValue>,
+        endpoint: &Authority,
+    ) -> Self {
+        let rewrite = rewrite
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<Authority>().ok());
+        let name = [sni, rewrite.as_ref().map(Authority::host)]
+            .into_iter()
+            .flatten()
+            .chain([endpoint.host()])
+            .find_map(server_name)
+            // The endpoint's host was validated as a DNS name or an IP
+            // address; this is never reached.
+            .unwrap_or_else(|| ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into()));
+        Self {
+            config: client.config.clone(),
+            identity: client.identity,
+            name,
+        }
+    }
+
+    /// Equal for the same settings and files and the same name, so
+    /// connection sets and checkers keyed by it survive a reload that
+    /// changes neither.
+    pub fn identity(&self) -> TlsIdentity {
+        TlsIdentity {
+            files: self.identity,
+            name: self.name.clone(),
+        }
+    }
+
+    /// The TLS handshake over `tcp`; its error says what failed ("invalid
+    /// peer certificate: UnknownIssuer").
+    pub async fn handshake(&self, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
+        tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(self.name.clone(), tcp)
+            .await
+    }
+}
+
+/// What tells one endpoint's TLS from another's (see `EndpointTls::identity`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct TlsIdentity {
+    files: u64,
+    name: ServerName<'static>,
+}
+
+/// A host as a server name: a DNS name, or an IP address (bracketed for v6).
+fn server_name(host: &str) -> Option<ServerName<'static>> {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    ServerName::try_from(host.to_owned()).ok()
+}
+
+impl std::fmt::Debug for EndpointTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointTls")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
 
 /// The client configuration of a pool with `tls`, speaking `protocol`.
 pub(super) fn config(

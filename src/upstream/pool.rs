@@ -1,14 +1,15 @@
 //! One endpoint's upstream connections: connect (with the service's connect
-//! timeout), keep idle sockets for reuse, count every open one in the pool's
-//! gauge, close idle ones the upstream closed or that aged out (`reap`), and
-//! end the work of a drain when its deadline comes. Connecting is a step of
+//! timeout, the TLS handshake of a pool with `tls` within it), keep idle
+//! sockets for reuse, count every open one in the pool's gauge, close idle
+//! ones the upstream closed or that aged out (`reap`), and end the work of
+//! a drain when its deadline comes. An `h2` pool's endpoint shares one
+//! connection instead (`multiplex`). Connecting is a step of
 //! its own, so a request that could not be sent is still in hand and can be
 //! retried elsewhere. What goes over a socket is `http`'s business.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -17,6 +18,11 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use super::multiplex::{H2Sender, Multiplexed};
+use super::stream::Stream;
+use crate::config::UpstreamProtocol;
+use crate::tls::client::EndpointTls;
 
 /// How long an unused upstream connection is kept open for reuse.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
@@ -40,31 +46,38 @@ pub enum ConnectError {
         #[source]
         source: io::Error,
     },
+    /// The TLS handshake failed: the certificate did not verify, the
+    /// endpoint does not speak TLS, or it refused ours.
+    #[error("TLS handshake with {address} failed: {error}")]
+    Tls {
+        address: Arc<str>,
+        #[source]
+        error: io::Error,
+    },
+    /// An `h2` pool's endpoint chose another protocol by ALPN.
+    #[error("{address} does not speak HTTP/2: it chose another protocol by ALPN")]
+    NotH2 { address: Arc<str> },
+    /// The failed connect that every request waiting for an HTTP/2
+    /// connection shares.
+    #[error(transparent)]
+    Shared(Arc<ConnectError>),
 }
 
-/// An upstream socket. It holds one count in its pool's gauge while open.
-pub struct RawConn {
-    pub stream: TcpStream,
+/// An upstream connection. It holds one count in its pool's gauge while
+/// open. Layer-4 connections are `RawConn<TcpStream>`: plain, so the relay
+/// can splice.
+pub struct RawConn<S = Stream> {
+    pub stream: S,
     _open: OpenCount,
     /// Whether it served a request before: a reused connection the upstream
     /// closed meanwhile fails before the request was read.
     pub reused: bool,
 }
 
-impl RawConn {
-    /// Whether an idle socket may still be used: one the upstream closed (or
-    /// wrote to unasked) is readable. Readiness is what the reactor already
-    /// knows, so the usual answer costs no system call.
-    fn still_open(&self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => matches!(
-                self.stream.try_read(&mut [0u8; 1]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock
-            ),
-        }
+impl<S> RawConn<S> {
+    /// The stream, and its place in the gauge to hold while it is open.
+    pub(super) fn into_counted(self) -> (S, impl Send + 'static) {
+        (self.stream, self._open)
     }
 }
 
@@ -88,6 +101,10 @@ impl Drop for OpenCount {
 pub struct EndpointConns {
     address: Arc<str>,
     connect_timeout: Duration,
+    /// The pool speaks TLS to the endpoint.
+    tls: Option<EndpointTls>,
+    /// An `h2` pool's shared connection; `None` for HTTP/1.1.
+    h2: Option<Multiplexed>,
     idle: Mutex<Vec<(RawConn, Instant)>>,
     /// Open connections of the endpoint's pool (shared by its endpoints).
     open: IntGauge,
@@ -174,10 +191,18 @@ impl std::fmt::Debug for EndpointConns {
 }
 
 impl EndpointConns {
-    pub fn new(address: Arc<str>, connect_timeout: Duration, open: IntGauge) -> Self {
+    pub fn new(
+        address: Arc<str>,
+        connect_timeout: Duration,
+        tls: Option<EndpointTls>,
+        protocol: UpstreamProtocol,
+        open: IntGauge,
+    ) -> Self {
         Self {
             address,
             connect_timeout,
+            tls,
+            h2: (protocol == UpstreamProtocol::H2).then(Multiplexed::default),
             idle: Mutex::new(Vec::new()),
             open,
             cut: ArcSwap::from_pointee(CancellationToken::new()),
@@ -190,25 +215,69 @@ impl EndpointConns {
         &self.address
     }
 
-    /// A socket: the most recently used idle one, or a new one.
+    pub(super) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// Whether the endpoint is spoken to over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Whether the endpoint is spoken to in HTTP/2 (`h2_sender`) rather
+    /// than HTTP/1.1 (`checkout`).
+    pub fn is_h2(&self) -> bool {
+        self.h2.is_some()
+    }
+
+    /// A sender on the endpoint's shared HTTP/2 connection.
+    pub async fn h2_sender(&self) -> Result<H2Sender, ConnectError> {
+        match &self.h2 {
+            Some(h2) => h2.sender(self).await,
+            None => Err(ConnectError::Io {
+                address: self.address.clone(),
+                source: io::Error::other("the pool speaks HTTP/1.1"),
+            }),
+        }
+    }
+
+    /// A connection: the most recently used idle one, or a new one (over
+    /// TLS when the pool has it).
     pub async fn checkout(&self) -> Result<RawConn, ConnectError> {
         loop {
             let idle = self.idle.lock().expect("idle lock").pop();
             let Some((mut conn, since)) = idle else {
                 break;
             };
-            if since.elapsed() <= IDLE_TIMEOUT && conn.still_open() {
+            if since.elapsed() <= IDLE_TIMEOUT && conn.stream.still_open() {
                 conn.reused = true;
                 return Ok(conn);
             }
         }
-        self.connect().await
+        self.open().await
     }
 
-    /// A new socket, never an idle one: for a layer-4 connection, which is
-    /// the upstream's for its whole life.
-    pub async fn connect(&self) -> Result<RawConn, ConnectError> {
-        let stream = self.open_stream().await?;
+    /// A new connection, TLS included when the pool has it.
+    pub(super) async fn open(&self) -> Result<RawConn, ConnectError> {
+        let address = &*self.address;
+        let open = async {
+            let tcp = self.open_tcp().await?;
+            match &self.tls {
+                None => Ok(Stream::Plain(tcp)),
+                Some(tls) => match tls.handshake(tcp).await {
+                    Ok(tls) => Ok(Stream::Tls(Box::new(tls))),
+                    Err(error) => Err(ConnectError::Tls {
+                        address: self.address.clone(),
+                        error,
+                    }),
+                },
+            }
+        };
+        // The handshake is part of connecting, and shares its timeout.
+        let stream = tokio::time::timeout(self.connect_timeout, open)
+            .await
+            .map_err(|_| self.timed_out())??;
+        tracing::trace!(address, "upstream connection opened");
         Ok(RawConn {
             stream,
             _open: OpenCount::new(&self.open),
@@ -216,25 +285,35 @@ impl EndpointConns {
         })
     }
 
-    /// Opens a socket to the endpoint, within the connect timeout.
-    async fn open_stream(&self) -> Result<TcpStream, ConnectError> {
+    /// A new plain socket, never an idle one: for a layer-4 connection,
+    /// which is the upstream's for its whole life (tcp pools have no TLS).
+    pub async fn connect(&self) -> Result<RawConn<TcpStream>, ConnectError> {
+        let stream = tokio::time::timeout(self.connect_timeout, self.open_tcp())
+            .await
+            .map_err(|_| self.timed_out())??;
+        Ok(RawConn {
+            stream,
+            _open: OpenCount::new(&self.open),
+            reused: false,
+        })
+    }
+
+    pub(super) fn timed_out(&self) -> ConnectError {
+        ConnectError::Timeout {
+            address: self.address.clone(),
+            timeout: self.connect_timeout,
+        }
+    }
+
+    /// Opens a socket to the endpoint; the caller bounds the wait.
+    async fn open_tcp(&self) -> Result<TcpStream, ConnectError> {
         let address = &*self.address;
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(source)) => {
-                    return Err(ConnectError::Io {
-                        address: self.address.clone(),
-                        source,
-                    })
-                }
-                Err(_) => {
-                    return Err(ConnectError::Timeout {
-                        address: self.address.clone(),
-                        timeout: self.connect_timeout,
-                    })
-                }
-            };
+        let stream = TcpStream::connect(address)
+            .await
+            .map_err(|source| ConnectError::Io {
+                address: self.address.clone(),
+                source,
+            })?;
         // Best effort: a socket without TCP_NODELAY is slower, not broken.
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(address, error = %e, "cannot set TCP_NODELAY");
@@ -265,7 +344,7 @@ impl EndpointConns {
         self.idle
             .lock()
             .expect("idle lock")
-            .retain(|(conn, since)| since.elapsed() <= keep_for && conn.still_open());
+            .retain_mut(|(conn, since)| since.elapsed() <= keep_for && conn.stream.still_open());
     }
 
     /// Out of rotation (`true`): idle connections close now and busy ones
@@ -277,9 +356,12 @@ impl EndpointConns {
         }
     }
 
-    /// Closes every idle connection now.
+    /// Closes every idle connection now; an HTTP/2 one once its streams end.
     pub fn close_idle(&self) {
         self.idle.lock().expect("idle lock").clear();
+        if let Some(h2) = &self.h2 {
+            h2.close();
+        }
     }
 
     /// Starts a drain: returns the token the work in flight now watches,
@@ -301,5 +383,23 @@ impl EndpointConns {
     pub fn cut_token(&self) -> CancellationToken {
         // Read per request: a lock-free load, not a mutex.
         CancellationToken::clone(&self.cut.load())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_handshake_says_with_whom_and_why() {
+        let why = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let error = ConnectError::Tls {
+            address: "127.0.0.1:8443".into(),
+            error: io::Error::new(io::ErrorKind::InvalidData, why),
+        };
+        assert_eq!(
+            error.to_string(),
+            "TLS handshake with 127.0.0.1:8443 failed: invalid peer certificate: UnknownIssuer"
+        );
     }
 }

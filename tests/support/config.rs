@@ -93,6 +93,9 @@ pub struct Pool {
     endpoints: Vec<String>,
     host: Option<String>,
     send_proxy: Option<&'static str>,
+    /// `tls = { ... }`, as written.
+    tls: Option<String>,
+    protocol: Option<&'static str>,
 }
 
 /// `[service.health]`: each key is written only when set.
@@ -407,6 +410,8 @@ impl Service {
             endpoints: endpoints.iter().map(ToString::to_string).collect(),
             host: None,
             send_proxy: None,
+            tls: None,
+            protocol: None,
         }));
         self
     }
@@ -445,6 +450,36 @@ impl Pool {
     /// `send_proxy`: "v1" or "v2".
     pub fn send_proxy(mut self, version: &'static str) -> Self {
         self.send_proxy = Some(version);
+        self
+    }
+
+    /// `tls = { sni, ca_file }`: TLS to the endpoints, verified against
+    /// `ca_file` for the name `sni`.
+    pub fn tls(mut self, sni: &str, ca_file: &Path) -> Self {
+        self.tls = Some(format!(
+            "{{ sni = {}, ca_file = {} }}",
+            quoted(sni),
+            quoted(&path_text(ca_file))
+        ));
+        self
+    }
+
+    /// `tls = { sni, ca_file, cert, key }`: as `tls`, presenting a client
+    /// certificate (mutual TLS).
+    pub fn mtls(mut self, sni: &str, ca_file: &Path, cert: &Path, key: &Path) -> Self {
+        self.tls = Some(format!(
+            "{{ sni = {}, ca_file = {}, cert = {}, key = {} }}",
+            quoted(sni),
+            quoted(&path_text(ca_file)),
+            quoted(&path_text(cert)),
+            quoted(&path_text(key))
+        ));
+        self
+    }
+
+    /// `protocol`: "http1" or "h2".
+    pub fn protocol(mut self, protocol: &'static str) -> Self {
+        self.protocol = Some(protocol);
         self
     }
 }
@@ -589,6 +624,8 @@ fn write_service(out: &mut String, s: &Service) -> fmt::Result {
         t.list("endpoints", &pool.endpoints)?;
         t.text("host", &pool.host)?;
         t.text("send_proxy", &pool.send_proxy.map(str::to_owned))?;
+        t.raw("tls", pool.tls.as_ref())?;
+        t.text("protocol", &pool.protocol.map(str::to_owned))?;
     }
     if let Some(h) = &s.health {
         out.push_str("\n  [service.health]\n");

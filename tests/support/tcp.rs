@@ -480,6 +480,30 @@ impl TestCa {
         path
     }
 
+    /// A certificate for `names` and its key, PEM-encoded: what a `cert`
+    /// and `key` file hold.
+    pub fn issue_pem(&self, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// The CA certificate, PEM-encoded: what a `ca_file` holds.
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A root store holding this CA only.
+    pub fn roots(&self) -> Arc<rustls::RootCertStore> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.issuer.der().clone()).unwrap();
+        Arc::new(roots)
+    }
+
     /// A client configuration that trusts this CA only.
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();

@@ -7,23 +7,32 @@
 //! A request body stays in the connection's buffer until its response head
 //! arrives (up to `REPLAY_KEEP`), so a request sent on a kept connection the
 //! upstream had closed can be sent again whole.
+//!
+//! To an `h2` pool the same request goes as a stream (`attempt_h2`): its
+//! body is taken from the client the same way and fed to the stream (a
+//! chunked one decoded), and the response is written to the client in
+//! HTTP/1.1 framing, by its length or chunked.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
+use http::Response;
+use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::WriteHalf;
 
 use super::{Client, Transport};
-use crate::http::attempt::{Answer, Exchange, Failure};
+use crate::http::attempt::{Answer, Conn, Exchange, Failure};
 use crate::http::buffers;
 use crate::http::codec::chunked::{BadChunk, Chunks};
 use crate::http::codec::{self, Asked, Framing, RequestBody};
 use crate::http::head::{read_head, Closing};
 use crate::http::replies::Reply;
-use crate::upstream::RawConn;
+use crate::upstream::{EndpointConns, H2Sender, RawConn, WriteHalf};
+
+mod h2_pool;
 
 /// Room for one read of a response head, and of a large body.
 const HEAD_READ: usize = buffers::HEAD_READ;
@@ -57,6 +66,18 @@ struct Source<'u, S> {
     buf: &'u mut Vec<u8>,
     untouched: &'u mut bool,
     sent_continue: &'u mut bool,
+}
+
+/// Where a request body goes: an HTTP/1.1 connection, as the client framed
+/// it, or an HTTP/2 stream.
+trait Sink: Send {
+    fn put<'s>(&'s mut self, bytes: &'s [u8]) -> impl Future<Output = io::Result<()>> + Send + 's;
+}
+
+impl Sink for WriteHalf<'_> {
+    fn put<'s>(&'s mut self, bytes: &'s [u8]) -> impl Future<Output = io::Result<()>> + Send + 's {
+        self.send(bytes)
+    }
 }
 
 /// Why sending the body stopped.
@@ -98,7 +119,7 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
         request: &codec::Request,
         up: &mut Vec<u8>,
         sent: &mut usize,
-        upstream: &mut WriteHalf<'_>,
+        upstream: &mut impl Sink,
     ) -> Result<(), UploadError> {
         let Source {
             stream,
@@ -111,7 +132,7 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
         let mut chunks = Chunks::new();
         let mut left = match request.body {
             RequestBody::None => {
-                return upstream.write_all(up).await.map_err(UploadError::Upstream);
+                return upstream.put(up).await.map_err(UploadError::Upstream);
             }
             RequestBody::Length(n) => n,
             RequestBody::Chunked => 0,
@@ -136,16 +157,10 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
             let body = &buf[*sent..*sent + take];
             if let Some(head) = head.take() {
                 head.extend_from_slice(body);
-                upstream
-                    .write_all(head)
-                    .await
-                    .map_err(UploadError::Upstream)?;
+                upstream.put(head).await.map_err(UploadError::Upstream)?;
                 *sent += take;
             } else if take > 0 {
-                upstream
-                    .write_all(body)
-                    .await
-                    .map_err(UploadError::Upstream)?;
+                upstream.put(body).await.map_err(UploadError::Upstream)?;
                 *sent += take;
             }
             if done {
@@ -215,7 +230,16 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
         }
         let keep_alive = !head.close && self.body_sent;
         let idle = answer.service.request_timeout;
-        let conn_stream = &mut answer.conn.stream;
+        let conn_stream = match &mut answer.conn {
+            Conn::H1(conn) => &mut conn.stream,
+            Conn::H2(response) => {
+                let keep_alive = !head.close && self.body_sent;
+                return self
+                    .relay_h2(response.body_mut(), head, idle, answer.conns.address())
+                    .await
+                    .unwrap_or(Relayed::Dirty { keep_alive });
+            }
+        };
         let mut body = std::mem::take(&mut self.rest);
         let mut chunks = Chunks::new();
         let mut plain = Vec::new();
@@ -306,20 +330,29 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
     /// the client's early ones cross first, then bytes flow both ways until
     /// either side closes or the pool's drain deadline.
     async fn tunnel(mut self, mut answer: Answer) -> bool {
+        // A 101 comes over HTTP/1.1 only: upgrades never go to h2 pools.
+        let Conn::H1(conn) = &mut answer.conn else {
+            return false;
+        };
         let mut out = std::mem::take(&mut self.out);
         out.extend_from_slice(&self.rest);
         if !self.client.write(&out).await {
             return false;
         }
         if !self.buf.is_empty() {
-            if answer.conn.stream.write_all(self.buf).await.is_err() {
+            // Flushed: over TLS the end may otherwise wait in rustls.
+            let sent = async {
+                conn.stream.write_all(self.buf).await?;
+                conn.stream.flush().await
+            };
+            if sent.await.is_err() {
                 return false;
             }
             self.buf.clear();
         }
         let cut = answer.cut.clone();
         let joined = tokio::select! {
-            result = tokio::io::copy_bidirectional(&mut *self.client.stream, &mut answer.conn.stream) => Some(result),
+            result = tokio::io::copy_bidirectional(&mut *self.client.stream, &mut conn.stream) => Some(result),
             () = cut.cancelled() => None,
         };
         match joined {
@@ -476,6 +509,15 @@ impl<S: Transport> Exchange for H1Exchange<'_, '_, S> {
             }
         }
         result
+    }
+
+    async fn attempt_h2<'x>(
+        &'x mut self,
+        sender: &'x mut H2Sender,
+        conns: &'x EndpointConns,
+        host: Option<&'x [u8]>,
+    ) -> Result<(codec::Response, Response<Incoming>), Failure> {
+        self.send_h2(sender, conns, host).await
     }
 
     fn replayable(&self) -> bool {
