@@ -82,7 +82,9 @@ async fn serve_over<S: Transport>(
     slot: Slot,
 ) {
     match tls {
-        Some(tls) => terminate(stream, client, tls, listening, metrics, slot).await,
+        // Boxed: the handshake's and HTTP/2's state is no part of a plain
+        // connection's task.
+        Some(tls) => Box::pin(terminate(stream, client, tls, listening, metrics, slot)).await,
         None => h1::serve(stream, client, listening, metrics, slot).await,
     }
 }
@@ -98,13 +100,14 @@ async fn terminate<S: Transport>(
     slot: Slot,
 ) {
     let timeout = listening.snapshot.load().limits.handshake_timeout;
-    let Some(accepted) = tls.accept(stream, timeout, &metrics).await else {
+    // Boxed, like HTTP/2 below: neither is part of an idle HTTP/1 task.
+    let Some(accepted) = Box::pin(tls.accept(stream, timeout, &metrics)).await else {
         return;
     };
     if accepted.alpn == Some(Alpn::H2) {
         let _slot = slot;
         let _open = metrics.open();
-        h2::serve(accepted.stream, client, &listening, &metrics).await;
+        Box::pin(h2::serve(accepted.stream, client, &listening, &metrics)).await;
     } else {
         h1::serve(accepted.stream, client, listening, metrics, slot).await;
     }

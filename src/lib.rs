@@ -68,7 +68,7 @@ pub struct Started<'a> {
 pub async fn start_admin(
     handle: &server::Handle,
     config: &config::Admin,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<arc_swap::ArcSwap<rustls::ServerConfig>>>,
     stop: CancellationToken,
 ) -> Result<SocketAddr, RunError> {
     let token = config

@@ -100,6 +100,9 @@ pub struct Server {
     config: Config,
     /// What the configuration's TLS settings read from files.
     tls: Material,
+    /// What the admin API's handshakes use, from `tls`; whether it serves
+    /// HTTPS at all is decided at start.
+    admin_tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     /// The text and TLS files of the last reload that failed: the same
     /// again is not tried again on a file event, nor reported twice.
     failed: Option<(String, Fingerprint)>,
@@ -155,6 +158,7 @@ impl Server {
                 .map(|s| (s.name.clone(), now.clone()))
                 .collect(),
             config,
+            admin_tls: tls.admin.clone().map(ArcSwap::new).map(Arc::new),
             tls,
             failed: None,
             overrides,
@@ -195,9 +199,10 @@ impl Server {
         Ok((server, handle))
     }
 
-    /// The admin API's TLS, when `[admin] tls` is set; read at start.
-    pub fn admin_tls(&self) -> Option<Arc<rustls::ServerConfig>> {
-        self.tls.admin.clone()
+    /// The admin API's TLS, when `[admin] tls` was set at start: its
+    /// certificate files reload like the listeners'.
+    pub fn admin_tls(&self) -> Option<Arc<ArcSwap<rustls::ServerConfig>>> {
+        self.admin_tls.clone()
     }
 
     /// The `[admin]` section the server started with.
@@ -309,10 +314,10 @@ impl Server {
         if config.runtime != self.config.runtime
             || config.admin.listen != self.config.admin.listen
             || config.admin.token_file != self.config.admin.token_file
-            || config.admin.tls != self.config.admin.tls
+            || config.admin.tls.is_some() != self.admin_tls.is_some()
         {
             tracing::warn!(
-                "[runtime], [admin] listen, token_file and tls take effect at the next start"
+                "[runtime], [admin] listen and token_file, and turning [admin] tls on or off, take effect at the next start"
             );
         }
         if config.admin.read_only && !self.overrides.is_empty() {
@@ -338,6 +343,9 @@ impl Server {
         }
         self.config = config;
         self.text = text;
+        if let (Some(admin), Some(new)) = (&self.admin_tls, &tls.admin) {
+            admin.store(new.clone());
+        }
         self.tls = tls;
         if !ended.is_empty() {
             self.save_state();

@@ -427,6 +427,14 @@ async fn the_admin_api_serves_https() {
     let (status, _, body) = get1(&mut sender, "localhost", "/v1/status").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.contains("\"hello\""), "{body}");
+    // A renewed pair, written over the files, serves new handshakes.
+    let generation = proxy.generation();
+    let (new_cert, new_key) = ca.issue_files(dir.path(), "renewed", &["localhost", "admin.test"]);
+    std::fs::copy(&new_key, &key).unwrap();
+    std::fs::copy(&new_cert, &cert).unwrap();
+    proxy.wait_generation(generation + 1).await;
+    let renewed = connect(admin, &ca, "localhost", &[b"http/1.1"]).await;
+    assert_eq!(served_names(&renewed), ["localhost", "admin.test"]);
     // Plain HTTP to it gets no answer.
     let raw = support::raw(
         admin,

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -35,14 +36,13 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_CONNECTIONS: usize = 256;
 
 /// Serves the admin API on `listener` until `shutdown`; over HTTPS when
-/// `tls` is given.
+/// `tls` is given, each handshake with the configuration in it then.
 pub async fn serve(
     listener: TcpListener,
     admin: Arc<Admin>,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     shutdown: CancellationToken,
 ) {
-    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -75,7 +75,7 @@ pub async fn serve(
             tokio::spawn(connection(stream, peer, builder, admin, shutdown, permit));
             continue;
         };
-        let accept = tls.accept(stream);
+        let accept = tokio_rustls::TlsAcceptor::from(tls.load_full()).accept(stream);
         tokio::spawn(async move {
             match tokio::time::timeout(HEADER_READ_TIMEOUT, accept).await {
                 Ok(Ok(stream)) => connection(stream, peer, builder, admin, shutdown, permit).await,
