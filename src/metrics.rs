@@ -463,10 +463,17 @@ impl Metrics {
                 }
             }
         }
-        for (listener, subject, not_after) in certs {
+        // Two pairs with one subject (an RSA and an ECDSA certificate, say)
+        // share a series: it says the sooner expiry.
+        let mut soonest: std::collections::HashMap<(&str, &str), i64> = Default::default();
+        for &(listener, subject, not_after) in certs {
+            let at = soonest.entry((listener, subject)).or_insert(not_after);
+            *at = (*at).min(not_after);
+        }
+        for ((listener, subject), not_after) in soonest {
             self.tls_cert_expiry
                 .with_label_values(&[listener, subject])
-                .set(*not_after);
+                .set(not_after);
         }
     }
 

@@ -179,6 +179,13 @@ name = "hello"
   endpoints = ["10.0.0.10:443"]
   tls = { cert = "client.crt" }
 
+  [[service.pool]]
+  name = "green"
+  weight = 0
+  endpoints = ["10.0.0.11:443"]
+  host = "under_score!"
+  tls = {}
+
 [[service]]
 name = "raw"
 
@@ -214,6 +221,10 @@ async fn check_reports_tls_settings_in_the_wrong_place_with_their_positions() {
                 &["l4", "tcp listener passes TLS through"],
             ),
             (at("client.crt", "{"), &["both cert and key"]),
+            (
+                at("under_score!", "\"under_score!\""),
+                &["TLS can verify", "sni"],
+            ),
             (at("\"h2\"", "\"h2\""), &["protocol", "tcp listener"]),
         ],
     );

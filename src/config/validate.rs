@@ -641,6 +641,26 @@ fn pool_of(pool: &schema::Pool, problems: &mut Vec<Problem>) -> Option<Pool> {
         None => Some(None),
         Some(tls) => pool_tls(name, tls, problems).map(Some),
     };
+    // Without `sni`, the Host rewrite is the name TLS sends and verifies.
+    if let (Some(Some(tls)), Some(Some(host)), Some(raw)) = (&tls, &host, &pool.host) {
+        let authority = host
+            .to_str()
+            .ok()
+            .and_then(|h| h.parse::<http::uri::Authority>().ok());
+        let usable = authority.is_some_and(|a| {
+            let host = a.host().trim_start_matches('[').trim_end_matches(']');
+            host.parse::<std::net::IpAddr>().is_ok() || Host::parse(host).is_ok()
+        });
+        if tls.sni.is_none() && !usable {
+            problems.push(Problem::at(
+                raw.span(),
+                format!(
+                    "pool {name:?}: host {:?} is not a host name TLS can verify; set tls sni",
+                    raw.get_ref()
+                ),
+            ));
+        }
+    }
     Some(Pool {
         name: name.clone(),
         weight: weight?,

@@ -131,16 +131,14 @@ impl Reply {
 
 /// `redirect_https`: the https URL of a request for `host` (its port
 /// dropped: https is on its default port) and `target`; `None` without a
-/// host, or with one that cannot be put in a URL.
+/// host, or with one that is not a plain `host[:port]` (no user part: the
+/// redirect must not point at another site).
 pub(crate) fn https_location(host: Option<&str>, target: &[u8]) -> Option<String> {
-    let host = host.filter(|h| !h.is_empty())?;
-    let name = match host.strip_prefix('[') {
-        Some(v6) => &host[..v6.find(']')? + 2],
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
+    let host = host.filter(|h| !h.is_empty() && !h.contains('@'))?;
+    let authority: http::uri::Authority = host.parse().ok()?;
     let target = std::str::from_utf8(target).ok()?;
     let target = if target.starts_with('/') { target } else { "/" };
-    let location = format!("https://{name}{target}");
+    let location = format!("https://{}{target}", authority.host());
     // Whatever the client sent must still make a valid header value.
     http::HeaderValue::from_str(&location).ok()?;
     Some(location)
@@ -247,6 +245,8 @@ mod tests {
         assert_eq!(at(None, "/x"), None);
         assert_eq!(at(Some(""), "/x"), None);
         assert_eq!(at(Some("[fd00::1"), "/x"), None);
+        assert_eq!(at(Some("a.test@evil.test"), "/x"), None);
+        assert_eq!(at(Some("a.test/evil"), "/x"), None);
     }
 
     #[test]
