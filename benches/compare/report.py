@@ -151,7 +151,7 @@ def table(data):
         f"load on CPU {meta['load_cpus']}, the backends on CPU {meta['backend_cpus']}",
         f"machine: {meta['cpu']} ({meta['cpus']} CPUs), Linux {meta['kernel']}; {meta['versions']}",
         f"{meta['load']}; {meta['idle_conns']} idle connections; "
-        f"section took {meta['elapsed_s'] / 60:.1f} min; command: {meta['command']}",
+        f"run {meta['date']}; section took {meta['elapsed_s'] / 60:.1f} min; command: {meta['command']}",
         "",
     ]
     head = f"{'':42}{'better':>7}{'direct':>11}{'cutover':>11}{'haproxy':>11}{'nginx':>11}{'cut/hap':>9}{'cut/ngx':>9}"
