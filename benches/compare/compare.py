@@ -5,7 +5,7 @@ Owns the run and its HTTP section: checks the tools (installs nothing),
 builds cutover, starts a plain nginx backend and the three proxies with
 generated configs in a temp dir, runs every scenario interleaved over
 several rounds, and stops every process it started. The layer-4 section
-lives in tcp.py, config text in configs.py, measurements in measure.py,
+lives in tcp.py, the TLS section in tls.py, config text in configs.py, measurements in measure.py,
 process handling in procs.py, the tables and JSON in report.py. See
 README.md beside it.
 """
@@ -24,6 +24,7 @@ import configs
 import measure
 import report
 import tcp
+import tls
 from measure import RunError
 from procs import (Proc, attempt, free_ports, least_noisy, log, parse_cpus, wait_ready)
 
@@ -49,9 +50,10 @@ TOOLS = {
     "cargo": "see https://rustup.rs",
     "iperf3": "apt-get install -y iperf3",
     "openssl": "apt-get install -y openssl",
+    "h2load": "apt-get install -y nghttp2-client",
 }
-HTTP_ONLY_TOOLS = {"oha"}
-TCP_ONLY_TOOLS = {"iperf3", "openssl"}
+# The tools each section needs beyond wrk, nginx, haproxy, taskset and cargo.
+SECTION_TOOLS = {"http": {"oha"}, "tcp": {"iperf3", "openssl"}, "tls": {"openssl", "h2load"}}
 
 
 
@@ -85,9 +87,12 @@ def parse_args():
     only = p.add_mutually_exclusive_group()
     only.add_argument("--tcp-only", action="store_true", help="run only the layer-4 (tcp) section")
     only.add_argument("--http-only", action="store_true", help="run only the HTTP section")
+    only.add_argument("--tls-only", action="store_true", help="run only the TLS termination section")
     a = p.parse_args()
     a.argv = sys.argv[1:]
     a.backend_cpus = a.backend_cpus or a.load_cpus
+    a.sections = (["tcp"] if a.tcp_only else ["http"] if a.http_only else ["tls"] if a.tls_only
+                  else ["http", "tcp", "tls"])
     a.rounds = a.rounds or (1 if a.quick else 3)
     a.duration = a.duration or (3 if a.quick else 10)
     a.latency_duration = a.latency_duration or (3 if a.quick else 10)
@@ -106,7 +111,8 @@ def parse_args():
 
 
 def check_tools(a):
-    skip = HTTP_ONLY_TOOLS if a.tcp_only else TCP_ONLY_TOOLS if a.http_only else set()
+    wanted = set().union(*(SECTION_TOOLS[s] for s in a.sections))
+    skip = set().union(*SECTION_TOOLS.values()) - wanted
     missing = [t for t in TOOLS if t not in skip and shutil.which(t) is None]
     if not missing:
         return
@@ -176,11 +182,13 @@ def main():
     os.sched_setaffinity(0, parse_cpus(a.load_cpus))
 
     per_round = 0
-    if not a.tcp_only:
+    if "http" in a.sections:
         per_round += (len(THROUGHPUT) * len(PROXIES) * (a.duration + 1)
                       + len(LATENCY_FRACTIONS) * len(PROXIES) * a.latency_duration + 20)
-    if not a.http_only:
+    if "tcp" in a.sections:
         per_round += tcp.seconds_per_round(a)
+    if "tls" in a.sections:
+        per_round += tls.seconds_per_round(a)
     log(f"{a.rounds} round(s), about {per_round * a.rounds // 60 + 1} min; proxies on CPU {a.proxy_cpus}, "
         f"load on CPU {a.load_cpus}, backend on CPU {a.backend_cpus}, {a.threads} thread(s) per proxy")
 
@@ -192,10 +200,12 @@ def main():
     procs = []
     try:
         out = {}
-        if not a.tcp_only:
+        if "http" in a.sections:
             out["http"] = run(a, tmp, binary, procs)
-        if not a.http_only:
+        if "tcp" in a.sections:
             out["tcp"] = tcp.run(a, tmp, binary, procs)
+        if "tls" in a.sections:
+            out["tls"] = tls.run(a, tmp, binary, procs)
         report.write_json(a.json, out)
         for data in out.values():
             print(report.table(data))

@@ -9,9 +9,11 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import resource
 import socket
 import subprocess
+import threading
 import time
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -380,3 +382,184 @@ def idle_memory(port, pid, count, settle=1.0):
         # and the backend's sockets are in it for every proxy alike.
         "slab_kib_per_conn": (slab_after - slab_before) / count,
     }
+
+
+# ---------------------------------------------------------------- h2load
+
+
+_H2LOAD_REQUESTS = re.compile(r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                              r"(\d+) failed, (\d+) errored, (\d+) timeout", re.M)
+_H2LOAD_STATUS = re.compile(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", re.M)
+_H2LOAD_FINISHED = re.compile(r"^finished in ([\d.]+)(ms|s)", re.M)
+
+
+def _h2load(cmd, timeout):
+    """Runs one h2load and reads its summary: requests, successes, non-2xx,
+    failures, the time it reports, and the application protocol."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RunError(f"{' '.join(cmd[3:])}: did not finish within {timeout}s")
+    m = _H2LOAD_REQUESTS.search(out.stdout)
+    if out.returncode != 0 or m is None:
+        raise RunError(f"{' '.join(cmd[3:])}: exit {out.returncode}: "
+                       f"{(out.stderr or out.stdout).strip()[-300:]}")
+    total, _, _, ok, _, _, _ = map(int, m.groups())
+    s = _H2LOAD_STATUS.search(out.stdout)
+    f = _H2LOAD_FINISHED.search(out.stdout)
+    secs = float(f.group(1)) / (1000 if f and f.group(2) == "ms" else 1) if f else None
+    proto = re.search(r"^Application protocol: (\S+)", out.stdout, re.M)
+    return {"total": total, "ok": ok, "non_2xx": int(s.group(3)) + int(s.group(4)) if s else 0,
+            "secs": secs, "alpn": proto.group(1) if proto else None}
+
+
+def h2load_keepalive(url, *, cpus, connections, streams, duration, h1=False, meter=None):
+    """Closed loop over `connections` keep-alive TLS connections for
+    `duration` seconds: `streams` concurrent requests each over HTTP/2
+    (`h2load -c C -m M -D S`), or one at a time over HTTP/1.1 (`--h1`)."""
+    cmd = ["taskset", "-c", cpus, "h2load", "-t", "1", "-c", str(connections), "-m", str(streams),
+           "-D", str(duration)] + (["--h1"] if h1 else []) + [url]
+    with meter or contextlib.nullcontext():
+        r = _h2load(cmd, duration + 30)
+    result = {"rps": r["ok"] / r["secs"] if r["secs"] else 0.0, "requests": r["ok"],
+              "non_2xx": r["non_2xx"], "errors": r["total"] - r["ok"] - r["non_2xx"], "alpn": r["alpn"]}
+    if meter:
+        result.update(meter.figures(r["ok"]))
+    return result
+
+
+def h2load_new_connections(url, *, cpus, duration, batch, meter=None):
+    """Full handshakes for `duration` seconds: back-to-back batches of
+    `h2load --h1 -n B -c B`, `batch` clients that each open one connection,
+    make one request and close. h2load never offers a client a session it
+    had before (it resumes only when it reconnects one client, which it
+    does not do here), so every handshake is a full one; tls.py checks that
+    on the wire. Handshakes/s: successful requests over the wall time."""
+    cmd = ["taskset", "-c", cpus, "h2load", "--h1", "-t", "1", "-n", str(batch), "-c", str(batch), url]
+    ok = total = non_2xx = 0
+    with meter or contextlib.nullcontext():
+        start = time.monotonic()
+        while time.monotonic() - start < duration:
+            r = _h2load(cmd, 60)
+            ok, total, non_2xx = ok + r["ok"], total + r["total"], non_2xx + r["non_2xx"]
+        wall = time.monotonic() - start
+    result = {"rps": ok / wall, "requests": ok, "non_2xx": non_2xx, "errors": total - ok - non_2xx}
+    if meter:
+        result.update(meter.figures(ok))
+    return result
+
+
+# ---------------------------------------------------------------- TLS on the wire
+
+
+TLS_CIPHERS = {0x1301: "TLS_AES_128_GCM_SHA256", 0x1302: "TLS_AES_256_GCM_SHA384",
+               0x1303: "TLS_CHACHA20_POLY1305_SHA256", 0xC02B: "ECDHE-ECDSA-AES128-GCM-SHA256",
+               0xC02C: "ECDHE-ECDSA-AES256-GCM-SHA384", 0xC02F: "ECDHE-RSA-AES128-GCM-SHA256",
+               0xC030: "ECDHE-RSA-AES256-GCM-SHA384", 0xCCA8: "ECDHE-RSA-CHACHA20-POLY1305",
+               0xCCA9: "ECDHE-ECDSA-CHACHA20-POLY1305"}
+TLS_GROUPS = {0x001D: "X25519", 0x0017: "P-256", 0x0018: "P-384", 0x11EC: "X25519MLKEM768"}
+TLS_VERSIONS = {0x0303: "TLSv1.2", 0x0304: "TLSv1.3"}
+
+
+def parse_server_hello(payload):
+    """What a server's first flight says in the clear, from the TCP payload
+    that starts it: (version, cipher, group, resumed), or None if it does
+    not start with a ServerHello. TLS 1.3: resumed when the ServerHello
+    accepts a pre_shared_key, and the group is its key_share's. TLS 1.2:
+    resumed when ChangeCipherSpec follows the ServerHello rather than a
+    Certificate (the group is in ServerKeyExchange: not read, None)."""
+    p = payload
+    if len(p) < 9 + 38 or p[0] != 0x16 or p[5] != 0x02:
+        return None
+    hs_len = int.from_bytes(p[6:9], "big")
+    body = p[9:9 + hs_len]
+    version = int.from_bytes(body[0:2], "big")
+    i = 34
+    i += 1 + body[i]  # session id
+    cipher = int.from_bytes(body[i:i + 2], "big")
+    i += 3  # cipher, compression
+    group, psk = None, False
+    if i + 2 <= len(body):
+        end = i + 2 + int.from_bytes(body[i:i + 2], "big")
+        i += 2
+        while i + 4 <= min(end, len(body)):
+            etype, elen = int.from_bytes(body[i:i + 2], "big"), int.from_bytes(body[i + 2:i + 4], "big")
+            data = body[i + 4:i + 4 + elen]
+            if etype == 43 and len(data) >= 2:  # supported_versions
+                version = int.from_bytes(data[:2], "big")
+            elif etype == 51 and len(data) >= 2:  # key_share
+                group = int.from_bytes(data[:2], "big")
+            elif etype == 41:  # pre_shared_key
+                psk = True
+            i += 4 + elen
+    if version == 0x0304:
+        resumed = psk
+    else:
+        after = 9 + hs_len
+        rest = p[after:]
+        if len(rest) >= 6 and rest[0] == 0x16:
+            resumed = rest[5] != 0x0B  # another handshake message: Certificate means full
+        elif len(rest) >= 1:
+            resumed = rest[0] == 0x14  # ChangeCipherSpec straight after: abbreviated
+        else:
+            resumed = None  # the rest came in another segment
+    return (TLS_VERSIONS.get(version, hex(version)), TLS_CIPHERS.get(cipher, hex(cipher)),
+            TLS_GROUPS.get(group, hex(group)) if group is not None else None, resumed)
+
+
+class ServerHellos:
+    """Counts the handshakes a TLS server on 127.0.0.1:`port` makes while
+    it is open, read off the loopback interface (an AF_PACKET socket: root
+    only), by what its ServerHello says: full or resumed, version, cipher,
+    group. It costs CPU per packet, so it watches a short run beside the
+    measured ones, never a measured run; packets it is too slow for are
+    dropped by the kernel, so the counts are a sample."""
+
+    def __init__(self, port):
+        self.port = port
+        self.counts = {}
+
+    def __enter__(self):
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
+        self.sock.bind(("lo", 0))
+        self.sock.settimeout(0.1)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(0.2)
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+        return False
+
+    def _loop(self):
+        while not self.stop.is_set():
+            try:
+                d, addr = self.sock.recvfrom(65535)
+            except socket.timeout:
+                continue
+            # Loopback shows every packet twice: as sent and as received.
+            if addr[2] == socket.PACKET_OUTGOING or len(d) < 54 or d[12:14] != b"\x08\x00":
+                continue
+            ip = d[14:]
+            if ip[9] != 6:
+                continue
+            tcp = ip[(ip[0] & 0x0F) * 4:]
+            if int.from_bytes(tcp[0:2], "big") != self.port:
+                continue
+            hello = parse_server_hello(tcp[(tcp[12] >> 4) * 4:])
+            if hello is not None:
+                self.counts[hello] = self.counts.get(hello, 0) + 1
+
+    def summary(self):
+        """{"full": n, "resumed": n, "unknown": n, "negotiated": {"TLSv1.3 cipher group": n}}"""
+        out = {"full": 0, "resumed": 0, "unknown": 0, "negotiated": {}}
+        for (version, cipher, group, resumed), n in self.counts.items():
+            out["unknown" if resumed is None else "resumed" if resumed else "full"] += n
+            key = " ".join(x for x in (version, cipher, group) if x)
+            out["negotiated"][key] = out["negotiated"].get(key, 0) + n
+        return out

@@ -82,6 +82,32 @@ def tcp_sections():
     ]
 
 
+_HANDSHAKES = [
+    ("rps", "handshakes/s", "higher", "{:,.0f}"),
+    ("failed", "non-2xx + failed requests", "lower", "{:,.0f}"),
+    ("cpu_ms_per_1k", "proxy CPU ms per 1000 handshakes", "lower", "{:.1f}"),
+] + _THROUGHPUT[4:]
+_TLS_KA = [
+    ("rps", "requests/s", "higher", "{:,.0f}"),
+    ("failed", "non-2xx + failed requests", "lower", "{:,.0f}"),
+    ("cpu_s_per_100k", "CPU s per 100k requests", "lower", "{:.3f}"),
+] + _THROUGHPUT[4:]
+
+
+def tls_sections():
+    """The TLS section's scenarios: (key, title, metrics)."""
+    return [
+        ("full_ec", "full handshakes, ECDSA P-256 (h2load --h1, one request per connection, no resumption)",
+         _HANDSHAKES),
+        ("full_rsa", "full handshakes, RSA-2048 (the same)", _HANDSHAKES),
+        ("resumed", "resumed handshakes, ECDSA (wrk, Connection: close, TLS 1.3 ticket)", _HANDSHAKES),
+        ("ka_h1", "small response, keep-alive over TLS, HTTP/1.1 (wrk)", _TLS_KA),
+        ("ka_h2", "small response, keep-alive over TLS, HTTP/2 (h2load -m 10)", _TLS_KA),
+        ("resources", "resources over the round", [
+            ("peak_rss_mib", "peak RSS MiB (VmHWM)", "lower", "{:.1f}")]),
+    ]
+
+
 def _value(result, metric):
     if not isinstance(result, dict) or "error" in result:
         return None
@@ -125,7 +151,7 @@ def table(data):
         f"load on CPU {meta['load_cpus']}, the backends on CPU {meta['backend_cpus']}",
         f"machine: {meta['cpu']} ({meta['cpus']} CPUs), Linux {meta['kernel']}; {meta['versions']}",
         f"{meta['load']}; {meta['idle_conns']} idle connections; "
-        f"section took {meta['elapsed_s'] / 60:.1f} min; command: {meta['command']}",
+        f"run {meta['date']}; section took {meta['elapsed_s'] / 60:.1f} min; command: {meta['command']}",
         "",
     ]
     head = f"{'':42}{'better':>7}{'direct':>11}{'cutover':>11}{'haproxy':>11}{'nginx':>11}{'cut/hap':>9}{'cut/ngx':>9}"
@@ -154,6 +180,16 @@ def table(data):
         if blue + green:
             lines.append(f"cutover's own count of the split: blue {100 * blue / (blue + green):.1f}% / "
                          f"green {100 * green / (blue + green):.1f}%")
+    for row, per in (data.get("wire") or {}).items():
+        seen = []
+        for p in PROXIES:
+            w = per.get(p) or {}
+            if not (w.get("full") or w.get("resumed") or w.get("unknown")):
+                seen.append(f"{p} -")
+                continue
+            kinds = ", ".join(f"{k} {n}" for k, n in sorted(w["negotiated"].items()))
+            seen.append(f"{p} {w['full']} full / {w['resumed']} resumed ({kinds})")
+        lines.append(f"on the wire, {row}: " + "; ".join(seen))
     noisy = sorted({scen for scen, m in data["medians"].items()
                     for v in (m.get("other_load_pct") or {}).values() if v and v > 5})
     if noisy:
@@ -187,7 +223,7 @@ def _first_line(cmd):
 
 
 def machine(a, rates, elapsed, binary, kind="http"):
-    """The run's conditions; `kind` is the section ("http" or "tcp")."""
+    """The run's conditions; `kind` is the section ("http", "tcp" or "tls")."""
     cpu = "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -204,6 +240,13 @@ def machine(a, rates, elapsed, binary, kind="http"):
         title = "cutover vs HAProxy vs NGINX, HTTP"
         load = (f"wrk -c {a.connections} -d {a.duration}s; oha -c {a.oha_connections} "
                 f"-z {a.latency_duration}s")
+    elif kind == "tls":
+        h2load = _first_line(["h2load", "--version"]).split("/")[-1]
+        ssl = _first_line(["openssl", "version"]).split()[1]
+        tools = f"wrk {wrk}, h2load {h2load}, OpenSSL {ssl}"
+        title = "cutover vs HAProxy vs NGINX, TLS termination"
+        load = (f"wrk -c {a.connections} -d {a.duration}s; h2load -c {a.connections} -m 10 -D {a.duration}; "
+                f"full handshakes: h2load --h1 in batches of 500 connections for {a.duration}s")
     else:
         iperf = _first_line(["iperf3", "--version"]).split()[1]
         tools = f"wrk {wrk}, iperf3 {iperf}"
