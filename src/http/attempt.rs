@@ -39,8 +39,10 @@ pub(crate) enum Failure {
     /// came. `stale`: on a reused connection, before any response byte, so
     /// the upstream never read the request.
     Broken { error: io::Error, stale: bool },
-    /// The upstream: an HTTP/2 request it never processed (never sent, or
-    /// refused with REFUSED_STREAM), so it may go again, whatever its method.
+    /// The upstream: an HTTP/2 request it never processed (never sent,
+    /// refused with REFUSED_STREAM, or above the last stream of a graceful
+    /// GOAWAY), so it may go again, whatever its method. Never counted
+    /// against the endpoint: its connection is closing or full.
     Unprocessed(io::Error),
     /// The upstream sent a head that cannot be forwarded.
     BadResponse(&'static str),
@@ -153,8 +155,14 @@ pub(crate) async fn forward<E: Exchange>(
             let host = pool.host.as_ref().map(|h| h.as_bytes());
             let conns = &endpoint.conns;
             if conns.is_h2() {
-                let mut sender = conns.h2_sender().await.map_err(Failure::Connect)?;
-                let (head, response) = exchange.attempt_h2(&mut sender, conns, host).await?;
+                let (mut sender, shared) = conns.h2_sender().await.map_err(Failure::Connect)?;
+                let result = exchange.attempt_h2(&mut sender, conns, host).await;
+                if let Err(Failure::Unprocessed(_)) = &result {
+                    // The connection takes no new streams (GOAWAY) or
+                    // refused this one: the resend opens a new one.
+                    conns.h2_retire(&shared);
+                }
+                let (head, response) = result?;
                 return Ok((Conn::H2(response), head));
             }
             let mut conn = conns.checkout().await.map_err(Failure::Connect)?;
@@ -200,9 +208,14 @@ pub(crate) async fn forward<E: Exchange>(
             Err(Failure::Client(None)) => return Outcome::Gone,
             Err(Failure::Client(Some(answer))) => return reply(answer, true),
             Err(Failure::Connect(e)) => {
-                pool.metrics.upstream_error(UpstreamErrorKind::Connect);
-                service.eject_on_failure(pool, endpoint);
-                tracing::warn!(service = %service.name, pool = %pool.name, error = %e, "upstream connect failed");
+                if e.counted() {
+                    pool.metrics.upstream_error(UpstreamErrorKind::Connect);
+                    service.eject_on_failure(pool, endpoint);
+                    tracing::warn!(service = %service.name, pool = %pool.name, error = %e, "upstream connect failed");
+                } else {
+                    // Another request's connect, counted by that request.
+                    tracing::debug!(service = %service.name, pool = %pool.name, error = %e, "shared upstream connect failed");
+                }
                 // Nothing was sent: the request may go elsewhere.
                 (exchange.replayable(), Gateway::Unreachable)
             }
@@ -230,9 +243,9 @@ pub(crate) async fn forward<E: Exchange>(
                     tried.pop();
                     continue;
                 }
-                pool.metrics.upstream_error(UpstreamErrorKind::Reset);
-                service.eject_on_failure(pool, endpoint);
-                tracing::warn!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address,
+                // A closing connection or a refused stream is the
+                // upstream's flow control, not its failure: never counted.
+                tracing::debug!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address,
                     %error, "upstream did not process the request");
                 (exchange.replayable(), Gateway::Failed)
             }

@@ -107,9 +107,9 @@ pub(crate) fn request(
 }
 
 /// Sends `request` on `sender` and waits for the response head. A request
-/// that never left (the connection was closing) or that the upstream
-/// refused unprocessed (REFUSED_STREAM) may go again; any other failure
-/// after it left is a broken exchange.
+/// that never left (the connection was closing), that the upstream refused
+/// unprocessed (REFUSED_STREAM), or that a graceful GOAWAY left out may go
+/// again; any other failure after it left is a broken exchange.
 pub(crate) async fn send(
     sender: &mut H2Sender,
     request: Request<H2Body>,
@@ -120,7 +120,7 @@ pub(crate) async fn send(
     sender.try_send_request(request).await.map_err(|mut e| {
         let unsent = e.take_message().is_some();
         let error = e.into_error();
-        if unsent || refused(&error) {
+        if unsent || unprocessed(&error) {
             Failure::Unprocessed(io::Error::other(error))
         } else {
             Failure::Broken {
@@ -131,12 +131,22 @@ pub(crate) async fn send(
     })
 }
 
-/// Whether the upstream refused the stream before processing it.
-fn refused(error: &hyper::Error) -> bool {
-    std::error::Error::source(error)
-        .and_then(|source| source.downcast_ref::<h2::Error>())
-        .and_then(h2::Error::reason)
-        == Some(h2::Reason::REFUSED_STREAM)
+/// Whether the upstream never processed the stream: it refused it
+/// (REFUSED_STREAM), or said it is closing (a graceful GOAWAY, NO_ERROR)
+/// and the stream was above its last one, or opened after it. An error
+/// GOAWAY is not taken as one: h2 hands its error to the streams at or
+/// below the last one too when the connection ends, and those may have
+/// been processed.
+fn unprocessed(error: &hyper::Error) -> bool {
+    let Some(h2) = std::error::Error::source(error).and_then(|s| s.downcast_ref::<h2::Error>())
+    else {
+        return false;
+    };
+    match h2.reason() {
+        Some(h2::Reason::REFUSED_STREAM) => true,
+        Some(h2::Reason::NO_ERROR) => h2.is_go_away() && h2.is_remote(),
+        _ => false,
+    }
 }
 
 /// The HTTP/1.1 head for a client that `asked`, of `response` from an

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::multiplex::{H2Sender, Multiplexed};
+use super::multiplex::{H2Conn, H2Sender, Multiplexed};
 use super::stream::Stream;
 use crate::config::UpstreamProtocol;
 use crate::tls::client::EndpointTls;
@@ -58,9 +58,21 @@ pub enum ConnectError {
     #[error("{address} does not speak HTTP/2: it chose another protocol by ALPN")]
     NotH2 { address: Arc<str> },
     /// The failed connect that every request waiting for an HTTP/2
-    /// connection shares.
-    #[error(transparent)]
-    Shared(Arc<ConnectError>),
+    /// connection shares. `waited`: this request's task did not make the
+    /// connect, only waited for it; the one that made it counts it.
+    #[error("{error}")]
+    Shared {
+        error: Arc<ConnectError>,
+        waited: bool,
+    },
+}
+
+impl ConnectError {
+    /// Whether this failure is to be counted against the endpoint: once
+    /// per connect, not once per request that waited for it.
+    pub fn counted(&self) -> bool {
+        !matches!(self, Self::Shared { waited: true, .. })
+    }
 }
 
 /// An upstream connection. It holds one count in its pool's gauge while
@@ -230,14 +242,24 @@ impl EndpointConns {
         self.h2.is_some()
     }
 
-    /// A sender on the endpoint's shared HTTP/2 connection.
-    pub async fn h2_sender(&self) -> Result<H2Sender, ConnectError> {
+    /// A sender on the endpoint's shared HTTP/2 connection, and which
+    /// connection it is (for `h2_retire`).
+    pub async fn h2_sender(&self) -> Result<(H2Sender, H2Conn), ConnectError> {
         match &self.h2 {
             Some(h2) => h2.sender(self).await,
             None => Err(ConnectError::Io {
                 address: self.address.clone(),
                 source: io::Error::other("the pool speaks HTTP/1.1"),
             }),
+        }
+    }
+
+    /// Lets go of the shared HTTP/2 connection `conn` if it is still the
+    /// endpoint's: a request on it went unprocessed, so the next one opens
+    /// a new connection.
+    pub fn h2_retire(&self, conn: &H2Conn) {
+        if let Some(h2) = &self.h2 {
+            h2.retire(conn);
         }
     }
 
