@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -128,7 +129,11 @@ where
             .or(req.uri().authority().map(|a| a.as_str()))
             .unwrap_or("")
             .to_owned();
-        let body = req.into_body().collect().await.unwrap().to_bytes();
+        // A body the client broke off is answered as far as it came.
+        let body = match req.into_body().collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
         let text = format!("{method} {path} {host} {}", String::from_utf8_lossy(&body));
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
     });
@@ -719,4 +724,62 @@ async fn one_failed_h2_connect_counts_once_however_many_requests_waited_for_it()
         (1.0..=3.0).contains(&connect_errors),
         "one connect failed, counted {connect_errors} times"
     );
+}
+
+#[tokio::test]
+async fn an_http2_clients_stalled_body_is_its_own_fault_not_the_h2_pools() {
+    let ingress = Ingress::start(None, true).await;
+    let proxy = Proxy::start(
+        &Config::new()
+            .limits(|l| l.body_read_timeout("500ms"))
+            .listener("web")
+            .service("hello", |s| {
+                s.health_none().retries(0).outlier(1, "30s").pool_with(
+                    "blue",
+                    100,
+                    &[ingress.addr],
+                    |p| p.protocol("h2"),
+                )
+            })
+            .toml(),
+    )
+    .await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // A piece of the body, then nothing more.
+    let stalled = futures_util::stream::once(async {
+        Ok::<_, hyper::Error>(http_body::Frame::data(Bytes::from("a piece")))
+    })
+    .chain(futures_util::stream::pending());
+    let request = Request::post("http://hello.example.com/upload")
+        .body(support::BoxBody::new(http_body_util::StreamBody::new(
+            stalled,
+        )))
+        .unwrap();
+    let answer = tokio::time::timeout(WAIT, sender.send_request(request))
+        .await
+        .expect("the stalled request ends");
+    if let Ok(response) = answer {
+        assert_eq!(response.status(), 408);
+    }
+    let resets = metric(
+        &proxy,
+        "cutover_upstream_errors_total",
+        "kind=\"reset\",pool=\"blue\",service=\"hello\"",
+    );
+    assert_eq!(
+        resets, 0.0,
+        "the client's stall is not the endpoint's fault"
+    );
+
+    // With one failure enough to eject it, the only endpoint still serves.
+    let request = Request::post("http://hello.example.com/after")
+        .body(support::full("whole"))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
 }

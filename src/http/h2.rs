@@ -393,15 +393,20 @@ impl Exchange for H2Exchange {
         host: Option<&'a [u8]>,
     ) -> Result<(codec::Response, Response<Incoming>), Failure> {
         self.request.write_upstream(host, &mut self.out);
-        let body = match self.body.take() {
+        let (body, fault) = match self.body.take() {
             Some(body) if !body.is_end_stream() => {
                 self.taken = true;
-                upstream_h2::forward(body, self.body_read_timeout)
+                let (body, fault) = upstream_h2::forward(body, self.body_read_timeout);
+                (body, Some(fault))
             }
-            _ => upstream_h2::empty(),
+            _ => (upstream_h2::empty(), None),
         };
         let request = upstream_h2::request(&self.out, conns.address(), conns.is_tls(), body)?;
-        let response = upstream_h2::send(sender, request).await?;
+        // A stream hyper reset because the client's body stopped short
+        // failed by the client's fault, not the endpoint's.
+        let response = upstream_h2::send(sender, request)
+            .await
+            .map_err(|e| fault.and_then(|f| f.failure()).unwrap_or(e))?;
         let asked = Asked {
             head_method: self.request.head_method,
             upgrade: false,

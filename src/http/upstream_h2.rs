@@ -14,6 +14,7 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -273,20 +274,38 @@ impl Body for Channel {
 }
 
 /// An HTTP/2 client's request body, handed on to the stream; a pause
-/// longer than `timeout` between its frames ends it with an error.
-pub(crate) fn forward(body: Incoming, timeout: Duration) -> H2Body {
-    Forward {
+/// longer than `timeout` between its frames ends it with an error. The
+/// stream's failure is then the client's, which `ClientFault` tells.
+pub(crate) fn forward(body: Incoming, timeout: Duration) -> (H2Body, ClientFault) {
+    let fault = ClientFault::default();
+    let body = Forward {
         body,
         timeout,
         stall: Box::pin(tokio::time::sleep(timeout)),
+        fault: fault.clone(),
+    };
+    (body.boxed(), fault)
+}
+
+/// Why a client's request body stopped short, when it did: hyper then
+/// resets the upstream stream, and that failure is the client's, never
+/// the endpoint's.
+#[derive(Clone, Default)]
+pub(crate) struct ClientFault(Arc<OnceLock<Option<Reply>>>);
+
+impl ClientFault {
+    /// The client's failure, if its body stopped short: too slow (answered
+    /// 408) or broken off (nothing to answer).
+    pub fn failure(&self) -> Option<Failure> {
+        self.0.get().map(|reply| Failure::Client(*reply))
     }
-    .boxed()
 }
 
 struct Forward {
     body: Incoming,
     timeout: Duration,
     stall: Pin<Box<tokio::time::Sleep>>,
+    fault: ClientFault,
 }
 
 impl Body for Forward {
@@ -298,13 +317,20 @@ impl Body for Forward {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                _ = self.fault.0.set(None);
+                Poll::Ready(Some(Err(io::Error::other(e))))
+            }
             Poll::Ready(frame) => {
                 let deadline = tokio::time::Instant::now() + self.timeout;
                 self.stall.as_mut().reset(deadline);
                 Poll::Ready(frame.map(|f| f.map_err(io::Error::other)))
             }
             Poll::Pending => match self.stall.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::other("request body stalled")))),
+                Poll::Ready(()) => {
+                    _ = self.fault.0.set(Some(Reply::BodyTimeout(self.timeout)));
+                    Poll::Ready(Some(Err(io::Error::other("request body stalled"))))
+                }
                 Poll::Pending => Poll::Pending,
             },
         }
