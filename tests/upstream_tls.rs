@@ -783,3 +783,47 @@ async fn an_http2_clients_stalled_body_is_its_own_fault_not_the_h2_pools() {
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn an_h2_pools_stalled_response_body_ends_at_the_request_timeout() {
+    // An h2c ingress that sends its head, then nothing.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = service_fn(|_req: Request<Incoming>| async {
+                let never =
+                    futures_util::stream::pending::<Result<http_body::Frame<Bytes>, Infallible>>();
+                Ok::<_, Infallible>(Response::new(http_body_util::StreamBody::new(never)))
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    let proxy = Proxy::start(&config(|s| {
+        s.health_none()
+            .request_timeout("1s")
+            .pool_with("blue", 100, &[addr], |p| p.protocol("h2"))
+    }))
+    .await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let request = Request::get("http://hello.example.com/stalls")
+        .body(support::full(""))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(WAIT, response.into_body().collect())
+        .await
+        .expect("the stalled body ends");
+    assert!(body.is_err(), "and ends broken off, not complete");
+}

@@ -346,17 +346,29 @@ impl Body for Forward {
 }
 
 /// An `h2` pool's response body for an HTTP/2 client, handed on frame by
-/// frame until it ends or its pool's drain deadline.
+/// frame until it ends, its pool's drain deadline, or the upstream stalls
+/// longer than the service's `request_timeout` between frames.
 pub(crate) struct Passed {
     /// Holds the response (`Conn::H2`) and the request's work on its pool.
     answer: Answer,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The longest pause between the upstream's frames.
+    idle: Duration,
+    /// Ends the body when the upstream has paused `idle`; reset on each
+    /// frame.
+    stall: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Passed {
     pub fn new(answer: Answer) -> Self {
         let cut = Box::pin(answer.cut.clone().cancelled_owned());
-        Self { answer, cut }
+        let idle = answer.service.request_timeout;
+        Self {
+            answer,
+            cut,
+            idle,
+            stall: Box::pin(tokio::time::sleep(idle)),
+        }
     }
 }
 
@@ -378,9 +390,23 @@ impl Body for Passed {
                 "closed at its pool's drain deadline",
             ))));
         }
-        Pin::new(response.body_mut())
-            .poll_frame(cx)
-            .map_err(io::Error::other)
+        match Pin::new(response.body_mut()).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                this.stall.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(io::Error::other)))
+            }
+            Poll::Pending => match this.stall.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    tracing::warn!(endpoint = %this.answer.conns.address(), timeout = ?this.idle,
+                        "upstream response body stalled");
+                    Poll::Ready(Some(Err(io::Error::other(
+                        "upstream response body stalled",
+                    ))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 
     fn is_end_stream(&self) -> bool {
