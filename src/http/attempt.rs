@@ -88,11 +88,13 @@ pub(crate) enum Conn {
     H2(Response<Incoming>),
 }
 
-/// A response head from an endpoint, with what relaying its body needs.
-pub(crate) struct Answer {
+/// A response head from an endpoint, with what relaying its body needs;
+/// `C`, where the body comes from: either (`Conn`), or one known by type
+/// (`RawConn`, `Response<Incoming>`, see `split`).
+pub(crate) struct Answer<C = Conn> {
     /// For an HTTP/2 upstream, made from its response.
     pub head: codec::Response,
-    pub conn: Conn,
+    pub conn: C,
     pub conns: Arc<EndpointConns>,
     /// Cancelled at the drain deadline of the endpoint's pool.
     pub cut: CancellationToken,
@@ -108,11 +110,50 @@ impl Answer {
     /// Puts the connection back for reuse: its response ended where its
     /// framing said, with nothing extra behind it.
     pub fn reuse(self) {
-        if let (Conn::H1(conn), true) = (self.conn, self.head.reusable) {
-            self.conns.put_back(conn, self.failover);
+        if let Ok(answer) = self.split() {
+            answer.reuse();
         }
     }
 
+    /// The answer with its body's source in its type: an HTTP/1.1
+    /// connection (`Ok`) or an HTTP/2 stream's response (`Err`).
+    pub fn split(self) -> Result<Answer<RawConn>, Box<Answer<Response<Incoming>>>> {
+        match self.conn {
+            Conn::H1(conn) => Ok(Answer {
+                head: self.head,
+                conn,
+                conns: self.conns,
+                cut: self.cut,
+                _work: self._work,
+                failover: self.failover,
+                service: self.service,
+                pool: self.pool,
+            }),
+            Conn::H2(response) => Err(Box::new(Answer {
+                head: self.head,
+                conn: response,
+                conns: self.conns,
+                cut: self.cut,
+                _work: self._work,
+                failover: self.failover,
+                service: self.service,
+                pool: self.pool,
+            })),
+        }
+    }
+}
+
+impl Answer<RawConn> {
+    /// Puts the connection back for reuse: its response ended where its
+    /// framing said, with nothing extra behind it.
+    pub fn reuse(self) {
+        if self.head.reusable {
+            self.conns.put_back(self.conn, self.failover);
+        }
+    }
+}
+
+impl<C> Answer<C> {
     /// Counts a response body the drain deadline cut short.
     pub fn count_cut(&self) {
         self.service.pools[self.pool].metrics.drain_closed.inc();
@@ -154,13 +195,13 @@ pub(crate) async fn forward<E: Exchange>(
         let attempt = async {
             let host = pool.host.as_ref().map(|h| h.as_bytes());
             let conns = &endpoint.conns;
-            if conns.is_h2() {
-                let (mut sender, shared) = conns.h2_sender().await.map_err(Failure::Connect)?;
+            if let Some(h2) = conns.h2() {
+                let (mut sender, shared) = h2.sender().await.map_err(Failure::Connect)?;
                 let result = exchange.attempt_h2(&mut sender, conns, host).await;
                 if let Err(Failure::Unprocessed(_)) = &result {
                     // The connection takes no new streams (GOAWAY) or
                     // refused this one: the resend opens a new one.
-                    conns.h2_retire(&shared);
+                    h2.retire(&shared);
                 }
                 let (head, response) = result?;
                 return Ok((Conn::H2(response), head));

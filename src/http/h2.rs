@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::attempt::{self, Answer, Conn, Exchange, Failure, Outcome};
+use super::attempt::{self, Answer, Exchange, Failure, Outcome};
 use super::codec::chunked::{self, Chunks};
 use super::codec::{self, Asked, Framing, RequestBody, Version};
 use super::head::{read_head, Closing};
@@ -232,14 +232,17 @@ fn local(reply: Reply) -> H2Response {
 
 /// The response to an HTTP/2 client from an upstream's head and body.
 fn respond(answer: Answer, rest: Vec<u8>, raw: &[u8]) -> H2Response {
-    if let Conn::H2(response) = &answer.conn {
-        // From an h2 pool: its head as it came, its body handed on.
-        let mut passed = Response::new(());
-        *passed.status_mut() = response.status();
-        *passed.headers_mut() = response.headers().clone();
-        let body = upstream_h2::Passed::new(answer);
-        return passed.map(|()| H2Body::new(Kind::Passed(Box::new(body))));
-    }
+    let answer = match answer.split() {
+        Ok(h1) => h1,
+        Err(h2) => {
+            // From an h2 pool: its head as it came, its body handed on.
+            let mut passed = Response::new(());
+            *passed.status_mut() = h2.conn.status();
+            *passed.headers_mut() = h2.conn.headers().clone();
+            let body = upstream_h2::Passed::new(*h2);
+            return passed.map(|()| H2Body::new(Kind::Passed(Box::new(body))));
+        }
+    };
     let Some((status, headers)) = codec::response_headers(raw) else {
         return local(Reply::BadGateway(super::replies::Gateway::Invalid));
     };
@@ -459,7 +462,8 @@ struct Upstream {
     /// Ends the body if the upstream stalls this long.
     stall: Pin<Box<tokio::time::Sleep>>,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
-    answer: Option<Answer>,
+    /// The upstream's HTTP/1.1 connection the body is read from.
+    answer: Option<Answer<RawConn>>,
 }
 
 impl Upstream {
@@ -531,11 +535,8 @@ impl Upstream {
                 ))));
             }
             self.buf.reserve(64 * 1024);
-            // Only HTTP/1.1 answers are read here (`respond`).
-            let Conn::H1(conn) = &mut answer.conn else {
-                return Poll::Ready(None);
-            };
-            let read = tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut self.buf);
+            let read =
+                tokio_util::io::poll_read_buf(Pin::new(&mut answer.conn.stream), cx, &mut self.buf);
             match read {
                 Poll::Ready(Ok(0)) if self.framing == Framing::UntilClose => {
                     self.answer = None;

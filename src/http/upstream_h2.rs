@@ -29,7 +29,7 @@ use std::future::Future;
 use tokio::sync::mpsc;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::attempt::{Answer, Conn, Failure};
+use super::attempt::{Answer, Failure};
 use super::codec::{self, Asked, Framing, Refused, Version};
 use super::replies::Reply;
 use crate::upstream::{H2Body, H2Sender};
@@ -349,8 +349,8 @@ impl Body for Forward {
 /// frame until it ends, its pool's drain deadline, or the upstream stalls
 /// longer than the service's `request_timeout` between frames.
 pub(crate) struct Passed {
-    /// Holds the response (`Conn::H2`) and the request's work on its pool.
-    answer: Answer,
+    /// Holds the response and the request's work on its pool.
+    answer: Answer<Response<Incoming>>,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
     /// The longest pause between the upstream's frames.
     idle: Duration,
@@ -360,7 +360,7 @@ pub(crate) struct Passed {
 }
 
 impl Passed {
-    pub fn new(answer: Answer) -> Self {
+    pub fn new(answer: Answer<Response<Incoming>>) -> Self {
         let cut = Box::pin(answer.cut.clone().cancelled_owned());
         let idle = answer.service.request_timeout;
         Self {
@@ -381,16 +381,13 @@ impl Body for Passed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
-        let Conn::H2(response) = &mut this.answer.conn else {
-            return Poll::Ready(None);
-        };
         if this.cut.as_mut().poll(cx).is_ready() {
             this.answer.count_cut();
             return Poll::Ready(Some(Err(io::Error::other(
                 "closed at its pool's drain deadline",
             ))));
         }
-        match Pin::new(response.body_mut()).poll_frame(cx) {
+        match Pin::new(this.answer.conn.body_mut()).poll_frame(cx) {
             Poll::Ready(frame) => {
                 let deadline = tokio::time::Instant::now() + this.idle;
                 this.stall.as_mut().reset(deadline);
@@ -410,17 +407,11 @@ impl Body for Passed {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.answer.conn {
-            Conn::H2(response) => response.body().is_end_stream(),
-            Conn::H1(_) => true,
-        }
+        self.answer.conn.body().is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.answer.conn {
-            Conn::H2(response) => response.body().size_hint(),
-            Conn::H1(_) => SizeHint::default(),
-        }
+        self.answer.conn.body().size_hint()
     }
 }
 

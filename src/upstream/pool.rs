@@ -75,6 +75,27 @@ impl ConnectError {
     }
 }
 
+/// An endpoint of an `h2` pool: the way to its shared HTTP/2 connection.
+pub struct H2Endpoint<'a> {
+    conns: &'a EndpointConns,
+    shared: &'a Multiplexed,
+}
+
+impl H2Endpoint<'_> {
+    /// A sender on the endpoint's shared connection, and which connection
+    /// it is (for `retire`).
+    pub async fn sender(&self) -> Result<(H2Sender, H2Conn), ConnectError> {
+        self.shared.sender(self.conns).await
+    }
+
+    /// Lets go of the shared connection `conn` if it is still the
+    /// endpoint's: a request on it went unprocessed, so the next one opens
+    /// a new connection.
+    pub fn retire(&self, conn: &H2Conn) {
+        self.shared.retire(conn);
+    }
+}
+
 /// An upstream connection. It holds one count in its pool's gauge while
 /// open. Layer-4 connections are `RawConn<TcpStream>`: plain, so the relay
 /// can splice.
@@ -236,31 +257,13 @@ impl EndpointConns {
         self.tls.is_some()
     }
 
-    /// Whether the endpoint is spoken to in HTTP/2 (`h2_sender`) rather
-    /// than HTTP/1.1 (`checkout`).
-    pub fn is_h2(&self) -> bool {
-        self.h2.is_some()
-    }
-
-    /// A sender on the endpoint's shared HTTP/2 connection, and which
-    /// connection it is (for `h2_retire`).
-    pub async fn h2_sender(&self) -> Result<(H2Sender, H2Conn), ConnectError> {
-        match &self.h2 {
-            Some(h2) => h2.sender(self).await,
-            None => Err(ConnectError::Io {
-                address: self.address.clone(),
-                source: io::Error::other("the pool speaks HTTP/1.1"),
-            }),
-        }
-    }
-
-    /// Lets go of the shared HTTP/2 connection `conn` if it is still the
-    /// endpoint's: a request on it went unprocessed, so the next one opens
-    /// a new connection.
-    pub fn h2_retire(&self, conn: &H2Conn) {
-        if let Some(h2) = &self.h2 {
-            h2.retire(conn);
-        }
+    /// The endpoint's shared HTTP/2 connection when its pool is `h2`;
+    /// otherwise (`None`) it is spoken to in HTTP/1.1 (`checkout`).
+    pub fn h2(&self) -> Option<H2Endpoint<'_>> {
+        self.h2.as_ref().map(|shared| H2Endpoint {
+            conns: self,
+            shared,
+        })
     }
 
     /// A connection: the most recently used idle one, or a new one (over
