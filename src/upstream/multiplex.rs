@@ -1,7 +1,8 @@
 //! HTTP/2 to one endpoint of an `h2` pool: one shared connection that every
 //! request of the endpoint multiplexes its streams on, opened when first
-//! needed (one connect however many requests wait for it) and again once
-//! the upstream closed it. The connection counts in its pool's gauge while
+//! needed (one connect however many requests wait for it, and counted
+//! once) and again once the upstream closed it or a request found it
+//! closing (`retire`). The connection counts in its pool's gauge while
 //! its task runs; dropping the shared sender (a drain, a reload that drops
 //! the endpoint) lets it close once its streams end. What goes over a
 //! stream is `http`'s business.
