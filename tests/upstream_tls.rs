@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -128,7 +129,11 @@ where
             .or(req.uri().authority().map(|a| a.as_str()))
             .unwrap_or("")
             .to_owned();
-        let body = req.into_body().collect().await.unwrap().to_bytes();
+        // A body the client broke off is answered as far as it came.
+        let body = match req.into_body().collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
         let text = format!("{method} {path} {host} {}", String::from_utf8_lossy(&body));
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
     });
@@ -540,4 +545,285 @@ async fn an_h2_pool_reconnects_when_its_upstream_closes_the_connection() {
     // A request may still ride the closing connection (graceful GOAWAY
     // serves what it already has); the rest needed new ones.
     assert!(connections.load(Ordering::Relaxed) >= 2);
+}
+
+/// An h2c ingress that closes each connection after `per_connection`
+/// requests with one graceful GOAWAY (NO_ERROR) naming the last stream it
+/// processed, as nginx does on a reload: the streams the proxy had already
+/// sent beyond it are left unprocessed. Spoken frame by frame, since hyper's
+/// server always announces a shutdown in two steps, which leaves none.
+/// Each request is answered `200` with no body; returns its address and
+/// how many connections it accepted.
+async fn goaway_after(per_connection: usize) -> (SocketAddr, Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicU64::new(0));
+    let accepted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            accepted.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut preface = [0; PREFACE.len()];
+                if stream.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                if stream.write_all(&frame(4, 0, 0, &[])).await.is_err() {
+                    return;
+                }
+                let mut served = 0;
+                let serve = async {
+                    loop {
+                        let mut head = [0; 9];
+                        stream.read_exact(&mut head).await?;
+                        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                        let id =
+                            u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & !(1 << 31);
+                        let mut payload = vec![0; len];
+                        stream.read_exact(&mut payload).await?;
+                        match head[3] {
+                            // SETTINGS, PING: acknowledged.
+                            4 if head[4] & 1 == 0 => stream.write_all(&frame(4, 1, 0, &[])).await?,
+                            6 if head[4] & 1 == 0 => {
+                                stream.write_all(&frame(6, 1, 0, &payload)).await?
+                            }
+                            // HEADERS: `:status 200` (static index 8), ended.
+                            1 if served < per_connection => {
+                                served += 1;
+                                stream.write_all(&frame(1, 0x5, id, &[0x88])).await?;
+                                if served == per_connection {
+                                    let mut goaway = id.to_be_bytes().to_vec();
+                                    goaway.extend_from_slice(&0u32.to_be_bytes());
+                                    stream.write_all(&frame(7, 0, 0, &goaway)).await?;
+                                }
+                            }
+                            // Anything past the GOAWAY is ignored.
+                            _ => {}
+                        }
+                    }
+                    #[allow(unreachable_code)]
+                    Ok::<(), std::io::Error>(())
+                };
+                // Read until the proxy closes its side.
+                _ = tokio::time::timeout(WAIT, serve).await;
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn an_h2_pool_resends_what_a_graceful_goaway_left_unprocessed() {
+    let (addr, connections) = goaway_after(20).await;
+    let proxy = Proxy::start(&config(|s| {
+        s.health_none()
+            .retries(0)
+            .outlier(1, "30s")
+            .pool_with("blue", 100, &[addr], |p| p.protocol("h2"))
+    }))
+    .await;
+    let proxy_addr = proxy.addr();
+    let stream = tokio::net::TcpStream::connect(proxy_addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // HTTP/2 and HTTP/1 clients at once, in waves, many more requests
+    // than one upstream connection serves.
+    for wave in 0..10 {
+        let h2 = (0..10).map(|i| {
+            let mut sender = sender.clone();
+            tokio::spawn(async move {
+                let path = format!("/h2/{wave}/{i}");
+                let uri = format!("http://hello.example.com{path}");
+                let request = Request::get(uri).body(support::full("")).unwrap();
+                let response = sender.send_request(request).await.unwrap();
+                let status = response.status().as_u16();
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                (status, String::from_utf8_lossy(&body).into_owned(), path)
+            })
+        });
+        let h1 = (0..5).map(|i| {
+            tokio::spawn(async move {
+                let path = format!("/h1/{wave}/{i}");
+                let mut client = Client::connect(proxy_addr).await;
+                let reply = client.get(&path, &[]).await.unwrap();
+                (reply.status.as_u16(), reply.text(), path)
+            })
+        });
+        let requests: Vec<_> = h2.chain(h1).collect();
+        for request in requests {
+            let (status, text, path) = request.await.unwrap();
+            assert_eq!(status, 200, "{path}: {text}");
+        }
+    }
+    assert!(
+        connections.load(Ordering::Relaxed) >= 5,
+        "the upstream went away {} times",
+        connections.load(Ordering::Relaxed)
+    );
+    let resets = metric(
+        &proxy,
+        "cutover_upstream_errors_total",
+        "kind=\"reset\",pool=\"blue\",service=\"hello\"",
+    );
+    assert_eq!(resets, 0.0, "a graceful GOAWAY is no upstream error");
+    let snapshot = proxy.handle.snapshot();
+    let endpoint = &snapshot.services[0].pools[0].endpoints[0];
+    assert!(endpoint.health.healthy(), "and the endpoint is not ejected");
+    assert_eq!(endpoint.health.detail().consecutive_failures, 0);
+}
+
+#[tokio::test]
+async fn one_failed_h2_connect_counts_once_however_many_requests_waited_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let ca_path = ca_file(&dir, "ca.pem", &ca);
+    // Takes connections into its backlog and never answers: each TLS
+    // handshake runs to the connect timeout.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = Proxy::start(&config(|s| {
+        s.health_none()
+            .retries(0)
+            .connect_timeout("500ms")
+            .pool_with("blue", 100, &[silent.local_addr().unwrap()], |p| {
+                p.tls("ingress.cluster-a", &ca_path).protocol("h2")
+            })
+    }))
+    .await;
+    let addr = proxy.addr();
+    let requests: Vec<_> = (0..20)
+        .map(|i| {
+            tokio::spawn(async move {
+                let mut client = Client::connect(addr).await;
+                client.get(&format!("/{i}"), &[]).await.unwrap().status
+            })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 502);
+    }
+    let connect_errors = metric(
+        &proxy,
+        "cutover_upstream_errors_total",
+        "kind=\"connect\",pool=\"blue\",service=\"hello\"",
+    );
+    assert!(
+        (1.0..=3.0).contains(&connect_errors),
+        "one connect failed, counted {connect_errors} times"
+    );
+}
+
+#[tokio::test]
+async fn an_http2_clients_stalled_body_is_its_own_fault_not_the_h2_pools() {
+    let ingress = Ingress::start(None, true).await;
+    let proxy = Proxy::start(
+        &Config::new()
+            .limits(|l| l.body_read_timeout("500ms"))
+            .listener("web")
+            .service("hello", |s| {
+                s.health_none().retries(0).outlier(1, "30s").pool_with(
+                    "blue",
+                    100,
+                    &[ingress.addr],
+                    |p| p.protocol("h2"),
+                )
+            })
+            .toml(),
+    )
+    .await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // A piece of the body, then nothing more.
+    let stalled = futures_util::stream::once(async {
+        Ok::<_, hyper::Error>(http_body::Frame::data(Bytes::from("a piece")))
+    })
+    .chain(futures_util::stream::pending());
+    let request = Request::post("http://hello.example.com/upload")
+        .body(support::BoxBody::new(http_body_util::StreamBody::new(
+            stalled,
+        )))
+        .unwrap();
+    let answer = tokio::time::timeout(WAIT, sender.send_request(request))
+        .await
+        .expect("the stalled request ends");
+    if let Ok(response) = answer {
+        assert_eq!(response.status(), 408);
+    }
+    let resets = metric(
+        &proxy,
+        "cutover_upstream_errors_total",
+        "kind=\"reset\",pool=\"blue\",service=\"hello\"",
+    );
+    assert_eq!(
+        resets, 0.0,
+        "the client's stall is not the endpoint's fault"
+    );
+
+    // With one failure enough to eject it, the only endpoint still serves.
+    let request = Request::post("http://hello.example.com/after")
+        .body(support::full("whole"))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn an_h2_pools_stalled_response_body_ends_at_the_request_timeout() {
+    // An h2c ingress that sends its head, then nothing.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = service_fn(|_req: Request<Incoming>| async {
+                let never =
+                    futures_util::stream::pending::<Result<http_body::Frame<Bytes>, Infallible>>();
+                Ok::<_, Infallible>(Response::new(http_body_util::StreamBody::new(never)))
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    let proxy = Proxy::start(&config(|s| {
+        s.health_none()
+            .request_timeout("1s")
+            .pool_with("blue", 100, &[addr], |p| p.protocol("h2"))
+    }))
+    .await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let request = Request::get("http://hello.example.com/stalls")
+        .body(support::full(""))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = tokio::time::timeout(WAIT, response.into_body().collect())
+        .await
+        .expect("the stalled body ends");
+    assert!(body.is_err(), "and ends broken off, not complete");
 }

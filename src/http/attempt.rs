@@ -39,8 +39,10 @@ pub(crate) enum Failure {
     /// came. `stale`: on a reused connection, before any response byte, so
     /// the upstream never read the request.
     Broken { error: io::Error, stale: bool },
-    /// The upstream: an HTTP/2 request it never processed (never sent, or
-    /// refused with REFUSED_STREAM), so it may go again, whatever its method.
+    /// The upstream: an HTTP/2 request it never processed (never sent,
+    /// refused with REFUSED_STREAM, or above the last stream of a graceful
+    /// GOAWAY), so it may go again, whatever its method. Never counted
+    /// against the endpoint: its connection is closing or full.
     Unprocessed(io::Error),
     /// The upstream sent a head that cannot be forwarded.
     BadResponse(&'static str),
@@ -86,11 +88,13 @@ pub(crate) enum Conn {
     H2(Response<Incoming>),
 }
 
-/// A response head from an endpoint, with what relaying its body needs.
-pub(crate) struct Answer {
+/// A response head from an endpoint, with what relaying its body needs;
+/// `C`, where the body comes from: either (`Conn`), or one known by type
+/// (`RawConn`, `Response<Incoming>`, see `split`).
+pub(crate) struct Answer<C = Conn> {
     /// For an HTTP/2 upstream, made from its response.
     pub head: codec::Response,
-    pub conn: Conn,
+    pub conn: C,
     pub conns: Arc<EndpointConns>,
     /// Cancelled at the drain deadline of the endpoint's pool.
     pub cut: CancellationToken,
@@ -106,11 +110,50 @@ impl Answer {
     /// Puts the connection back for reuse: its response ended where its
     /// framing said, with nothing extra behind it.
     pub fn reuse(self) {
-        if let (Conn::H1(conn), true) = (self.conn, self.head.reusable) {
-            self.conns.put_back(conn, self.failover);
+        if let Ok(answer) = self.split() {
+            answer.reuse();
         }
     }
 
+    /// The answer with its body's source in its type: an HTTP/1.1
+    /// connection (`Ok`) or an HTTP/2 stream's response (`Err`).
+    pub fn split(self) -> Result<Answer<RawConn>, Box<Answer<Response<Incoming>>>> {
+        match self.conn {
+            Conn::H1(conn) => Ok(Answer {
+                head: self.head,
+                conn,
+                conns: self.conns,
+                cut: self.cut,
+                _work: self._work,
+                failover: self.failover,
+                service: self.service,
+                pool: self.pool,
+            }),
+            Conn::H2(response) => Err(Box::new(Answer {
+                head: self.head,
+                conn: response,
+                conns: self.conns,
+                cut: self.cut,
+                _work: self._work,
+                failover: self.failover,
+                service: self.service,
+                pool: self.pool,
+            })),
+        }
+    }
+}
+
+impl Answer<RawConn> {
+    /// Puts the connection back for reuse: its response ended where its
+    /// framing said, with nothing extra behind it.
+    pub fn reuse(self) {
+        if self.head.reusable {
+            self.conns.put_back(self.conn, self.failover);
+        }
+    }
+}
+
+impl<C> Answer<C> {
     /// Counts a response body the drain deadline cut short.
     pub fn count_cut(&self) {
         self.service.pools[self.pool].metrics.drain_closed.inc();
@@ -152,9 +195,15 @@ pub(crate) async fn forward<E: Exchange>(
         let attempt = async {
             let host = pool.host.as_ref().map(|h| h.as_bytes());
             let conns = &endpoint.conns;
-            if conns.is_h2() {
-                let mut sender = conns.h2_sender().await.map_err(Failure::Connect)?;
-                let (head, response) = exchange.attempt_h2(&mut sender, conns, host).await?;
+            if let Some(h2) = conns.h2() {
+                let (mut sender, shared) = h2.sender().await.map_err(Failure::Connect)?;
+                let result = exchange.attempt_h2(&mut sender, conns, host).await;
+                if let Err(Failure::Unprocessed(_)) = &result {
+                    // The connection takes no new streams (GOAWAY) or
+                    // refused this one: the resend opens a new one.
+                    h2.retire(&shared);
+                }
+                let (head, response) = result?;
                 return Ok((Conn::H2(response), head));
             }
             let mut conn = conns.checkout().await.map_err(Failure::Connect)?;
@@ -200,9 +249,14 @@ pub(crate) async fn forward<E: Exchange>(
             Err(Failure::Client(None)) => return Outcome::Gone,
             Err(Failure::Client(Some(answer))) => return reply(answer, true),
             Err(Failure::Connect(e)) => {
-                pool.metrics.upstream_error(UpstreamErrorKind::Connect);
-                service.eject_on_failure(pool, endpoint);
-                tracing::warn!(service = %service.name, pool = %pool.name, error = %e, "upstream connect failed");
+                if e.counted() {
+                    pool.metrics.upstream_error(UpstreamErrorKind::Connect);
+                    service.eject_on_failure(pool, endpoint);
+                    tracing::warn!(service = %service.name, pool = %pool.name, error = %e, "upstream connect failed");
+                } else {
+                    // Another request's connect, counted by that request.
+                    tracing::debug!(service = %service.name, pool = %pool.name, error = %e, "shared upstream connect failed");
+                }
                 // Nothing was sent: the request may go elsewhere.
                 (exchange.replayable(), Gateway::Unreachable)
             }
@@ -230,9 +284,9 @@ pub(crate) async fn forward<E: Exchange>(
                     tried.pop();
                     continue;
                 }
-                pool.metrics.upstream_error(UpstreamErrorKind::Reset);
-                service.eject_on_failure(pool, endpoint);
-                tracing::warn!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address,
+                // A closing connection or a refused stream is the
+                // upstream's flow control, not its failure: never counted.
+                tracing::debug!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address,
                     %error, "upstream did not process the request");
                 (exchange.replayable(), Gateway::Failed)
             }

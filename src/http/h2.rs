@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::attempt::{self, Answer, Conn, Exchange, Failure, Outcome};
+use super::attempt::{self, Answer, Exchange, Failure, Outcome};
 use super::codec::chunked::{self, Chunks};
 use super::codec::{self, Asked, Framing, RequestBody, Version};
 use super::head::{read_head, Closing};
@@ -232,14 +232,17 @@ fn local(reply: Reply) -> H2Response {
 
 /// The response to an HTTP/2 client from an upstream's head and body.
 fn respond(answer: Answer, rest: Vec<u8>, raw: &[u8]) -> H2Response {
-    if let Conn::H2(response) = &answer.conn {
-        // From an h2 pool: its head as it came, its body handed on.
-        let mut passed = Response::new(());
-        *passed.status_mut() = response.status();
-        *passed.headers_mut() = response.headers().clone();
-        let body = upstream_h2::Passed::new(answer);
-        return passed.map(|()| H2Body::new(Kind::Passed(Box::new(body))));
-    }
+    let answer = match answer.split() {
+        Ok(h1) => h1,
+        Err(h2) => {
+            // From an h2 pool: its head as it came, its body handed on.
+            let mut passed = Response::new(());
+            *passed.status_mut() = h2.conn.status();
+            *passed.headers_mut() = h2.conn.headers().clone();
+            let body = upstream_h2::Passed::new(*h2);
+            return passed.map(|()| H2Body::new(Kind::Passed(Box::new(body))));
+        }
+    };
     let Some((status, headers)) = codec::response_headers(raw) else {
         return local(Reply::BadGateway(super::replies::Gateway::Invalid));
     };
@@ -393,15 +396,20 @@ impl Exchange for H2Exchange {
         host: Option<&'a [u8]>,
     ) -> Result<(codec::Response, Response<Incoming>), Failure> {
         self.request.write_upstream(host, &mut self.out);
-        let body = match self.body.take() {
+        let (body, fault) = match self.body.take() {
             Some(body) if !body.is_end_stream() => {
                 self.taken = true;
-                upstream_h2::forward(body, self.body_read_timeout)
+                let (body, fault) = upstream_h2::forward(body, self.body_read_timeout);
+                (body, Some(fault))
             }
-            _ => upstream_h2::empty(),
+            _ => (upstream_h2::empty(), None),
         };
         let request = upstream_h2::request(&self.out, conns.address(), conns.is_tls(), body)?;
-        let response = upstream_h2::send(sender, request).await?;
+        // A stream hyper reset because the client's body stopped short
+        // failed by the client's fault, not the endpoint's.
+        let response = upstream_h2::send(sender, request)
+            .await
+            .map_err(|e| fault.and_then(|f| f.failure()).unwrap_or(e))?;
         let asked = Asked {
             head_method: self.request.head_method,
             upgrade: false,
@@ -454,7 +462,8 @@ struct Upstream {
     /// Ends the body if the upstream stalls this long.
     stall: Pin<Box<tokio::time::Sleep>>,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
-    answer: Option<Answer>,
+    /// The upstream's HTTP/1.1 connection the body is read from.
+    answer: Option<Answer<RawConn>>,
 }
 
 impl Upstream {
@@ -526,11 +535,8 @@ impl Upstream {
                 ))));
             }
             self.buf.reserve(64 * 1024);
-            // Only HTTP/1.1 answers are read here (`respond`).
-            let Conn::H1(conn) = &mut answer.conn else {
-                return Poll::Ready(None);
-            };
-            let read = tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut self.buf);
+            let read =
+                tokio_util::io::poll_read_buf(Pin::new(&mut answer.conn.stream), cx, &mut self.buf);
             match read {
                 Poll::Ready(Ok(0)) if self.framing == Framing::UntilClose => {
                     self.answer = None;

@@ -14,6 +14,7 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ use std::future::Future;
 use tokio::sync::mpsc;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::attempt::{Answer, Conn, Failure};
+use super::attempt::{Answer, Failure};
 use super::codec::{self, Asked, Framing, Refused, Version};
 use super::replies::Reply;
 use crate::upstream::{H2Body, H2Sender};
@@ -107,9 +108,9 @@ pub(crate) fn request(
 }
 
 /// Sends `request` on `sender` and waits for the response head. A request
-/// that never left (the connection was closing) or that the upstream
-/// refused unprocessed (REFUSED_STREAM) may go again; any other failure
-/// after it left is a broken exchange.
+/// that never left (the connection was closing), that the upstream refused
+/// unprocessed (REFUSED_STREAM), or that a graceful GOAWAY left out may go
+/// again; any other failure after it left is a broken exchange.
 pub(crate) async fn send(
     sender: &mut H2Sender,
     request: Request<H2Body>,
@@ -120,7 +121,7 @@ pub(crate) async fn send(
     sender.try_send_request(request).await.map_err(|mut e| {
         let unsent = e.take_message().is_some();
         let error = e.into_error();
-        if unsent || refused(&error) {
+        if unsent || unprocessed(&error) {
             Failure::Unprocessed(io::Error::other(error))
         } else {
             Failure::Broken {
@@ -131,12 +132,22 @@ pub(crate) async fn send(
     })
 }
 
-/// Whether the upstream refused the stream before processing it.
-fn refused(error: &hyper::Error) -> bool {
-    std::error::Error::source(error)
-        .and_then(|source| source.downcast_ref::<h2::Error>())
-        .and_then(h2::Error::reason)
-        == Some(h2::Reason::REFUSED_STREAM)
+/// Whether the upstream never processed the stream: it refused it
+/// (REFUSED_STREAM), or said it is closing (a graceful GOAWAY, NO_ERROR)
+/// and the stream was above its last one, or opened after it. An error
+/// GOAWAY is not taken as one: h2 hands its error to the streams at or
+/// below the last one too when the connection ends, and those may have
+/// been processed.
+fn unprocessed(error: &hyper::Error) -> bool {
+    let Some(h2) = std::error::Error::source(error).and_then(|s| s.downcast_ref::<h2::Error>())
+    else {
+        return false;
+    };
+    match h2.reason() {
+        Some(h2::Reason::REFUSED_STREAM) => true,
+        Some(h2::Reason::NO_ERROR) => h2.is_go_away() && h2.is_remote(),
+        _ => false,
+    }
 }
 
 /// The HTTP/1.1 head for a client that `asked`, of `response` from an
@@ -263,20 +274,38 @@ impl Body for Channel {
 }
 
 /// An HTTP/2 client's request body, handed on to the stream; a pause
-/// longer than `timeout` between its frames ends it with an error.
-pub(crate) fn forward(body: Incoming, timeout: Duration) -> H2Body {
-    Forward {
+/// longer than `timeout` between its frames ends it with an error. The
+/// stream's failure is then the client's, which `ClientFault` tells.
+pub(crate) fn forward(body: Incoming, timeout: Duration) -> (H2Body, ClientFault) {
+    let fault = ClientFault::default();
+    let body = Forward {
         body,
         timeout,
         stall: Box::pin(tokio::time::sleep(timeout)),
+        fault: fault.clone(),
+    };
+    (body.boxed(), fault)
+}
+
+/// Why a client's request body stopped short, when it did: hyper then
+/// resets the upstream stream, and that failure is the client's, never
+/// the endpoint's.
+#[derive(Clone, Default)]
+pub(crate) struct ClientFault(Arc<OnceLock<Option<Reply>>>);
+
+impl ClientFault {
+    /// The client's failure, if its body stopped short: too slow (answered
+    /// 408) or broken off (nothing to answer).
+    pub fn failure(&self) -> Option<Failure> {
+        self.0.get().map(|reply| Failure::Client(*reply))
     }
-    .boxed()
 }
 
 struct Forward {
     body: Incoming,
     timeout: Duration,
     stall: Pin<Box<tokio::time::Sleep>>,
+    fault: ClientFault,
 }
 
 impl Body for Forward {
@@ -288,13 +317,20 @@ impl Body for Forward {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                _ = self.fault.0.set(None);
+                Poll::Ready(Some(Err(io::Error::other(e))))
+            }
             Poll::Ready(frame) => {
                 let deadline = tokio::time::Instant::now() + self.timeout;
                 self.stall.as_mut().reset(deadline);
                 Poll::Ready(frame.map(|f| f.map_err(io::Error::other)))
             }
             Poll::Pending => match self.stall.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(io::Error::other("request body stalled")))),
+                Poll::Ready(()) => {
+                    _ = self.fault.0.set(Some(Reply::BodyTimeout(self.timeout)));
+                    Poll::Ready(Some(Err(io::Error::other("request body stalled"))))
+                }
                 Poll::Pending => Poll::Pending,
             },
         }
@@ -310,17 +346,29 @@ impl Body for Forward {
 }
 
 /// An `h2` pool's response body for an HTTP/2 client, handed on frame by
-/// frame until it ends or its pool's drain deadline.
+/// frame until it ends, its pool's drain deadline, or the upstream stalls
+/// longer than the service's `request_timeout` between frames.
 pub(crate) struct Passed {
-    /// Holds the response (`Conn::H2`) and the request's work on its pool.
-    answer: Answer,
+    /// Holds the response and the request's work on its pool.
+    answer: Answer<Response<Incoming>>,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The longest pause between the upstream's frames.
+    idle: Duration,
+    /// Ends the body when the upstream has paused `idle`; reset on each
+    /// frame.
+    stall: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Passed {
-    pub fn new(answer: Answer) -> Self {
+    pub fn new(answer: Answer<Response<Incoming>>) -> Self {
         let cut = Box::pin(answer.cut.clone().cancelled_owned());
-        Self { answer, cut }
+        let idle = answer.service.request_timeout;
+        Self {
+            answer,
+            cut,
+            idle,
+            stall: Box::pin(tokio::time::sleep(idle)),
+        }
     }
 }
 
@@ -333,32 +381,37 @@ impl Body for Passed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
-        let Conn::H2(response) = &mut this.answer.conn else {
-            return Poll::Ready(None);
-        };
         if this.cut.as_mut().poll(cx).is_ready() {
             this.answer.count_cut();
             return Poll::Ready(Some(Err(io::Error::other(
                 "closed at its pool's drain deadline",
             ))));
         }
-        Pin::new(response.body_mut())
-            .poll_frame(cx)
-            .map_err(io::Error::other)
+        match Pin::new(this.answer.conn.body_mut()).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                this.stall.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(io::Error::other)))
+            }
+            Poll::Pending => match this.stall.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    tracing::warn!(endpoint = %this.answer.conns.address(), timeout = ?this.idle,
+                        "upstream response body stalled");
+                    Poll::Ready(Some(Err(io::Error::other(
+                        "upstream response body stalled",
+                    ))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.answer.conn {
-            Conn::H2(response) => response.body().is_end_stream(),
-            Conn::H1(_) => true,
-        }
+        self.answer.conn.body().is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.answer.conn {
-            Conn::H2(response) => response.body().size_hint(),
-            Conn::H1(_) => SizeHint::default(),
-        }
+        self.answer.conn.body().size_hint()
     }
 }
 

@@ -1,7 +1,8 @@
 //! HTTP/2 to one endpoint of an `h2` pool: one shared connection that every
 //! request of the endpoint multiplexes its streams on, opened when first
-//! needed (one connect however many requests wait for it) and again once
-//! the upstream closed it. The connection counts in its pool's gauge while
+//! needed (one connect however many requests wait for it, and counted
+//! once) and again once the upstream closed it or a request found it
+//! closing (`retire`). The connection counts in its pool's gauge while
 //! its task runs; dropping the shared sender (a drain, a reload that drops
 //! the endpoint) lets it close once its streams end. What goes over a
 //! stream is `http`'s business.
@@ -40,9 +41,15 @@ pub(super) struct Multiplexed {
     current: Mutex<Arc<Connecting>>,
 }
 
+/// Which shared connection a sender came from: handed back to `retire`
+/// it when the connection stopped taking new streams.
+pub struct H2Conn(Arc<Connecting>);
+
 impl Multiplexed {
     /// A sender on the endpoint's connection, connecting when there is none.
-    pub async fn sender(&self, conns: &EndpointConns) -> Result<H2Sender, ConnectError> {
+    /// A failed connect is the error of the request whose task made it;
+    /// the requests that waited for it share it as `Shared { waited: true }`.
+    pub async fn sender(&self, conns: &EndpointConns) -> Result<(H2Sender, H2Conn), ConnectError> {
         let connecting = {
             let mut current = self.current.lock().expect("h2 lock");
             let stale = match current.get() {
@@ -55,9 +62,29 @@ impl Multiplexed {
             }
             current.clone()
         };
-        match connecting.get_or_init(|| connect(conns)).await {
-            Ok(sender) => Ok(sender.clone()),
-            Err(e) => Err(ConnectError::Shared(e.clone())),
+        let mut made = false;
+        let outcome = connecting
+            .get_or_init(|| {
+                made = true;
+                connect(conns)
+            })
+            .await;
+        match outcome {
+            Ok(sender) => Ok((sender.clone(), H2Conn(connecting.clone()))),
+            Err(error) => Err(ConnectError::Shared {
+                error: error.clone(),
+                waited: !made,
+            }),
+        }
+    }
+
+    /// Lets go of `conn` if it is still the endpoint's connection: the
+    /// upstream is closing it (GOAWAY) or refused a stream on it, so the
+    /// next request opens a new one. Its streams still run to their end.
+    pub fn retire(&self, conn: &H2Conn) {
+        let mut current = self.current.lock().expect("h2 lock");
+        if Arc::ptr_eq(&current, &conn.0) {
+            *current = Arc::default();
         }
     }
 

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::multiplex::{H2Sender, Multiplexed};
+use super::multiplex::{H2Conn, H2Sender, Multiplexed};
 use super::stream::Stream;
 use crate::config::UpstreamProtocol;
 use crate::tls::client::EndpointTls;
@@ -58,9 +58,42 @@ pub enum ConnectError {
     #[error("{address} does not speak HTTP/2: it chose another protocol by ALPN")]
     NotH2 { address: Arc<str> },
     /// The failed connect that every request waiting for an HTTP/2
-    /// connection shares.
-    #[error(transparent)]
-    Shared(Arc<ConnectError>),
+    /// connection shares. `waited`: this request's task did not make the
+    /// connect, only waited for it; the one that made it counts it.
+    #[error("{error}")]
+    Shared {
+        error: Arc<ConnectError>,
+        waited: bool,
+    },
+}
+
+impl ConnectError {
+    /// Whether this failure is to be counted against the endpoint: once
+    /// per connect, not once per request that waited for it.
+    pub fn counted(&self) -> bool {
+        !matches!(self, Self::Shared { waited: true, .. })
+    }
+}
+
+/// An endpoint of an `h2` pool: the way to its shared HTTP/2 connection.
+pub struct H2Endpoint<'a> {
+    conns: &'a EndpointConns,
+    shared: &'a Multiplexed,
+}
+
+impl H2Endpoint<'_> {
+    /// A sender on the endpoint's shared connection, and which connection
+    /// it is (for `retire`).
+    pub async fn sender(&self) -> Result<(H2Sender, H2Conn), ConnectError> {
+        self.shared.sender(self.conns).await
+    }
+
+    /// Lets go of the shared connection `conn` if it is still the
+    /// endpoint's: a request on it went unprocessed, so the next one opens
+    /// a new connection.
+    pub fn retire(&self, conn: &H2Conn) {
+        self.shared.retire(conn);
+    }
 }
 
 /// An upstream connection. It holds one count in its pool's gauge while
@@ -224,21 +257,13 @@ impl EndpointConns {
         self.tls.is_some()
     }
 
-    /// Whether the endpoint is spoken to in HTTP/2 (`h2_sender`) rather
-    /// than HTTP/1.1 (`checkout`).
-    pub fn is_h2(&self) -> bool {
-        self.h2.is_some()
-    }
-
-    /// A sender on the endpoint's shared HTTP/2 connection.
-    pub async fn h2_sender(&self) -> Result<H2Sender, ConnectError> {
-        match &self.h2 {
-            Some(h2) => h2.sender(self).await,
-            None => Err(ConnectError::Io {
-                address: self.address.clone(),
-                source: io::Error::other("the pool speaks HTTP/1.1"),
-            }),
-        }
+    /// The endpoint's shared HTTP/2 connection when its pool is `h2`;
+    /// otherwise (`None`) it is spoken to in HTTP/1.1 (`checkout`).
+    pub fn h2(&self) -> Option<H2Endpoint<'_>> {
+        self.h2.as_ref().map(|shared| H2Endpoint {
+            conns: self,
+            shared,
+        })
     }
 
     /// A connection: the most recently used idle one, or a new one (over

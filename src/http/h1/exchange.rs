@@ -233,7 +233,6 @@ impl<'c, 'a, S: Transport> H1Exchange<'c, 'a, S> {
         let conn_stream = match &mut answer.conn {
             Conn::H1(conn) => &mut conn.stream,
             Conn::H2(response) => {
-                let keep_alive = !head.close && self.body_sent;
                 return self
                     .relay_h2(response.body_mut(), head, idle, answer.conns.address())
                     .await
