@@ -29,8 +29,12 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// How long an endpoint out of rotation keeps an idle connection that
 /// failover work put back: long enough for the next failover request.
 const RETIRED_IDLE: Duration = Duration::from_secs(2);
-/// Idle connections kept per endpoint; more are closed when returned.
-const MAX_IDLE: usize = 256;
+/// Idle connections kept per endpoint; more are closed when returned. Sized
+/// for a burst of a thousand requests in flight to one endpoint (say an
+/// HTTP/2 client's streams): fewer made such a load close and reopen
+/// connections all the time. An idle connection costs a socket and no
+/// buffer.
+const MAX_IDLE: usize = 1024;
 
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
