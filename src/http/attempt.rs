@@ -118,28 +118,37 @@ impl Answer {
     /// The answer with its body's source in its type: an HTTP/1.1
     /// connection (`Ok`) or an HTTP/2 stream's response (`Err`).
     pub fn split(self) -> Result<Answer<RawConn>, Box<Answer<Response<Incoming>>>> {
-        match self.conn {
-            Conn::H1(conn) => Ok(Answer {
-                head: self.head,
-                conn,
-                conns: self.conns,
-                cut: self.cut,
-                _work: self._work,
-                failover: self.failover,
-                service: self.service,
-                pool: self.pool,
-            }),
-            Conn::H2(response) => Err(Box::new(Answer {
-                head: self.head,
-                conn: response,
-                conns: self.conns,
-                cut: self.cut,
-                _work: self._work,
-                failover: self.failover,
-                service: self.service,
-                pool: self.pool,
-            })),
+        match self.replace(()) {
+            (Conn::H1(conn), answer) => Ok(answer.replace(conn).1),
+            (Conn::H2(response), answer) => Err(Box::new(answer.replace(response).1)),
         }
+    }
+}
+
+impl<C> Answer<C> {
+    /// The same answer with `conn` in place of its own, which it returns.
+    fn replace<D>(self, conn: D) -> (C, Answer<D>) {
+        let Answer {
+            head,
+            conn: own,
+            conns,
+            cut,
+            _work,
+            failover,
+            service,
+            pool,
+        } = self;
+        let answer = Answer {
+            head,
+            conn,
+            conns,
+            cut,
+            _work,
+            failover,
+            service,
+            pool,
+        };
+        (own, answer)
     }
 }
 
