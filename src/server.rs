@@ -175,6 +175,7 @@ impl Server {
             commands,
             data_plane: options.data_plane,
         };
+        Material::warn_unverified(&server.config);
         server.publish(1);
         // Listeners open once the first health round has run (bounded), so
         // no client meets a service whose endpoints are not checked yet.
@@ -351,6 +352,7 @@ impl Server {
             self.save_state();
         }
         self.status.send_modify(|s| s.last_reload_error = None);
+        Material::warn_unverified(&self.config);
         self.publish(generation + 1);
         self.close_removed_listeners();
         self.publish_listeners();

@@ -114,10 +114,6 @@ impl Material {
                 let what = format!("pool {:?} of service {:?}", pool.name, service.name);
                 match client::config(tls, pool.protocol, &mut files) {
                     Ok(loaded) => {
-                        if tls.insecure_skip_verify {
-                            tracing::warn!(service = %service.name, pool = %pool.name,
-                                "insecure_skip_verify = true: the endpoints' certificates are not verified");
-                        }
                         let client = client::PoolClient::new(loaded, tls, pool.protocol, &files);
                         material
                             .pools
@@ -141,6 +137,21 @@ impl Material {
         }
         material.files = files.read;
         Ok(material)
+    }
+
+    /// Warns of every pool of `config` that skips verification: called when
+    /// a configuration is put in force, not at every load, so a reload that
+    /// changes nothing logs nothing (and a log file beside the configuration
+    /// cannot set off another reload).
+    pub(crate) fn warn_unverified(config: &Config) {
+        for service in &config.services {
+            for pool in &service.pools {
+                if pool.tls.as_ref().is_some_and(|t| t.insecure_skip_verify) {
+                    tracing::warn!(service = %service.name, pool = %pool.name,
+                        "insecure_skip_verify = true: the endpoints' certificates are not verified");
+                }
+            }
+        }
     }
 
     /// What this load read.
