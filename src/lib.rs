@@ -12,6 +12,7 @@
 //! reload). `demo` wires sample backends to a proxy for a first look.
 
 pub mod admin;
+pub mod audit;
 pub mod balance;
 pub mod config;
 pub mod demo;
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod server;
+pub mod shift;
 pub mod snapshot;
 pub mod state;
 pub mod tcp;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Request latency buckets, in seconds: from a fast loopback hop to a slow
@@ -53,6 +53,15 @@ pub struct Metrics {
     tls_handshakes: IntCounterVec,
     tls_sessions: IntCounterVec,
     tls_cert_expiry: IntGaugeVec,
+    shift_state: IntGaugeVec,
+    shift_step: IntGaugeVec,
+    shift_percent: IntGaugeVec,
+    shift_judged_requests: IntGaugeVec,
+    shift_judged_error_rate: GaugeVec,
+    shift_judged_p99: GaugeVec,
+    audit_events: IntCounterVec,
+    pub(crate) audit_log_errors: IntCounter,
+    webhook_deliveries: IntCounterVec,
     pub(crate) config_reloads_success: IntCounter,
     pub(crate) config_reloads_failure: IntCounter,
     pub(crate) config_generation: IntGauge,
@@ -86,6 +95,33 @@ pub(crate) struct ServiceMetrics {
     pub failovers: IntCounter,
     /// Requests answered 503 because no endpoint was healthy.
     pub unavailable: IntCounter,
+}
+
+/// The states `cutover_shift_state` names, in its `state` label's terms.
+pub(crate) const SHIFT_STATES: [&str; 4] = ["idle", "running", "rolled_back", "done"];
+
+/// Handles for one service's progressive shift.
+#[derive(Debug, Clone)]
+pub(crate) struct ShiftMetrics {
+    /// 1 for the state the shift is in, 0 for the others; `SHIFT_STATES` order.
+    state: [IntGauge; 4],
+    /// Step in force, from 1; 0 when no shift runs.
+    pub step: IntGauge,
+    /// The target's share of traffic at that step, in percent.
+    pub percent: IntGauge,
+    /// The figures of the last step judged.
+    pub judged_requests: IntGauge,
+    pub judged_error_rate: Gauge,
+    pub judged_p99: Gauge,
+}
+
+impl ShiftMetrics {
+    /// Sets the state gauge: `state` is one of `SHIFT_STATES`.
+    pub(crate) fn set_state(&self, state: &str) {
+        for (gauge, name) in self.state.iter().zip(SHIFT_STATES) {
+            gauge.set(i64::from(name == state));
+        }
+    }
 }
 
 /// Handles for one listener.
@@ -310,6 +346,66 @@ impl Metrics {
                 "When each certificate a listener serves expires, in seconds since the Unix epoch.",
                 &["listener", "subject"],
             ),
+            shift_state: gauge(
+                "cutover_shift_state",
+                "1 for the state of each service's progressive shift (idle, running, rolled_back, done), 0 for the others.",
+                &["service", "state"],
+            ),
+            shift_step: gauge(
+                "cutover_shift_step",
+                "Step of the running shift, from 1; 0 when none runs.",
+                &["service"],
+            ),
+            shift_percent: gauge(
+                "cutover_shift_target_percent",
+                "The shift target's share of the service's traffic at the step in force, in percent.",
+                &["service", "pool"],
+            ),
+            shift_judged_requests: gauge(
+                "cutover_shift_judged_requests",
+                "Attempts on the shift target over the last step judged.",
+                &["service"],
+            ),
+            shift_judged_error_rate: register(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "cutover_shift_judged_error_rate",
+                        "Share of the shift target's attempts that failed (5xx, connect, reset, timeout) over the last step judged.",
+                    ),
+                    &["service"],
+                )
+                .expect("valid metric"),
+            ),
+            shift_judged_p99: register(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "cutover_shift_judged_p99_seconds",
+                        "p99 of the shift target's request duration over the last step judged.",
+                    ),
+                    &["service"],
+                )
+                .expect("valid metric"),
+            ),
+            audit_events: counter(
+                "cutover_audit_events_total",
+                "Changes recorded in the audit trail, by kind.",
+                &["kind"],
+            ),
+            audit_log_errors: register(
+                &registry,
+                IntCounter::new(
+                    "cutover_audit_log_errors_total",
+                    "Audit events that could not be written to [admin] audit_log.",
+                )
+                .expect("valid metric"),
+            ),
+            webhook_deliveries: counter(
+                "cutover_webhook_deliveries_total",
+                "Events sent to webhooks, by webhook (scheme, host and port) and result: success, failure (every attempt failed), dropped (queue full).",
+                &["webhook", "result"],
+            ),
             config_reloads_success: reloads.with_label_values(&["success"]),
             config_reloads_failure: reloads.with_label_values(&["failure"]),
             config_generation: register(
@@ -357,6 +453,64 @@ impl Metrics {
             failovers: self.failovers.with_label_values(&[service]),
             unavailable: self.unavailable.with_label_values(&[service]),
         }
+    }
+
+    /// Handles for the shift of `service` toward `pool`.
+    pub(crate) fn shift(&self, service: &str, pool: &str) -> ShiftMetrics {
+        ShiftMetrics {
+            state: SHIFT_STATES.map(|state| self.shift_state.with_label_values(&[service, state])),
+            step: self.shift_step.with_label_values(&[service]),
+            percent: self.shift_percent.with_label_values(&[service, pool]),
+            judged_requests: self.shift_judged_requests.with_label_values(&[service]),
+            judged_error_rate: self.shift_judged_error_rate.with_label_values(&[service]),
+            judged_p99: self.shift_judged_p99.with_label_values(&[service]),
+        }
+    }
+
+    /// Drops the shift series of a service: it is gone, or a new shift
+    /// targets another pool.
+    pub(crate) fn forget_shift(&self, service: &str) {
+        use prometheus::core::Collector;
+        for state in SHIFT_STATES {
+            _ = self.shift_state.remove_label_values(&[service, state]);
+        }
+        _ = self.shift_step.remove_label_values(&[service]);
+        _ = self.shift_judged_requests.remove_label_values(&[service]);
+        _ = self.shift_judged_error_rate.remove_label_values(&[service]);
+        _ = self.shift_judged_p99.remove_label_values(&[service]);
+        let pools: Vec<String> = self
+            .shift_percent
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric().iter())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "service" && l.value() == service)
+            })
+            .filter_map(|m| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == "pool")
+                    .map(|l| l.value().to_owned())
+            })
+            .collect();
+        for pool in pools {
+            _ = self.shift_percent.remove_label_values(&[service, &pool]);
+        }
+    }
+
+    /// Counts an event recorded in the audit trail.
+    pub(crate) fn audit_event(&self, kind: &str) {
+        self.audit_events.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts an event sent to (or dropped for) a webhook; `result` is
+    /// success, failure or dropped.
+    pub(crate) fn webhook_delivery(&self, webhook: &str, result: &str) {
+        self.webhook_deliveries
+            .with_label_values(&[webhook, result])
+            .inc();
     }
 
     /// Drops the series of an endpoint that no longer exists in a pool.
@@ -518,6 +672,12 @@ impl PoolMetrics {
     pub fn totals(&self) -> (u64, u64) {
         let all = self.requests.iter().map(IntCounter::get).sum();
         (all, self.requests[3].get())
+    }
+
+    /// The pool's counters now, for judging a shift's step.
+    pub(crate) fn reading(&self) -> crate::shift::Reading {
+        let (requests, errors_5xx) = self.totals();
+        crate::shift::Reading::of(requests, errors_5xx, self.retries.get(), &self.duration)
     }
 }
 

@@ -88,6 +88,20 @@ pub struct Admin {
     pub(crate) state_file: Option<PathBuf>,
     /// HTTPS for the admin API.
     pub(crate) tls: Option<CertFiles>,
+    /// Where every change is appended as a JSON line.
+    pub(crate) audit_log: Option<PathBuf>,
+    pub(crate) webhooks: Vec<Webhook>,
+}
+
+/// `[[admin.webhook]]`: change events POSTed as JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Webhook {
+    /// `http://` or `https://`, with a host.
+    pub url: http::Uri,
+    /// Kinds sent; every kind when empty.
+    pub events: Vec<crate::audit::EventKind>,
+    pub timeout: Duration,
+    pub retries: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -214,6 +228,8 @@ pub(crate) struct Service {
     pub pools: Vec<Pool>,
     pub health: Health,
     pub outlier: Outlier,
+    /// Defaults of a progressive shift.
+    pub shift: crate::shift::Policy,
     /// tcp: connections of a pool leaving rotation close one by one over
     /// this window rather than all at the drain deadline.
     pub migrate: Option<Duration>,

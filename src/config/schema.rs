@@ -91,6 +91,11 @@ pub struct Admin {
     pub state_file: Option<PathBuf>,
     /// HTTPS for the admin API: one certificate and its key.
     pub tls: Option<Spanned<CertFiles>>,
+    /// Where every change is appended as a JSON line.
+    pub audit_log: Option<PathBuf>,
+    /// Receivers of change events.
+    #[serde(rename = "webhook")]
+    pub webhooks: Vec<Webhook>,
 }
 
 impl Default for Admin {
@@ -101,6 +106,60 @@ impl Default for Admin {
             read_only: false,
             state_file: None,
             tls: None,
+            audit_log: None,
+            webhooks: Vec::new(),
+        }
+    }
+}
+
+/// `[[admin.webhook]]`: change events POSTed as JSON to `url`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    pub url: Spanned<String>,
+    /// Event kinds sent; every kind when empty.
+    #[serde(default)]
+    pub events: Vec<Spanned<String>>,
+    /// Time allowed for one delivery attempt.
+    #[serde(default = "default_webhook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Further attempts after a failed delivery.
+    #[serde(default = "default_webhook_retries")]
+    pub retries: Spanned<u32>,
+}
+
+fn default_webhook_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_webhook_retries() -> Spanned<u32> {
+    Spanned::new(0..0, 3)
+}
+
+/// `[service.shift]`: the defaults of a progressive shift of this service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Shift {
+    pub steps: Spanned<Vec<u32>>,
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+    pub max_error_rate: f64,
+    #[serde(with = "humantime_serde")]
+    pub max_p99: Duration,
+    pub min_requests: u64,
+    pub max_extensions: u32,
+}
+
+impl Default for Shift {
+    fn default() -> Self {
+        let typed = crate::shift::Policy::default();
+        Self {
+            steps: Spanned::new(0..0, typed.steps),
+            every: typed.every,
+            max_error_rate: typed.max_error_rate,
+            max_p99: typed.max_p99,
+            min_requests: typed.min_requests,
+            max_extensions: typed.max_extensions,
         }
     }
 }
@@ -218,10 +277,17 @@ pub struct Service {
     pub health: Health,
     #[serde(default)]
     pub outlier: Outlier,
+    /// Spanned for its place in messages; the table as written.
+    #[serde(default = "default_shift")]
+    pub shift: Spanned<Shift>,
     /// tcp: after the service's pools change, close the connections of a
     /// pool leaving rotation one by one over this window.
     #[serde(default, with = "humantime_serde")]
     pub migrate: Option<Duration>,
+}
+
+fn default_shift() -> Spanned<Shift> {
+    Spanned::new(0..0, Shift::default())
 }
 
 fn default_retries() -> Spanned<u32> {

@@ -12,7 +12,7 @@ use http::HeaderValue;
 use toml::Spanned;
 
 use super::model::{
-    parse_source, Admin, Alpn, CertFiles, Config, Endpoint, Expect, Health, Host, Limits, Listener,
+    parse_source, Admin, Alpn, CertFiles, Webhook, Config, Endpoint, Expect, Health, Host, Limits, Listener,
     ListenerTls, Pool, PoolTls, Protocol, Service, TlsVersion,
 };
 use super::{schema, Problem};
@@ -143,7 +143,99 @@ fn admin(
         read_only: admin.read_only,
         state_file: admin.state_file.clone(),
         tls: admin.tls.as_ref().map(|t| cert_files(t.get_ref())),
+        audit_log: admin.audit_log.clone(),
+        webhooks: admin
+            .webhooks
+            .iter()
+            .map(|w| webhook(w, problems))
+            .collect::<Option<_>>()?,
     })
+}
+
+/// Most attempts after a failed webhook delivery.
+pub(crate) const MAX_WEBHOOK_RETRIES: u32 = 10;
+
+fn webhook(raw: &schema::Webhook, problems: &mut Vec<Problem>) -> Option<Webhook> {
+    let text = raw.url.get_ref();
+    let url = match text.parse::<http::Uri>() {
+        Ok(url)
+            if matches!(url.scheme_str(), Some("http" | "https")) && url.host().is_some() =>
+        {
+            Some(url)
+        }
+        _ => refuse(
+            problems,
+            Problem::at(
+                raw.url.span(),
+                format!("webhook url {text:?} is not an http:// or https:// URL with a host"),
+            ),
+        ),
+    };
+    let mut events = Vec::new();
+    for name in &raw.events {
+        match crate::audit::EventKind::parse(name.get_ref()) {
+            Some(kind) => events.push(kind),
+            None => problems.push(Problem::at(
+                name.span(),
+                format!(
+                    "webhook event {:?} is not one of {}",
+                    name.get_ref(),
+                    crate::audit::EventKind::ALL.map(|k| k.as_str()).join(", ")
+                ),
+            )),
+        }
+    }
+    if raw.timeout.is_zero() {
+        problems.push(Problem::at(
+            raw.url.span(),
+            "webhook timeout must be longer than 0s",
+        ));
+    }
+    let retries = *raw.retries.get_ref();
+    if retries > MAX_WEBHOOK_RETRIES {
+        problems.push(Problem::at(
+            raw.retries.span(),
+            format!("webhook retries is {retries}; at most {MAX_WEBHOOK_RETRIES}"),
+        ));
+    }
+    Some(Webhook {
+        url: url?,
+        events,
+        timeout: raw.timeout,
+        retries,
+    })
+}
+
+/// The typed `[service.shift]`, or its problems at the table's place.
+fn shift(service: &schema::Service, problems: &mut Vec<Problem>) -> Option<crate::shift::Policy> {
+    let raw = service.shift.get_ref();
+    let policy = crate::shift::Policy {
+        steps: raw.steps.get_ref().clone(),
+        every: raw.every,
+        max_error_rate: raw.max_error_rate,
+        max_p99: raw.max_p99,
+        min_requests: raw.min_requests,
+        max_extensions: raw.max_extensions,
+    };
+    let found = policy.problems();
+    if found.is_empty() {
+        return Some(policy);
+    }
+    let span = if raw.steps.span().is_empty() {
+        service.shift.span()
+    } else {
+        raw.steps.span()
+    };
+    for problem in found {
+        problems.push(Problem::at(
+            span.clone(),
+            format!(
+                "service {:?}: [service.shift] {problem}",
+                service.name.get_ref()
+            ),
+        ));
+    }
+    None
 }
 
 fn listeners(raw: &schema::Config, problems: &mut Vec<Problem>) -> Vec<Option<Listener>> {
@@ -489,6 +581,7 @@ fn services(raw: &schema::Config, problems: &mut Vec<Problem>) -> Vec<Option<Ser
             }
             let pools = pools(service, problems);
             let health = health(service, problems);
+            let shift = shift(service, problems);
             Some(Service {
                 name: name.clone(),
                 hosts: hosts.into_iter().collect::<Option<_>>()?,
@@ -500,6 +593,7 @@ fn services(raw: &schema::Config, problems: &mut Vec<Problem>) -> Vec<Option<Ser
                 pools: pools?,
                 health: health?,
                 outlier: service.outlier.clone(),
+                shift: shift?,
                 migrate: service.migrate,
             })
         })

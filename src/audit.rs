@@ -1,0 +1,310 @@
+//! The audit trail: every change to what routes where — weights, drains,
+//! shifts, reloads, endpoint health — recorded as an `Event` with its time,
+//! its source and what it changed from and to. The last `RECENT` are kept for
+//! `GET /v1/events`. Recording never waits: it takes a short lock to append
+//! to the ring and hands the event to the sinks configured.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Events kept for `GET /v1/events`.
+pub const RECENT: usize = 500;
+
+/// What an event records. Its name is what `[[admin.webhook]] events` and
+/// the JSON say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A service's weights set through the API.
+    Weights,
+    /// A pool or endpoint set to drain or back to ready.
+    Drain,
+    ShiftStart,
+    /// A shift's step passed and the next one is in force.
+    ShiftStep,
+    ShiftDone,
+    /// A step breached a limit: the weights from before the shift are back.
+    ShiftRollback,
+    /// Aborted through the API: the weights from before the shift are back.
+    ShiftAbort,
+    /// Ended by a newer change (weights set, the file's weights changed).
+    ShiftEnd,
+    /// A `revert_after` deadline passed: the weights before that change are back.
+    Revert,
+    Reload,
+    ReloadFailed,
+    /// An endpoint's active checks turned it healthy or unhealthy.
+    Health,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 12] = [
+        EventKind::Weights,
+        EventKind::Drain,
+        EventKind::ShiftStart,
+        EventKind::ShiftStep,
+        EventKind::ShiftDone,
+        EventKind::ShiftRollback,
+        EventKind::ShiftAbort,
+        EventKind::ShiftEnd,
+        EventKind::Revert,
+        EventKind::Reload,
+        EventKind::ReloadFailed,
+        EventKind::Health,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Weights => "weights",
+            EventKind::Drain => "drain",
+            EventKind::ShiftStart => "shift_start",
+            EventKind::ShiftStep => "shift_step",
+            EventKind::ShiftDone => "shift_done",
+            EventKind::ShiftRollback => "shift_rollback",
+            EventKind::ShiftAbort => "shift_abort",
+            EventKind::ShiftEnd => "shift_end",
+            EventKind::Revert => "revert",
+            EventKind::Reload => "reload",
+            EventKind::ReloadFailed => "reload_failed",
+            EventKind::Health => "health",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+/// Who made a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// An admin API call, from this client address.
+    Api(std::net::SocketAddr),
+    /// The configuration file, reloaded on a change to it.
+    File,
+    /// SIGHUP.
+    Signal,
+    /// The shift controller.
+    Shift,
+    /// The active health checker.
+    Health,
+    /// A `revert_after` deadline.
+    RevertAfter,
+    /// Start-up: state restored from the state file.
+    Start,
+}
+
+impl Source {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Source::Api(_) => "api",
+            Source::File => "file",
+            Source::Signal => "signal",
+            Source::Shift => "shift",
+            Source::Health => "health",
+            Source::RevertAfter => "revert_after",
+            Source::Start => "start",
+        }
+    }
+
+    fn client(&self) -> Option<String> {
+        match self {
+            Source::Api(addr) => Some(addr.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// One recorded change, as `GET /v1/events`, the audit log and webhooks
+/// carry it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Increases by one with every event of this process.
+    pub seq: u64,
+    /// RFC 3339, milliseconds.
+    pub time: String,
+    pub kind: EventKind,
+    /// "api", "file", "signal", "shift", "health", "revert_after", "start".
+    pub source: &'static str,
+    /// The API client's address, for `source = "api"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The generation in force after the change, when it made one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    pub before: Value,
+    pub after: Value,
+    /// One sentence saying what happened and why.
+    pub message: String,
+}
+
+/// An event being described, before it is recorded.
+#[derive(Debug, Clone)]
+pub struct Change {
+    kind: EventKind,
+    source: Source,
+    service: Option<String>,
+    pool: Option<String>,
+    endpoint: Option<String>,
+    generation: Option<u64>,
+    before: Value,
+    after: Value,
+    message: String,
+}
+
+impl Change {
+    pub fn new(kind: EventKind, source: Source, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            source,
+            service: None,
+            pool: None,
+            endpoint: None,
+            generation: None,
+            before: Value::Null,
+            after: Value::Null,
+            message: message.into(),
+        }
+    }
+
+    pub fn service(mut self, name: &str) -> Self {
+        self.service = Some(name.to_owned());
+        self
+    }
+
+    pub fn pool(mut self, name: &str) -> Self {
+        self.pool = Some(name.to_owned());
+        self
+    }
+
+    pub fn endpoint(mut self, address: &str) -> Self {
+        self.endpoint = Some(address.to_owned());
+        self
+    }
+
+    pub fn generation(mut self, generation: u64) -> Self {
+        self.generation = Some(generation);
+        self
+    }
+
+    pub fn before(mut self, value: impl Serialize) -> Self {
+        self.before = serde_json::to_value(value).unwrap_or(Value::Null);
+        self
+    }
+
+    pub fn after(mut self, value: impl Serialize) -> Self {
+        self.after = serde_json::to_value(value).unwrap_or(Value::Null);
+        self
+    }
+}
+
+/// The audit trail of one server: cheap to clone, shared by the control
+/// plane and the health checkers.
+#[derive(Clone, Default)]
+pub struct Audit {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    seq: AtomicU64,
+    recent: Mutex<VecDeque<Arc<Event>>>,
+    metrics: crate::metrics::Metrics,
+}
+
+impl Audit {
+    /// An audit trail counting its events in `metrics`.
+    pub fn new(metrics: crate::metrics::Metrics) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                metrics,
+                ..Inner::default()
+            }),
+        }
+    }
+
+    /// Records a change: stamps it, keeps it among the recent ones and
+    /// hands it to the sinks. Never waits on I/O.
+    pub fn record(&self, change: Change) -> Arc<Event> {
+        let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let event = Arc::new(Event {
+            seq,
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            kind: change.kind,
+            source: change.source.as_str(),
+            client: change.source.client(),
+            service: change.service,
+            pool: change.pool,
+            endpoint: change.endpoint,
+            generation: change.generation,
+            before: change.before,
+            after: change.after,
+            message: change.message,
+        });
+        {
+            let mut recent = self.inner.recent.lock().expect("audit lock");
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(event.clone());
+        }
+        self.inner.metrics.audit_event(event.kind.as_str());
+        event
+    }
+
+    /// The most recent events, oldest first, at most `limit`; only those
+    /// after `since` (a `seq`) when given.
+    pub fn recent(&self, limit: usize, since: Option<u64>) -> Vec<Arc<Event>> {
+        let recent = self.inner.recent.lock().expect("audit lock");
+        let after: Vec<Arc<Event>> = recent
+            .iter()
+            .filter(|e| since.is_none_or(|s| e.seq > s))
+            .cloned()
+            .collect();
+        let skip = after.len().saturating_sub(limit);
+        after.into_iter().skip(skip).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_parse_from_their_names() {
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                Value::String(kind.as_str().to_owned())
+            );
+        }
+        assert_eq!(EventKind::parse("nope"), None);
+    }
+
+    #[test]
+    fn the_ring_keeps_the_newest_in_order() {
+        let audit = Audit::default();
+        for i in 0..RECENT + 10 {
+            audit.record(Change::new(EventKind::Weights, Source::File, format!("{i}")));
+        }
+        let all = audit.recent(usize::MAX, None);
+        assert_eq!(all.len(), RECENT);
+        assert_eq!(all[0].seq, 11);
+        assert_eq!(all.last().unwrap().seq, (RECENT + 10) as u64);
+        let last_two = audit.recent(2, None);
+        assert_eq!(last_two[1].seq, (RECENT + 10) as u64);
+        assert_eq!(audit.recent(100, Some((RECENT + 8) as u64)).len(), 2);
+    }
+}
