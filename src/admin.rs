@@ -12,6 +12,7 @@ mod rates;
 mod routes;
 mod view;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +22,8 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::config::MAX_WEIGHT;
-use crate::server::{ChangeError, Handle, Trigger};
+use crate::audit::Source;
+use crate::server::{Asked, ChangeError, Handle, IfMatch, Trigger};
 use crate::state::Weights;
 pub(crate) use auth::Token;
 pub use auth::TokenError;
@@ -44,7 +46,10 @@ pub(crate) struct Admin {
     pub(crate) rates: Rates,
 }
 
-async fn handle(req: Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
+/// Events `GET /v1/events` returns unless `limit` says otherwise.
+const EVENTS_DEFAULT: usize = 100;
+
+async fn handle(req: Request<Incoming>, admin: &Admin, peer: SocketAddr) -> Response<Full<Bytes>> {
     let (access, resolved) = resolve(req.method(), req.uri().path());
     if access == Access::Token {
         if let Some(token) = &admin.token {
@@ -96,47 +101,174 @@ async fn handle(req: Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> 
             )
             .body(Full::new(Bytes::from(admin.handle.metrics.render())))
             .expect("static headers are valid"),
-        Call::Status => json_response(StatusCode::OK, &view::status(admin)),
-        Call::Weights { service } => set_weights(req, &service, admin).await,
+        Call::Status => {
+            let (generation, body) = view::status(admin);
+            with_etag(json_response(StatusCode::OK, &body), generation)
+        }
+        Call::Events => events(&req, admin),
+        Call::Weights { service } => set_weights(req, &service, admin, peer).await,
         Call::State {
             service,
             pool,
             endpoint,
-        } => set_state(req, &service, &pool, endpoint.as_deref(), admin).await,
-        Call::Reload => match admin.handle.reload(Trigger::Api).await {
+        } => set_state(req, &service, &pool, endpoint.as_deref(), admin, peer).await,
+        Call::StartShift { service } => start_shift(req, &service, admin, peer).await,
+        Call::AbortShift { service } => {
+            let asked = asked(&req, peer);
+            let result = admin.handle.abort_shift(&service, asked).await;
+            changed(admin, &service, result)
+        }
+        Call::Reload => match admin.handle.reload(Trigger::Api(peer)).await {
             Ok(generation) => json_response(StatusCode::OK, &json!({ "generation": generation })),
             Err(e) => change_error(e),
         },
     }
 }
 
-async fn set_weights(req: Request<Incoming>, svc: &str, admin: &Admin) -> Response<Full<Bytes>> {
-    if admin.handle.status().services.iter().all(|s| s.name != svc) {
-        return change_error(ChangeError::UnknownService(svc.to_owned()));
+/// Who asks, and on what `If-Match` condition.
+fn asked(req: &Request<Incoming>, peer: SocketAddr) -> Asked {
+    let if_match = req
+        .headers()
+        .get_all(header::IF_MATCH)
+        .iter()
+        .map(|v| IfMatch::parse(&String::from_utf8_lossy(v.as_bytes())))
+        .reduce(|a, b| match (a, b) {
+            (IfMatch::Any, _) | (_, IfMatch::Any) => IfMatch::Any,
+            (IfMatch::Generations(mut a), IfMatch::Generations(b)) => {
+                a.extend(b);
+                IfMatch::Generations(a)
+            }
+        });
+    Asked {
+        source: Source::Api(peer),
+        if_match,
     }
-    let body = match read_body(req).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let weights = match parse_weights(&body) {
-        Ok(weights) => weights,
-        Err(detail) => return error(StatusCode::BAD_REQUEST, "bad weights", detail),
-    };
-    match admin.handle.set_weights(svc, weights).await {
+}
+
+/// `ETag: "<generation>"`.
+fn with_etag(mut response: Response<Full<Bytes>>, generation: u64) -> Response<Full<Bytes>> {
+    if let Ok(value) = HeaderValue::from_str(&format!("\"{generation}\"")) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+/// The answer to a change of `svc`: the generation in force and the
+/// service's status, with the generation as `ETag`.
+fn changed(admin: &Admin, svc: &str, result: Result<u64, ChangeError>) -> Response<Full<Bytes>> {
+    match result {
         Ok(generation) => {
             let status = admin.handle.status();
             let service = status
                 .services
                 .iter()
                 .find(|s| s.name == svc)
-                .map(|view| view::service(admin, view, &status.snapshot));
-            json_response(
-                StatusCode::OK,
-                &json!({ "generation": generation, "service": service }),
+                .map(|view| view::service(admin, view, &status));
+            with_etag(
+                json_response(
+                    StatusCode::OK,
+                    &json!({ "generation": generation, "service": service }),
+                ),
+                status.generation(),
             )
         }
         Err(e) => change_error(e),
     }
+}
+
+/// `GET /v1/events?limit=N&since=SEQ`.
+fn events(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
+    let mut limit = EVENTS_DEFAULT;
+    let mut since = None;
+    for (key, value) in form_pairs(req.uri().query().unwrap_or("")) {
+        let number = value.parse::<u64>();
+        match (key.as_str(), number) {
+            ("limit", Ok(n)) if n >= 1 => limit = (n as usize).min(crate::audit::RECENT),
+            ("since", Ok(n)) => since = Some(n),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad query",
+                    format!("{key}={value:?}: the query takes limit (1 to {}) and since (an event's seq)", crate::audit::RECENT),
+                )
+            }
+        }
+    }
+    let recent = admin.handle.audit().recent(limit, since);
+    let events: Vec<&crate::audit::Event> = recent.iter().map(|e| &**e).collect();
+    json_response(StatusCode::OK, &json!({ "events": events }))
+}
+
+/// `key=value` pairs of a query, percent-decoded.
+fn form_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (decode(key), decode(value))
+        })
+        .collect()
+}
+
+async fn start_shift(
+    req: Request<Incoming>,
+    svc: &str,
+    admin: &Admin,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    if admin.handle.status().services.iter().all(|s| s.name != svc) {
+        return change_error(ChangeError::UnknownService(svc.to_owned()));
+    }
+    let asked = asked(&req, peer);
+    let body = match read_body(req).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let request: crate::shift::Request = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad shift",
+                format!(
+                    r#"the body must be like {{"to": "green", "steps": [10, 25, 50, 100], "every": "30s"}}: {e}"#
+                ),
+            )
+        }
+    };
+    let result = admin.handle.start_shift(svc, request, asked).await;
+    changed(admin, svc, result)
+}
+
+async fn set_weights(
+    req: Request<Incoming>,
+    svc: &str,
+    admin: &Admin,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    if admin.handle.status().services.iter().all(|s| s.name != svc) {
+        return change_error(ChangeError::UnknownService(svc.to_owned()));
+    }
+    let asked = asked(&req, peer);
+    let body = match read_body(req).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let (weights, revert_after) = match parse_weights(&body) {
+        Ok(parsed) => parsed,
+        Err(detail) => return error(StatusCode::BAD_REQUEST, "bad weights", detail),
+    };
+    let result = admin
+        .handle
+        .set_weights(svc, weights, revert_after, asked)
+        .await;
+    changed(admin, svc, result)
 }
 
 /// Reads a request body of at most `MAX_BODY` bytes that arrives within
@@ -164,7 +296,9 @@ async fn set_state(
     pool: &str,
     endpoint: Option<&str>,
     admin: &Admin,
+    peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
+    let asked = asked(&req, peer);
     let body = match read_body(req).await {
         Ok(body) => body,
         Err(response) => return response,
@@ -191,16 +325,23 @@ async fn set_state(
             )
         }
     };
-    match admin.handle.set_drain(service, pool, endpoint, drain).await {
-        Ok(generation) => json_response(
-            StatusCode::OK,
-            &json!({
-                "generation": generation,
-                "service": service,
-                "pool": pool,
-                "endpoint": endpoint,
-                "state": if drain { "drain" } else { "ready" },
-            }),
+    match admin
+        .handle
+        .set_drain(service, pool, endpoint, drain, asked)
+        .await
+    {
+        Ok(generation) => with_etag(
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "generation": generation,
+                    "service": service,
+                    "pool": pool,
+                    "endpoint": endpoint,
+                    "state": if drain { "drain" } else { "ready" },
+                }),
+            ),
+            generation,
         ),
         // In the path, an unknown pool is a missing resource.
         Err(e @ ChangeError::UnknownPool { .. }) => {
@@ -210,27 +351,49 @@ async fn set_state(
     }
 }
 
-/// Parses `{"pool": weight, ...}`, naming exactly what is wrong.
-fn parse_weights(body: &[u8]) -> Result<Weights, String> {
+/// Longest `revert_after` accepted.
+const MAX_REVERT_AFTER: Duration = Duration::from_secs(7 * 86_400);
+
+/// Parses `{"pool": weight, ..., "revert_after": "10m"}`, naming exactly
+/// what is wrong.
+fn parse_weights(body: &[u8]) -> Result<(Weights, Option<Duration>), String> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("the body is not valid JSON: {e}"))?;
-    let serde_json::Value::Object(map) = value else {
+    let serde_json::Value::Object(mut map) = value else {
         return Err(
             r#"the body must be a JSON object of pool weights, like {"blue": 0, "green": 100}"#
                 .into(),
         );
     };
+    let revert_after = match map.remove("revert_after") {
+        None => None,
+        Some(serde_json::Value::String(text)) => match humantime::parse_duration(&text) {
+            Ok(d) if !d.is_zero() && d <= MAX_REVERT_AFTER => Some(d),
+            _ => {
+                return Err(format!(
+                    "revert_after {text:?} is not a duration from 1s to 7d, like \"10m\""
+                ))
+            }
+        },
+        Some(other) => {
+            return Err(format!(
+                "revert_after is {other}; it is a duration string, like \"10m\""
+            ))
+        }
+    };
     if map.is_empty() {
         return Err("no weights given".into());
     }
-    map.into_iter()
+    let weights = map
+        .into_iter()
         .map(|(pool, w)| match w.as_u64() {
             Some(n) if n <= MAX_WEIGHT as u64 => Ok((pool, n as u32)),
             _ => Err(format!(
                 "weight of pool {pool:?} is {w}; weights are whole numbers from 0 to {MAX_WEIGHT}"
             )),
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((weights, revert_after))
 }
 
 fn change_error(e: ChangeError) -> Response<Full<Bytes>> {
@@ -241,6 +404,10 @@ fn change_error(e: ChangeError) -> Response<Full<Bytes>> {
         ChangeError::LastPool { .. } => (StatusCode::CONFLICT, "last pool in rotation"),
         ChangeError::AllZero(_) => (StatusCode::BAD_REQUEST, "all weights zero"),
         ChangeError::ReadOnly => (StatusCode::CONFLICT, "read-only"),
+        ChangeError::Stale { .. } => (StatusCode::PRECONDITION_FAILED, "precondition failed"),
+        ChangeError::ShiftRunning { .. } => (StatusCode::CONFLICT, "shift running"),
+        ChangeError::NoShift(_) => (StatusCode::CONFLICT, "no shift running"),
+        ChangeError::BadShift(_) => (StatusCode::BAD_REQUEST, "bad shift"),
         ChangeError::Reload(_) => (StatusCode::BAD_REQUEST, "invalid configuration"),
         ChangeError::Persist(_) => (StatusCode::INTERNAL_SERVER_ERROR, "state not saved"),
         ChangeError::Stopped => (StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
@@ -278,7 +445,17 @@ mod tests {
     fn weights_are_whole_numbers_in_range() {
         assert_eq!(
             parse_weights(br#"{"blue": 0, "green": 100}"#).unwrap(),
-            Weights::from([("blue".into(), 0), ("green".into(), 100)])
+            (
+                Weights::from([("blue".into(), 0), ("green".into(), 100)]),
+                None
+            )
+        );
+        assert_eq!(
+            parse_weights(br#"{"green": 100, "revert_after": "10m"}"#).unwrap(),
+            (
+                Weights::from([("green".into(), 100)]),
+                Some(Duration::from_secs(600))
+            )
         );
         for bad in [
             &br#"{"blue": -1}"#[..],
@@ -288,6 +465,11 @@ mod tests {
             br#"{}"#,
             br#"[1]"#,
             b"{nope",
+            br#"{"revert_after": "10m"}"#,
+            br#"{"blue": 1, "revert_after": 600}"#,
+            br#"{"blue": 1, "revert_after": "0s"}"#,
+            br#"{"blue": 1, "revert_after": "30d"}"#,
+            br#"{"blue": 1, "revert_after": "soon"}"#,
         ] {
             assert!(
                 parse_weights(bad).is_err(),

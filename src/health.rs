@@ -21,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::{Audit, Change, EventKind, Source};
 use crate::config::{Endpoint, Health, HealthKind, UpstreamProtocol};
 use crate::metrics::EndpointMetrics;
 use crate::tls::client::{EndpointTls, TlsIdentity};
@@ -45,6 +46,8 @@ struct Key {
 #[derive(Clone)]
 struct Reach {
     tls: Option<EndpointTls>,
+    /// Where a verdict's change is recorded.
+    audit: Audit,
 }
 
 struct Checker {
@@ -58,9 +61,19 @@ struct Checker {
 #[derive(Default)]
 pub struct HealthChecks {
     checkers: HashMap<Key, Checker>,
+    /// Where a verdict's change is recorded.
+    audit: Audit,
 }
 
 impl HealthChecks {
+    /// Checkers whose verdict changes are recorded in `audit`.
+    pub(crate) fn new(audit: Audit) -> Self {
+        Self {
+            checkers: HashMap::new(),
+            audit,
+        }
+    }
+
     pub(crate) fn next_generation(&mut self) -> HealthBuilder<'_> {
         HealthBuilder {
             previous: self,
@@ -154,7 +167,10 @@ impl HealthBuilder<'_> {
                 };
                 tokio::spawn(run(
                     key.clone(),
-                    Reach { tls: tls.cloned() },
+                    Reach {
+                        tls: tls.cloned(),
+                        audit: self.previous.audit.clone(),
+                    },
                     checker.health.clone(),
                     checker.users.clone(),
                     checker.stop.clone(),
@@ -210,10 +226,29 @@ async fn run(
         let passed = result.is_ok();
         let error = result.as_ref().err().cloned();
         let change = health.record_check(result, spec.healthy_threshold, spec.unhealthy_threshold);
+        let mut owners = Vec::new();
         for m in users.lock().expect("users lock").iter() {
             m.check(passed);
             if let Some(healthy) = change {
                 m.set_healthy(healthy);
+                owners.push(m.owner.clone());
+            }
+        }
+        if let Some(healthy) = change {
+            let verdict = if healthy { "healthy" } else { "unhealthy" };
+            let mut message = format!("endpoint {} is {verdict}", key.address);
+            if let Some(error) = &error {
+                message.push_str(&format!(": {error}"));
+            }
+            for owner in owners {
+                reach.audit.record(
+                    Change::new(EventKind::Health, Source::Health, message.clone())
+                        .service(&owner.0)
+                        .pool(&owner.1)
+                        .endpoint(&key.address)
+                        .before(serde_json::json!({ "healthy": !healthy }))
+                        .after(serde_json::json!({ "healthy": healthy })),
+                );
             }
         }
         match change {

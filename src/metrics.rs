@@ -83,6 +83,8 @@ pub(crate) struct PoolMetrics {
 /// Handles for one endpoint of one pool.
 #[derive(Debug, Clone)]
 pub(crate) struct EndpointMetrics {
+    /// The service and pool these are of.
+    pub owner: std::sync::Arc<(String, String)>,
     healthy: IntGauge,
     /// Active checks: passed, failed.
     checks: [IntCounter; 2],
@@ -103,8 +105,6 @@ pub(crate) const SHIFT_STATES: [&str; 4] = ["idle", "running", "rolled_back", "d
 /// Handles for one service's progressive shift.
 #[derive(Debug, Clone)]
 pub(crate) struct ShiftMetrics {
-    /// 1 for the state the shift is in, 0 for the others; `SHIFT_STATES` order.
-    state: [IntGauge; 4],
     /// Step in force, from 1; 0 when no shift runs.
     pub step: IntGauge,
     /// The target's share of traffic at that step, in percent.
@@ -113,15 +113,6 @@ pub(crate) struct ShiftMetrics {
     pub judged_requests: IntGauge,
     pub judged_error_rate: Gauge,
     pub judged_p99: Gauge,
-}
-
-impl ShiftMetrics {
-    /// Sets the state gauge: `state` is one of `SHIFT_STATES`.
-    pub(crate) fn set_state(&self, state: &str) {
-        for (gauge, name) in self.state.iter().zip(SHIFT_STATES) {
-            gauge.set(i64::from(name == state));
-        }
-    }
 }
 
 /// Handles for one listener.
@@ -440,6 +431,7 @@ impl Metrics {
     pub(crate) fn endpoint(&self, service: &str, pool: &str, endpoint: &str) -> EndpointMetrics {
         let labels = [service, pool, endpoint];
         EndpointMetrics {
+            owner: std::sync::Arc::new((service.to_owned(), pool.to_owned())),
             healthy: self.endpoint_healthy.with_label_values(&labels),
             checks: ["success", "failure"].map(|result| {
                 self.health_checks
@@ -458,12 +450,21 @@ impl Metrics {
     /// Handles for the shift of `service` toward `pool`.
     pub(crate) fn shift(&self, service: &str, pool: &str) -> ShiftMetrics {
         ShiftMetrics {
-            state: SHIFT_STATES.map(|state| self.shift_state.with_label_values(&[service, state])),
             step: self.shift_step.with_label_values(&[service]),
             percent: self.shift_percent.with_label_values(&[service, pool]),
             judged_requests: self.shift_judged_requests.with_label_values(&[service]),
             judged_error_rate: self.shift_judged_error_rate.with_label_values(&[service]),
             judged_p99: self.shift_judged_p99.with_label_values(&[service]),
+        }
+    }
+
+    /// Sets `cutover_shift_state` of `service`: 1 for `state` (one of
+    /// `SHIFT_STATES`), 0 for the others.
+    pub(crate) fn set_shift_state(&self, service: &str, state: &str) {
+        for name in SHIFT_STATES {
+            self.shift_state
+                .with_label_values(&[service, name])
+                .set(i64::from(name == state));
         }
     }
 

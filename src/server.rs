@@ -9,6 +9,7 @@
 mod changes;
 mod drains;
 mod handle;
+mod shifts;
 mod status;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -22,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::audit::{Audit, Change, EventKind};
 use crate::config::{self, Config, ConfigError};
 use crate::drain::Activities;
 use crate::health::HealthChecks;
@@ -34,7 +36,7 @@ use crate::tls::{Fingerprint, Material, TlsErrors};
 use crate::upstream::Upstreams;
 use drains::Drains;
 use handle::Command;
-pub(crate) use handle::Trigger;
+pub(crate) use handle::{Asked, IfMatch, Trigger};
 pub use handle::{Handle, Options};
 pub use status::{ServiceView, Status};
 
@@ -74,6 +76,18 @@ pub(crate) enum ChangeError {
     AllZero(String),
     #[error("read_only is set: the configuration file is the only source of truth")]
     ReadOnly,
+    #[error("If-Match {given} does not match the generation in force, {current}; read the status again and retry")]
+    Stale { given: String, current: u64 },
+    #[error("service {service:?} is already shifting to pool {to:?} (step {step}); abort it first (DELETE /v1/services/{service}/shift)")]
+    ShiftRunning {
+        service: String,
+        to: String,
+        step: usize,
+    },
+    #[error("service {0:?} has no shift running")]
+    NoShift(String),
+    #[error("{0}")]
+    BadShift(String),
     #[error("the change was not applied: {0}")]
     Persist(#[source] StateError),
     #[error("reload failed; the running configuration is unchanged: {0}")]
@@ -107,6 +121,12 @@ pub struct Server {
     /// again is not tried again on a file event, nor reported twice.
     failed: Option<(String, Fingerprint)>,
     overrides: Overrides,
+    /// Running and last shifts, by service.
+    shifts: shifts::Shifts,
+    /// When each `revert_after` in force comes due, by service, with the
+    /// `at` of the revert it is for.
+    reverts: HashMap<String, (tokio::time::Instant, String)>,
+    audit: Audit,
     /// When each service's weights in the file last changed (RFC 3339).
     file_changed_at: HashMap<String, String>,
     snapshot: SharedSnapshot,
@@ -133,7 +153,7 @@ impl Server {
         let overrides = match &config.admin.state_file {
             Some(file) if !options.ignore_state && !config.admin.read_only => {
                 let mut overrides = Overrides::load(file)?;
-                for service in overrides.reconcile(&config) {
+                for service in overrides.reconcile(&config).0 {
                     tracing::info!(
                         service,
                         "the file's weights changed since the saved override; the file wins"
@@ -144,6 +164,7 @@ impl Server {
             _ => Overrides::default(),
         };
         let metrics = Metrics::new();
+        let audit = Audit::new(metrics.clone());
         let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
         let (status, status_rx) = watch::channel(Status::default());
         let (commands_tx, commands) = mpsc::channel(64);
@@ -162,9 +183,12 @@ impl Server {
             tls,
             failed: None,
             overrides,
+            shifts: shifts::Shifts::default(),
+            reverts: HashMap::new(),
+            audit: audit.clone(),
             snapshot: snapshot.clone(),
             upstreams: Upstreams::default(),
-            checks: HealthChecks::default(),
+            checks: HealthChecks::new(audit.clone()),
             activities: Activities::default(),
             drains: Drains::default(),
             metrics: metrics.clone(),
@@ -177,6 +201,8 @@ impl Server {
         };
         Material::warn_unverified(&server.config);
         server.publish(1);
+        server.resume_shifts();
+        server.arm_reverts();
         // Listeners open once the first health round has run (bounded), so
         // no client meets a service whose endpoints are not checked yet.
         let limit = server.checks.longest_timeout() + Duration::from_secs(1);
@@ -196,6 +222,7 @@ impl Server {
             commands: commands_tx,
             shutdown,
             metrics,
+            audit,
         };
         Ok((server, handle))
     }
@@ -220,8 +247,20 @@ impl Server {
         let mut reap = tokio::time::interval(REAP_EVERY);
         reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let due = self.next_due();
+            let wake = due.unwrap_or_else(far_future);
             tokio::select! {
-                _ = reap.tick() => self.upstreams.reap(),
+                _ = reap.tick() => {
+                    self.upstreams.reap();
+                    // A running step's figures so far, for status.
+                    if self.shifts.any_running() {
+                        self.refresh_shifts();
+                    }
+                }
+                () = tokio::time::sleep_until(wake), if due.is_some() => {
+                    self.judge_due();
+                    self.revert_due();
+                }
                 command = self.commands.recv() => match command {
                     Some(Command::Reload { trigger, reply }) => {
                         let result = self.reload(trigger);
@@ -229,11 +268,29 @@ impl Server {
                             _ = reply.send(result);
                         }
                     }
-                    Some(Command::SetWeights { service, weights, reply }) => {
-                        _ = reply.send(self.set_weights(&service, weights));
+                    Some(Command::SetWeights { service, weights, revert_after, asked, reply }) => {
+                        let result = self
+                            .precondition(&asked)
+                            .and_then(|()| self.set_weights(&service, weights, revert_after, &asked.source));
+                        _ = reply.send(result);
                     }
-                    Some(Command::SetDrain { service, pool, endpoint, drain, reply }) => {
-                        _ = reply.send(self.set_drain(&service, &pool, endpoint.as_deref(), drain));
+                    Some(Command::SetDrain { service, pool, endpoint, drain, asked, reply }) => {
+                        let result = self.precondition(&asked).and_then(|()| {
+                            self.set_drain(&service, &pool, endpoint.as_deref(), drain, &asked.source)
+                        });
+                        _ = reply.send(result);
+                    }
+                    Some(Command::StartShift { service, request, asked, reply }) => {
+                        let result = self
+                            .precondition(&asked)
+                            .and_then(|()| self.start_shift(&service, &request, &asked.source));
+                        _ = reply.send(result);
+                    }
+                    Some(Command::AbortShift { service, asked, reply }) => {
+                        let result = self
+                            .precondition(&asked)
+                            .and_then(|()| self.abort_shift(&service, &asked.source));
+                        _ = reply.send(result);
                     }
                     None => break,
                 },
@@ -271,10 +328,10 @@ impl Server {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) => {
-                return Err(self.reload_failed(format!(
-                    "{}: cannot read the file: {e}",
-                    self.path.display()
-                )))
+                return Err(self.reload_failed(
+                    format!("{}: cannot read the file: {e}", self.path.display()),
+                    trigger,
+                ))
             }
         };
         let generation = self.snapshot.load().generation;
@@ -299,7 +356,7 @@ impl Server {
                     return Err(ChangeError::Reload(error));
                 }
                 self.failed = Some(seen);
-                return Err(self.reload_failed(error));
+                return Err(self.reload_failed(error, trigger));
             }
         };
         self.failed = None;
@@ -310,7 +367,7 @@ impl Server {
             return Ok(generation);
         }
         if let Err(e) = self.open_listeners(&config) {
-            return Err(self.reload_failed(e.to_string()));
+            return Err(self.reload_failed(e.to_string(), trigger));
         }
         if config.runtime != self.config.runtime
             || config.admin.listen != self.config.admin.listen
@@ -321,21 +378,27 @@ impl Server {
                 "[runtime], [admin] listen and token_file, and turning [admin] tls on or off, take effect at the next start"
             );
         }
+        let source = trigger.source();
         if config.admin.read_only && !self.overrides.is_empty() {
             // The file is now the only source of truth: API changes end.
-            tracing::info!("read_only is on: weight overrides and drains set through the API end");
+            tracing::info!("read_only is on: weight overrides, drains and shifts set through the API end");
             self.overrides = Overrides::default();
             self.save_state_for(&config);
+            self.end_superseded(|_| "read_only is on: the file is the only source of truth".to_owned(), &source);
         }
         let now = now_rfc3339();
+        let mut weights_before = BTreeMap::new();
+        let mut weights_after = BTreeMap::new();
         for service in &config.services {
             let name = &service.name;
             let before = self.config.services.iter().find(|s| s.name == *name);
             if before.map(state::file_weights) != Some(state::file_weights(service)) {
                 self.file_changed_at.insert(name.clone(), now.clone());
+                weights_before.insert(name.clone(), before.map(state::file_weights));
+                weights_after.insert(name.clone(), state::file_weights(service));
             }
         }
-        let ended = self.overrides.reconcile(&config);
+        let (ended, shifts_ended) = self.overrides.reconcile(&config);
         for service in &ended {
             tracing::info!(
                 service,
@@ -353,6 +416,23 @@ impl Server {
         }
         self.status.send_modify(|s| s.last_reload_error = None);
         Material::warn_unverified(&self.config);
+        self.end_superseded(
+            |service| {
+                if ended.iter().any(|s| s == service) {
+                    "the configuration file changed the service's weights (newest wins)".to_owned()
+                } else if shifts_ended.iter().any(|s| s == service) {
+                    "the configuration file no longer has the target pool".to_owned()
+                } else {
+                    "the service's weights changed".to_owned()
+                }
+            },
+            &source,
+        );
+        self.reverts.retain(|name, _| {
+            self.overrides
+                .get(name)
+                .is_some_and(|o| o.revert.is_some())
+        });
         self.publish(generation + 1);
         self.close_removed_listeners();
         self.publish_listeners();
@@ -362,14 +442,32 @@ impl Server {
             ?trigger,
             "configuration reloaded"
         );
+        self.audit.record(
+            Change::new(
+                EventKind::Reload,
+                source,
+                format!("configuration reloaded from {}", self.path.display()),
+            )
+            .generation(generation + 1)
+            .before(serde_json::json!({ "generation": generation, "file_weights": weights_before }))
+            .after(serde_json::json!({ "generation": generation + 1, "file_weights": weights_after })),
+        );
         Ok(generation + 1)
     }
 
-    fn reload_failed(&mut self, error: String) -> ChangeError {
+    fn reload_failed(&mut self, error: String, trigger: Trigger) -> ChangeError {
         for line in error.lines() {
             tracing::error!("{}", line.trim());
         }
         tracing::error!("reload failed; the running configuration is unchanged");
+        self.audit.record(
+            Change::new(
+                EventKind::ReloadFailed,
+                trigger.source(),
+                format!("reload failed; the running configuration is unchanged: {error}"),
+            )
+            .generation(self.snapshot.load().generation),
+        );
         self.metrics.config_reloads_failure.inc();
         self.status.send_modify(|s| {
             s.last_reload_error = Some(error.clone());
@@ -454,11 +552,20 @@ impl Server {
         self.activities.retain(|s, p| kept.contains(&(s, p)));
         self.metrics.config_generation.set(generation as i64);
         let services = status::services(&self.config, &self.overrides, &self.file_changed_at);
+        let names: HashSet<&str> = self.config.services.iter().map(|s| s.name.as_str()).collect();
+        self.shifts.retain(|name| names.contains(name), &self.metrics);
+        for name in &names {
+            if !self.shifts.has(name) {
+                self.metrics.set_shift_state(name, "idle");
+            }
+        }
+        let shifts = self.shift_views();
         // The status and the snapshot it describes go out together, so a
         // reader of the status never joins two generations.
         self.status.send_modify(|s| {
             s.snapshot = snapshot;
             s.services = services;
+            s.shifts = shifts;
             s.read_only = self.config.admin.read_only;
             s.config_file = self.path.clone();
             s.tls_dirs = self.tls.dirs();
@@ -549,4 +656,9 @@ impl Server {
 
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// A deadline that never comes, for a timer with nothing to wait for.
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
 }

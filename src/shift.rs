@@ -101,6 +101,36 @@ impl Policy {
     }
 }
 
+/// A `POST /v1/services/{svc}/shift` body: the target, and whichever
+/// fields of the service's `[service.shift]` this shift changes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub to: String,
+    pub steps: Option<Vec<u32>>,
+    #[serde(default, with = "humantime_serde")]
+    pub every: Option<Duration>,
+    pub max_error_rate: Option<f64>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_p99: Option<Duration>,
+    pub min_requests: Option<u64>,
+    pub max_extensions: Option<u32>,
+}
+
+impl Request {
+    /// The policy this shift follows: `defaults` with the fields given.
+    pub fn policy(&self, defaults: &Policy) -> Policy {
+        Policy {
+            steps: self.steps.clone().unwrap_or_else(|| defaults.steps.clone()),
+            every: self.every.unwrap_or(defaults.every),
+            max_error_rate: self.max_error_rate.unwrap_or(defaults.max_error_rate),
+            max_p99: self.max_p99.unwrap_or(defaults.max_p99),
+            min_requests: self.min_requests.unwrap_or(defaults.min_requests),
+            max_extensions: self.max_extensions.unwrap_or(defaults.max_extensions),
+        }
+    }
+}
+
 /// Counters of one pool, read at one moment: enough to judge the span
 /// between two readings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -26,6 +26,42 @@ pub(crate) struct Override {
     pub file_weights: Weights,
     /// When it was set, RFC 3339.
     pub set_at: String,
+    /// Who set it: "api 127.0.0.1:5555", "shift", "revert_after".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_by: Option<String>,
+    /// A dead-man switch: unless a later change comes first, the weights
+    /// before this override come back at this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert: Option<Revert>,
+}
+
+/// What `revert_after` brings back, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Revert {
+    /// RFC 3339, to the millisecond.
+    pub at: String,
+    /// The override in force before; none means the file's weights.
+    pub to: Option<Box<Override>>,
+}
+
+/// A progressive shift in progress, as the state file keeps it so a restart
+/// resumes it at the step it was on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ShiftRecord {
+    /// The pool traffic moves to.
+    pub to: String,
+    pub policy: crate::shift::Policy,
+    /// Index in `policy.steps` of the step in force.
+    pub step: usize,
+    /// The override in force before the shift; none means the file's
+    /// weights. A rollback restores exactly this.
+    pub before: Option<Override>,
+    /// The weights in force before the shift.
+    pub before_weights: Weights,
+    /// RFC 3339.
+    pub started_at: String,
+    /// "api 127.0.0.1:5555".
+    pub started_by: String,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -38,6 +74,9 @@ struct StateFile {
     /// set to drain.
     #[serde(default)]
     drained: BTreeMap<String, BTreeSet<String>>,
+    /// Per service, the progressive shift in progress.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    shifts: BTreeMap<String, ShiftRecord>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +108,7 @@ pub enum StateError {
 pub struct Overrides {
     by_service: BTreeMap<String, Override>,
     drained: BTreeMap<String, BTreeSet<String>>,
+    shifts: BTreeMap<String, ShiftRecord>,
 }
 
 /// A drain target within a service: `pool`, or `pool/endpoint`.
@@ -117,6 +157,7 @@ impl Overrides {
         Ok(Self {
             by_service: state.overrides,
             drained: state.drained,
+            shifts: state.shifts,
         })
     }
 
@@ -131,6 +172,7 @@ impl Overrides {
             version: VERSION,
             overrides: self.by_service.clone(),
             drained: self.drained.clone(),
+            shifts: self.shifts.clone(),
         };
         let text = serde_json::to_vec_pretty(&state).expect("state serializes");
         let dir = match path.parent() {
@@ -152,7 +194,33 @@ impl Overrides {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.by_service.is_empty() && self.drained.is_empty()
+        self.by_service.is_empty() && self.drained.is_empty() && self.shifts.is_empty()
+    }
+
+    /// The shift in progress on `service`.
+    pub(crate) fn shift(&self, service: &str) -> Option<&ShiftRecord> {
+        self.shifts.get(service)
+    }
+
+    /// Every shift in progress, by service.
+    pub(crate) fn shifts(&self) -> impl Iterator<Item = (&String, &ShiftRecord)> {
+        self.shifts.iter()
+    }
+
+    pub(crate) fn set_shift(&mut self, service: &str, record: Option<ShiftRecord>) {
+        match record {
+            Some(record) => self.shifts.insert(service.to_owned(), record),
+            None => self.shifts.remove(service),
+        };
+    }
+
+    /// Puts back exactly `previous` as `service`'s override (none: the
+    /// file's weights again).
+    pub(crate) fn restore(&mut self, service: &str, previous: Option<Override>) {
+        match previous {
+            Some(o) => self.by_service.insert(service.to_owned(), o),
+            None => self.by_service.remove(service),
+        };
     }
 
     /// Whether a pool (or one endpoint of it) is set to drain.
@@ -175,23 +243,35 @@ impl Overrides {
         }
     }
 
-    /// Sets `service`'s weights, as the newest change.
-    pub(crate) fn set(&mut self, service: &Service, weights: Weights) {
+    /// Sets `service`'s weights, as the newest change, by `set_by`, with a
+    /// dead-man switch when `revert` is given.
+    pub(crate) fn set(
+        &mut self,
+        service: &Service,
+        weights: Weights,
+        set_by: String,
+        revert: Option<Revert>,
+    ) {
         self.by_service.insert(
             service.name.clone(),
             Override {
                 weights,
                 file_weights: file_weights(service),
                 set_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                set_by: Some(set_by),
+                revert,
             },
         );
     }
 
     /// Applies the rules after the file was (re)read: an override ends when its
     /// service is gone, its pools changed, or the file's weights for it differ
-    /// from those it was set over. Returns the services whose override ended.
-    pub(crate) fn reconcile(&mut self, config: &Config) -> Vec<String> {
+    /// from those it was set over; a shift ends with its override or its
+    /// target pool. Returns the services whose override ended, and those
+    /// whose shift did.
+    pub(crate) fn reconcile(&mut self, config: &Config) -> (Vec<String>, Vec<String>) {
         let mut ended = Vec::new();
+        let mut shifts_ended = Vec::new();
         self.by_service.retain(|name, o| {
             let keep = config
                 .services
@@ -200,6 +280,20 @@ impl Overrides {
                 .is_some_and(|s| file_weights(s) == o.file_weights);
             if !keep {
                 ended.push(name.clone());
+            }
+            keep
+        });
+        // A shift lives in its service's override: it ends with it, or when
+        // its target pool is gone.
+        self.shifts.retain(|name, shift| {
+            let keep = self.by_service.contains_key(name)
+                && config
+                    .services
+                    .iter()
+                    .find(|s| s.name == *name)
+                    .is_some_and(|s| s.pools.iter().any(|p| p.name == shift.to));
+            if !keep {
+                shifts_ended.push(name.clone());
             }
             keep
         });
@@ -219,7 +313,7 @@ impl Overrides {
             });
             !set.is_empty()
         });
-        ended
+        (ended, shifts_ended)
     }
 
     /// The weights a service's pools take, in pool order.

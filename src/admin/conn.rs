@@ -106,7 +106,7 @@ async fn connection<S>(
             let busy = activity.enter();
             let admin = admin.clone();
             async move {
-                let response = handle(req, &admin).await;
+                let response = handle(req, &admin, peer).await;
                 drop(busy);
                 Ok::<_, Infallible>(response)
             }

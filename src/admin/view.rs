@@ -7,30 +7,31 @@ use std::time::SystemTime;
 use serde_json::{json, Value};
 
 use super::Admin;
-use crate::server::ServiceView;
-use crate::snapshot::{Endpoint, Pool, Service, Snapshot};
+use crate::server::{ServiceView, Status};
+use crate::snapshot::{Endpoint, Pool, Service};
 
-pub fn status(admin: &Admin) -> Value {
+/// The status body, and the generation it describes.
+pub fn status(admin: &Admin) -> (u64, Value) {
     let status = admin.handle.status();
     let services: Vec<Value> = status
         .services
         .iter()
-        .map(|view| service(admin, view, &status.snapshot))
+        .map(|view| service(admin, view, &status))
         .collect();
-    json!({
+    let body = json!({
         "generation": status.generation(),
         "config_file": status.config_file,
         "read_only": status.read_only,
         "last_reload_error": status.last_reload_error,
         "listeners": status.listeners,
         "services": services,
-    })
+    });
+    (status.generation(), body)
 }
 
-/// One service's part of the status; `snapshot` is the one published with
-/// `view`.
-pub fn service(admin: &Admin, view: &ServiceView, snapshot: &Snapshot) -> Value {
-    let live = snapshot.service(&view.name);
+/// One service's part of the status; `status` is the one `view` is of.
+pub fn service(admin: &Admin, view: &ServiceView, status: &Status) -> Value {
+    let live = status.snapshot.service(&view.name);
     let pools: Vec<Value> = view
         .pools
         .iter()
@@ -58,7 +59,11 @@ pub fn service(admin: &Admin, view: &ServiceView, snapshot: &Snapshot) -> Value 
             "active": view.override_active,
             "source": view.weights_source,
             "set_at": view.weights_set_at,
+            "set_by": view.set_by,
+            "revert_at": view.revert_at,
+            "revert_to": view.revert_to,
         },
+        "shift": status.shifts.get(&view.name).cloned().unwrap_or_else(|| json!({ "state": "idle" })),
         "pools": pools,
     })
 }

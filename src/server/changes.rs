@@ -2,12 +2,18 @@
 //! server's command loop: checked whole, saved to the state file, then
 //! published. A refused change leaves everything as it was.
 
-use super::{ChangeError, Server};
-use crate::state::{self, Overrides, Weights};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::shifts::who;
+use super::{Asked, ChangeError, Server};
+use crate::audit::{Change, EventKind, Source};
+use crate::state::{self, Overrides, Revert, Weights};
 
 impl Server {
     /// The service an API change names, when API changes are allowed.
-    fn changeable(&self, name: &str) -> Result<&crate::config::Service, ChangeError> {
+    pub(super) fn changeable(&self, name: &str) -> Result<&crate::config::Service, ChangeError> {
         if self.config.admin.read_only {
             return Err(ChangeError::ReadOnly);
         }
@@ -18,9 +24,22 @@ impl Server {
             .ok_or_else(|| ChangeError::UnknownService(name.to_owned()))
     }
 
+    /// Refuses a change whose `If-Match` names another generation than the
+    /// one in force.
+    pub(super) fn precondition(&self, asked: &Asked) -> Result<(), ChangeError> {
+        let current = self.snapshot.load().generation;
+        match &asked.if_match {
+            Some(tags) if !tags.matches(current) => Err(ChangeError::Stale {
+                given: tags.describe(),
+                current,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Saves `next` to the state file (if any), then makes it the overrides
     /// in force and publishes; nothing changes when saving fails.
-    fn commit(&mut self, next: Overrides) -> Result<u64, ChangeError> {
+    pub(super) fn commit(&mut self, next: Overrides) -> Result<u64, ChangeError> {
         if let Some(file) = &self.config.admin.state_file {
             next.save(file).map_err(ChangeError::Persist)?;
         }
@@ -30,8 +49,15 @@ impl Server {
         Ok(generation)
     }
 
-    pub(super) fn set_weights(&mut self, name: &str, weights: Weights) -> Result<u64, ChangeError> {
-        let service = self.changeable(name)?;
+    pub(super) fn set_weights(
+        &mut self,
+        name: &str,
+        weights: Weights,
+        revert_after: Option<Duration>,
+        source: &Source,
+    ) -> Result<u64, ChangeError> {
+        let service = self.changeable(name)?.clone();
+        let service = &service;
         let mut merged: Weights = service
             .pools
             .iter()
@@ -52,11 +78,134 @@ impl Server {
         if merged.values().all(|w| *w == 0) {
             return Err(ChangeError::AllZero(name.to_owned()));
         }
+        let before: Weights = service
+            .pools
+            .iter()
+            .map(|p| p.name.clone())
+            .zip(self.overrides.effective(service))
+            .collect();
+        let revert = revert_after.map(|after| Revert {
+            at: humantime::format_rfc3339_millis(SystemTime::now() + after).to_string(),
+            // What comes back is the override in force now, without a
+            // dead-man switch of its own.
+            to: self.overrides.get(name).cloned().map(|mut o| {
+                o.revert = None;
+                Box::new(o)
+            }),
+        });
         let mut next = self.overrides.clone();
-        next.set(service, merged.clone());
+        let shifting = next.shift(name).is_some();
+        next.set_shift(name, None);
+        next.set(service, merged.clone(), who(source), revert.clone());
         let generation = self.commit(next)?;
-        tracing::info!(service = name, weights = ?merged, generation, "weights set through the admin API");
+        match (&revert, revert_after) {
+            (Some(revert), Some(after)) => {
+                self.reverts
+                    .insert(name.to_owned(), (Instant::now() + after, revert.at.clone()));
+            }
+            _ => {
+                self.reverts.remove(name);
+            }
+        }
+        if shifting {
+            let by = who(source);
+            self.end_superseded(
+                |_| format!("weights set through the admin API by {by} (newest wins)"),
+                source,
+            );
+            self.publish(generation);
+        }
+        let mut message = format!("weights set through the admin API by {}", who(source));
+        if let Some(revert) = &revert {
+            message.push_str(&format!("; they revert at {} unless confirmed", revert.at));
+        }
+        tracing::info!(service = name, weights = ?merged, generation, "{message}");
+        self.audit.record(
+            Change::new(EventKind::Weights, source.clone(), message)
+                .service(name)
+                .generation(generation)
+                .before(&before)
+                .after(&merged),
+        );
         Ok(generation)
+    }
+
+    /// Arms the `revert_after` deadlines the state file kept.
+    pub(super) fn arm_reverts(&mut self) {
+        let now = SystemTime::now();
+        for service in &self.config.services {
+            let Some(revert) = self.overrides.get(&service.name).and_then(|o| o.revert.as_ref()) else {
+                continue;
+            };
+            let left = humantime::parse_rfc3339_weak(&revert.at)
+                .ok()
+                .and_then(|at| at.duration_since(now).ok())
+                .unwrap_or_default();
+            self.reverts
+                .insert(service.name.clone(), (Instant::now() + left, revert.at.clone()));
+        }
+    }
+
+    /// When the next timed change — a shift's judgement, a revert — is due.
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        let reverts = self.reverts.values().map(|(at, _)| *at);
+        self.shifts.next_due().into_iter().chain(reverts).min()
+    }
+
+    /// Puts back the weights of every `revert_after` that came due and was
+    /// not replaced by a later change meanwhile.
+    pub(super) fn revert_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(String, String)> = self
+            .reverts
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(name, (_, at))| (name.clone(), at.clone()))
+            .collect();
+        for (name, at) in due {
+            self.reverts.remove(&name);
+            let Some(service) = self.config.services.iter().find(|s| s.name == name).cloned() else {
+                continue;
+            };
+            let Some(revert) = self
+                .overrides
+                .get(&name)
+                .and_then(|o| o.revert.clone())
+                .filter(|r| r.at == at)
+            else {
+                continue;
+            };
+            let before: Weights = service
+                .pools
+                .iter()
+                .map(|p| p.name.clone())
+                .zip(self.overrides.effective(&service))
+                .collect();
+            let mut next = self.overrides.clone();
+            next.restore(&name, revert.to.map(|o| *o));
+            match self.commit(next) {
+                Ok(generation) => {
+                    let after: Weights = service
+                        .pools
+                        .iter()
+                        .map(|p| p.name.clone())
+                        .zip(self.overrides.effective(&service))
+                        .collect();
+                    let message = format!(
+                        "revert_after came due at {at} with no later change: the weights before are back"
+                    );
+                    tracing::warn!(service = name, weights = ?after, generation, "{message}");
+                    self.audit.record(
+                        Change::new(EventKind::Revert, Source::RevertAfter, message)
+                            .service(&name)
+                            .generation(generation)
+                            .before(&before)
+                            .after(&after),
+                    );
+                }
+                Err(e) => tracing::error!(service = name, "revert_after could not be applied: {e}"),
+            }
+        }
     }
 
     pub(super) fn set_drain(
@@ -65,6 +214,7 @@ impl Server {
         pool: &str,
         endpoint: Option<&str>,
         drain: bool,
+        source: &Source,
     ) -> Result<u64, ChangeError> {
         let service = self.changeable(name)?;
         let pool_config = service
@@ -88,6 +238,7 @@ impl Server {
                 });
             }
         }
+        let was_drained = self.overrides.is_drained(name, pool, endpoint);
         let mut next = self.overrides.clone();
         next.set_drained(name, state::drain_key(pool, endpoint), drain);
         if drain && endpoint.is_none() {
@@ -105,14 +256,37 @@ impl Server {
             }
         }
         let generation = self.commit(next)?;
+        let state_name = |drained: bool| if drained { "drain" } else { "ready" };
         tracing::info!(
             service = name,
             pool,
             endpoint,
-            state = if drain { "drain" } else { "ready" },
+            state = state_name(drain),
             generation,
             "rotation changed through the admin API"
         );
+        let target = endpoint.map_or_else(
+            || format!("pool {pool:?}"),
+            |e| format!("endpoint {e} of pool {pool:?}"),
+        );
+        let mut change = Change::new(
+            EventKind::Drain,
+            source.clone(),
+            format!(
+                "{target} set to {} through the admin API by {}",
+                state_name(drain),
+                who(source)
+            ),
+        )
+        .service(name)
+        .pool(pool)
+        .generation(generation)
+        .before(serde_json::json!({ "state": state_name(was_drained) }))
+        .after(serde_json::json!({ "state": state_name(drain) }));
+        if let Some(endpoint) = endpoint {
+            change = change.endpoint(endpoint);
+        }
+        self.audit.record(change);
         Ok(generation)
     }
 }

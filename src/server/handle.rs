@@ -9,8 +9,12 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use std::time::Duration;
+
 use super::{ChangeError, Status};
+use crate::audit::{Audit, Source};
 use crate::metrics::Metrics;
+use crate::shift;
 use crate::snapshot::Snapshot;
 use crate::state::Weights;
 
@@ -21,8 +25,75 @@ pub(crate) enum Trigger {
     FileChanged,
     /// SIGHUP: always re-read.
     Signal,
-    /// `POST /v1/reload`: always re-read.
-    Api,
+    /// `POST /v1/reload`, from this client: always re-read.
+    Api(SocketAddr),
+}
+
+impl Trigger {
+    pub(crate) fn source(self) -> Source {
+        match self {
+            Trigger::FileChanged => Source::File,
+            Trigger::Signal => Source::Signal,
+            Trigger::Api(client) => Source::Api(client),
+        }
+    }
+}
+
+/// An `If-Match` precondition: the change applies only while the generation
+/// in force is one of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum IfMatch {
+    /// `*`: any generation.
+    Any,
+    /// The generations given; tags that are no generation match none.
+    Generations(Vec<u64>),
+}
+
+impl IfMatch {
+    /// Reads an `If-Match` header: `*`, or a list of entity tags (`"42"`,
+    /// `W/"42"`).
+    pub(crate) fn parse(value: &str) -> Self {
+        if value.trim() == "*" {
+            return IfMatch::Any;
+        }
+        IfMatch::Generations(
+            value
+                .split(',')
+                .filter_map(|tag| {
+                    let tag = tag.trim();
+                    let tag = tag.strip_prefix("W/").unwrap_or(tag);
+                    tag.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
+                })
+                .collect(),
+        )
+    }
+
+    /// The precondition as the header said it, for messages.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            IfMatch::Any => "*".to_owned(),
+            IfMatch::Generations(list) if list.is_empty() => "(no generation)".to_owned(),
+            IfMatch::Generations(list) => list
+                .iter()
+                .map(|g| format!("\"{g}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
+    pub(crate) fn matches(&self, generation: u64) -> bool {
+        match self {
+            IfMatch::Any => true,
+            IfMatch::Generations(list) => list.contains(&generation),
+        }
+    }
+}
+
+/// Who asks for a change, and on what condition.
+#[derive(Debug, Clone)]
+pub(crate) struct Asked {
+    pub source: Source,
+    pub if_match: Option<IfMatch>,
 }
 
 pub(super) enum Command {
@@ -33,6 +104,8 @@ pub(super) enum Command {
     SetWeights {
         service: String,
         weights: Weights,
+        revert_after: Option<Duration>,
+        asked: Asked,
         reply: oneshot::Sender<Result<u64, ChangeError>>,
     },
     SetDrain {
@@ -40,6 +113,18 @@ pub(super) enum Command {
         pool: String,
         endpoint: Option<String>,
         drain: bool,
+        asked: Asked,
+        reply: oneshot::Sender<Result<u64, ChangeError>>,
+    },
+    StartShift {
+        service: String,
+        request: shift::Request,
+        asked: Asked,
+        reply: oneshot::Sender<Result<u64, ChangeError>>,
+    },
+    AbortShift {
+        service: String,
+        asked: Asked,
         reply: oneshot::Sender<Result<u64, ChangeError>>,
     },
 }
@@ -73,6 +158,7 @@ pub struct Handle {
     pub(super) commands: mpsc::Sender<Command>,
     pub(super) shutdown: CancellationToken,
     pub metrics: Metrics,
+    pub(super) audit: Audit,
 }
 
 impl Handle {
@@ -122,21 +208,66 @@ impl Handle {
         }
     }
 
-    /// Overrides some of a service's pool weights (the others keep theirs);
-    /// returns the generation in force once the change is.
+    /// Overrides some of a service's pool weights (the others keep theirs),
+    /// for `revert_after` when given; returns the generation in force once
+    /// the change is.
     pub(crate) async fn set_weights(
         &self,
         service: &str,
         weights: Weights,
+        revert_after: Option<Duration>,
+        asked: Asked,
     ) -> Result<u64, ChangeError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::SetWeights {
             service: service.to_owned(),
             weights,
+            revert_after,
+            asked,
             reply,
         })
         .await?;
         answer.await.map_err(|_| ChangeError::Stopped)?
+    }
+
+    /// Starts a progressive shift of `service`; returns the generation of
+    /// its first step.
+    pub(crate) async fn start_shift(
+        &self,
+        service: &str,
+        request: shift::Request,
+        asked: Asked,
+    ) -> Result<u64, ChangeError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::StartShift {
+            service: service.to_owned(),
+            request,
+            asked,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| ChangeError::Stopped)?
+    }
+
+    /// Aborts `service`'s shift and rolls its weights back.
+    pub(crate) async fn abort_shift(
+        &self,
+        service: &str,
+        asked: Asked,
+    ) -> Result<u64, ChangeError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::AbortShift {
+            service: service.to_owned(),
+            asked,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| ChangeError::Stopped)?
+    }
+
+    /// The audit trail of changes.
+    pub fn audit(&self) -> &Audit {
+        &self.audit
     }
 
     /// Sets a pool, or one endpoint of it, to drain (`drain`) or back to
@@ -147,6 +278,7 @@ impl Handle {
         pool: &str,
         endpoint: Option<&str>,
         drain: bool,
+        asked: Asked,
     ) -> Result<u64, ChangeError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::SetDrain {
@@ -154,6 +286,7 @@ impl Handle {
             pool: pool.to_owned(),
             endpoint: endpoint.map(str::to_owned),
             drain,
+            asked,
             reply,
         })
         .await?;

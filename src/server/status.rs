@@ -30,6 +30,8 @@ pub struct Status {
     pub services: Vec<ServiceView>,
     /// Directories of the TLS files in use: a change there is a reload.
     pub(crate) tls_dirs: Vec<PathBuf>,
+    /// Per service, its running or last shift as `GET /v1/status` shows it.
+    pub(crate) shifts: HashMap<String, serde_json::Value>,
 }
 
 impl Status {
@@ -52,6 +54,11 @@ pub struct ServiceView {
     pub(crate) weights_source: &'static str,
     /// When they were set, RFC 3339.
     pub(crate) weights_set_at: String,
+    /// Who set the override in force: "api 127.0.0.1:5555", "shift".
+    pub(crate) set_by: Option<String>,
+    /// A `revert_after` in force: when, and the weights it brings back.
+    pub(crate) revert_at: Option<String>,
+    pub(crate) revert_to: Option<Weights>,
 }
 
 pub(crate) fn services(
@@ -67,7 +74,14 @@ pub(crate) fn services(
             let pools: Vec<String> = s.pools.iter().map(|p| p.name.clone()).collect();
             let effective = pools.iter().cloned().zip(overrides.effective(s)).collect();
             let over = overrides.get(&name);
+            let revert = over.and_then(|o| o.revert.as_ref());
             ServiceView {
+                set_by: over.and_then(|o| o.set_by.clone()),
+                revert_at: revert.map(|r| r.at.clone()),
+                revert_to: revert.map(|r| {
+                    r.to.as_ref()
+                        .map_or_else(|| state::file_weights(s), |o| o.weights.clone())
+                }),
                 file_weights: state::file_weights(s),
                 effective_weights: effective,
                 override_active: over.is_some(),
