@@ -21,8 +21,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::config::MAX_WEIGHT;
 use crate::audit::Source;
+use crate::config::MAX_WEIGHT;
 use crate::server::{Asked, ChangeError, Handle, IfMatch, Trigger};
 use crate::state::Weights;
 pub(crate) use auth::Token;
@@ -185,13 +185,14 @@ fn events(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
         match (key.as_str(), number) {
             ("limit", Ok(n)) if n >= 1 => limit = (n as usize).min(crate::audit::RECENT),
             ("since", Ok(n)) => since = Some(n),
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad query",
-                    format!("{key}={value:?}: the query takes limit (1 to {}) and since (an event's seq)", crate::audit::RECENT),
-                )
-            }
+            _ => return error(
+                StatusCode::BAD_REQUEST,
+                "bad query",
+                format!(
+                    "{key}={value:?}: the query takes limit (1 to {}) and since (an event's seq)",
+                    crate::audit::RECENT
+                ),
+            ),
         }
     }
     let recent = admin.handle.audit().recent(limit, since);

@@ -297,7 +297,11 @@ mod tests {
     fn the_ring_keeps_the_newest_in_order() {
         let audit = Audit::default();
         for i in 0..RECENT + 10 {
-            audit.record(Change::new(EventKind::Weights, Source::File, format!("{i}")));
+            audit.record(Change::new(
+                EventKind::Weights,
+                Source::File,
+                format!("{i}"),
+            ));
         }
         let all = audit.recent(usize::MAX, None);
         assert_eq!(all.len(), RECENT);

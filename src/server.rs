@@ -381,10 +381,15 @@ impl Server {
         let source = trigger.source();
         if config.admin.read_only && !self.overrides.is_empty() {
             // The file is now the only source of truth: API changes end.
-            tracing::info!("read_only is on: weight overrides, drains and shifts set through the API end");
+            tracing::info!(
+                "read_only is on: weight overrides, drains and shifts set through the API end"
+            );
             self.overrides = Overrides::default();
             self.save_state_for(&config);
-            self.end_superseded(|_| "read_only is on: the file is the only source of truth".to_owned(), &source);
+            self.end_superseded(
+                |_| "read_only is on: the file is the only source of truth".to_owned(),
+                &source,
+            );
         }
         let now = now_rfc3339();
         let mut weights_before = BTreeMap::new();
@@ -428,11 +433,8 @@ impl Server {
             },
             &source,
         );
-        self.reverts.retain(|name, _| {
-            self.overrides
-                .get(name)
-                .is_some_and(|o| o.revert.is_some())
-        });
+        self.reverts
+            .retain(|name, _| self.overrides.get(name).is_some_and(|o| o.revert.is_some()));
         self.publish(generation + 1);
         self.close_removed_listeners();
         self.publish_listeners();
@@ -450,7 +452,9 @@ impl Server {
             )
             .generation(generation + 1)
             .before(serde_json::json!({ "generation": generation, "file_weights": weights_before }))
-            .after(serde_json::json!({ "generation": generation + 1, "file_weights": weights_after })),
+            .after(
+                serde_json::json!({ "generation": generation + 1, "file_weights": weights_after }),
+            ),
         );
         Ok(generation + 1)
     }
@@ -552,8 +556,14 @@ impl Server {
         self.activities.retain(|s, p| kept.contains(&(s, p)));
         self.metrics.config_generation.set(generation as i64);
         let services = status::services(&self.config, &self.overrides, &self.file_changed_at);
-        let names: HashSet<&str> = self.config.services.iter().map(|s| s.name.as_str()).collect();
-        self.shifts.retain(|name| names.contains(name), &self.metrics);
+        let names: HashSet<&str> = self
+            .config
+            .services
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        self.shifts
+            .retain(|name| names.contains(name), &self.metrics);
         for name in &names {
             if !self.shifts.has(name) {
                 self.metrics.set_shift_state(name, "idle");

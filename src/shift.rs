@@ -62,7 +62,10 @@ impl Policy {
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if self.steps.is_empty() {
-            problems.push("steps is empty; give the target's share at each step, like [10, 25, 50, 100]".to_owned());
+            problems.push(
+                "steps is empty; give the target's share at each step, like [10, 25, 50, 100]"
+                    .to_owned(),
+            );
         }
         if self.steps.len() > MAX_STEPS {
             problems.push(format!(
@@ -254,9 +257,18 @@ fn quantile(q: f64, bounds: &[f64], cumulative: &[u64], total: u64) -> Option<f6
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "figure", rename_all = "snake_case")]
 pub enum Breach {
-    ErrorRate { value: f64, limit: f64 },
-    P99 { value_seconds: f64, limit_seconds: f64 },
-    TooFewRequests { value: u64, limit: u64 },
+    ErrorRate {
+        value: f64,
+        limit: f64,
+    },
+    P99 {
+        value_seconds: f64,
+        limit_seconds: f64,
+    },
+    TooFewRequests {
+        value: u64,
+        limit: u64,
+    },
 }
 
 impl std::fmt::Display for Breach {
@@ -490,7 +502,10 @@ mod tests {
         assert_eq!(judge(&policy, &quiet, 1), Verdict::Extend);
         assert!(matches!(
             judge(&policy, &quiet, 2),
-            Verdict::Breach(Breach::TooFewRequests { value: 3, limit: 10 })
+            Verdict::Breach(Breach::TooFewRequests {
+                value: 3,
+                limit: 10
+            })
         ));
         let failing = Figures {
             requests: 100,

@@ -12,8 +12,8 @@ use http::HeaderValue;
 use toml::Spanned;
 
 use super::model::{
-    parse_source, Admin, Alpn, CertFiles, Webhook, Config, Endpoint, Expect, Health, Host, Limits, Listener,
-    ListenerTls, Pool, PoolTls, Protocol, Service, TlsVersion,
+    parse_source, Admin, Alpn, CertFiles, Config, Endpoint, Expect, Health, Host, Limits, Listener,
+    ListenerTls, Pool, PoolTls, Protocol, Service, TlsVersion, Webhook,
 };
 use super::{schema, Problem};
 
@@ -158,9 +158,7 @@ pub(crate) const MAX_WEBHOOK_RETRIES: u32 = 10;
 fn webhook(raw: &schema::Webhook, problems: &mut Vec<Problem>) -> Option<Webhook> {
     let text = raw.url.get_ref();
     let url = match text.parse::<http::Uri>() {
-        Ok(url)
-            if matches!(url.scheme_str(), Some("http" | "https")) && url.host().is_some() =>
-        {
+        Ok(url) if matches!(url.scheme_str(), Some("http" | "https")) && url.host().is_some() => {
             Some(url)
         }
         _ => refuse(

@@ -134,15 +134,21 @@ impl Server {
     pub(super) fn arm_reverts(&mut self) {
         let now = SystemTime::now();
         for service in &self.config.services {
-            let Some(revert) = self.overrides.get(&service.name).and_then(|o| o.revert.as_ref()) else {
+            let Some(revert) = self
+                .overrides
+                .get(&service.name)
+                .and_then(|o| o.revert.as_ref())
+            else {
                 continue;
             };
             let left = humantime::parse_rfc3339_weak(&revert.at)
                 .ok()
                 .and_then(|at| at.duration_since(now).ok())
                 .unwrap_or_default();
-            self.reverts
-                .insert(service.name.clone(), (Instant::now() + left, revert.at.clone()));
+            self.reverts.insert(
+                service.name.clone(),
+                (Instant::now() + left, revert.at.clone()),
+            );
         }
     }
 
@@ -164,7 +170,13 @@ impl Server {
             .collect();
         for (name, at) in due {
             self.reverts.remove(&name);
-            let Some(service) = self.config.services.iter().find(|s| s.name == name).cloned() else {
+            let Some(service) = self
+                .config
+                .services
+                .iter()
+                .find(|s| s.name == name)
+                .cloned()
+            else {
                 continue;
             };
             let Some(revert) = self

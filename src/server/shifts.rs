@@ -5,8 +5,8 @@
 //! when the step began, the counters read then, the steps judged — lives
 //! here. The rules (step weights, judgement) are `crate::shift`'s.
 
-use std::collections::HashMap;
 use serde::Serialize;
+use std::collections::HashMap;
 use tokio::time::Instant;
 
 use super::{now_rfc3339, ChangeError, Server};
@@ -131,7 +131,11 @@ impl Shifts {
     }
 
     /// Forgets the shifts of services no longer configured.
-    pub(super) fn retain(&mut self, keep: impl Fn(&str) -> bool, metrics: &crate::metrics::Metrics) {
+    pub(super) fn retain(
+        &mut self,
+        keep: impl Fn(&str) -> bool,
+        metrics: &crate::metrics::Metrics,
+    ) {
         self.tracks.retain(|name, _| {
             let kept = keep(name);
             if !kept {
@@ -288,9 +292,10 @@ impl Server {
             baseline,
         });
         track.metrics.step.set((track.record.step + 1) as i64);
-        track.metrics.percent.set(i64::from(
-            track.record.policy.steps[track.record.step],
-        ));
+        track
+            .metrics
+            .percent
+            .set(i64::from(track.record.policy.steps[track.record.step]));
         self.metrics.set_shift_state(name, "running");
     }
 
@@ -397,7 +402,12 @@ impl Server {
                     .set(figures.p99_seconds.unwrap_or(0.0));
                 track.judged.push(judged("pass", None));
                 if record.step + 1 == record.policy.steps.len() {
-                    self.finish(name, Outcome::Done, Source::Shift, "every step passed".to_owned());
+                    self.finish(
+                        name,
+                        Outcome::Done,
+                        Source::Shift,
+                        "every step passed".to_owned(),
+                    );
                 } else {
                     self.next_step(name, &figures);
                 }
@@ -425,7 +435,13 @@ impl Server {
         let Some(mut record) = self.overrides.shift(name).cloned() else {
             return;
         };
-        let Some(service) = self.config.services.iter().find(|s| s.name == name).cloned() else {
+        let Some(service) = self
+            .config
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+        else {
             return;
         };
         let before = self.weights_now(&service);
@@ -473,9 +489,20 @@ impl Server {
     /// Ends `name`'s shift. Done: the last step's weights stay. Rolled back
     /// or aborted: the override from before the shift is restored. Ended:
     /// the caller has already put the newer weights in place.
-    pub(super) fn finish(&mut self, name: &str, outcome: Outcome, source: Source, reason: String) -> Option<u64> {
+    pub(super) fn finish(
+        &mut self,
+        name: &str,
+        outcome: Outcome,
+        source: Source,
+        reason: String,
+    ) -> Option<u64> {
         let record = self.overrides.shift(name).cloned()?;
-        let service = self.config.services.iter().find(|s| s.name == name).cloned();
+        let service = self
+            .config
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .cloned();
         let before = service.as_ref().map(|s| self.weights_now(s));
         let mut next = self.overrides.clone();
         next.set_shift(name, None);
@@ -512,7 +539,11 @@ impl Server {
             ),
             Outcome::Ended => (
                 EventKind::ShiftEnd,
-                format!("shift to {:?} ended at step {}: {reason}", record.to, record.step + 1),
+                format!(
+                    "shift to {:?} ended at step {}: {reason}",
+                    record.to,
+                    record.step + 1
+                ),
             ),
         };
         match outcome {
@@ -549,8 +580,13 @@ impl Server {
         if self.overrides.shift(name).is_none() {
             return Err(ChangeError::NoShift(name.to_owned()));
         }
-        self.finish(name, Outcome::Aborted, source.clone(), format!("aborted by {}", who(source)))
-            .ok_or_else(|| ChangeError::Reload("the rollback could not be saved".to_owned()))
+        self.finish(
+            name,
+            Outcome::Aborted,
+            source.clone(),
+            format!("aborted by {}", who(source)),
+        )
+        .ok_or_else(|| ChangeError::Reload("the rollback could not be saved".to_owned()))
     }
 
     /// Marks the shifts that the overrides no longer hold (a newer change

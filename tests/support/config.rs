@@ -83,6 +83,8 @@ pub struct Service {
     health: Option<Health>,
     outlier: Option<(u32, String)>,
     migrate: Option<String>,
+    /// `[service.shift]`, as its lines.
+    shift: Option<String>,
 }
 
 /// One `[[service.pool]]` table.
@@ -348,7 +350,14 @@ impl Service {
             health: None,
             outlier: None,
             migrate: None,
+            shift: None,
         }
+    }
+
+    /// `[service.shift]` with these lines (`key = value`, one per line).
+    pub fn shift(mut self, lines: &str) -> Self {
+        self.shift = Some(lines.to_owned());
+        self
     }
 
     /// `migrate`: a pool leaving rotation has its tcp connections closed
@@ -643,6 +652,12 @@ fn write_service(out: &mut String, s: &Service) -> fmt::Result {
         let mut t = Table(out, "  ");
         t.raw("consecutive_failures", Some(failures))?;
         t.text("base_ejection", &Some(ejection.clone()))?;
+    }
+    if let Some(lines) = &s.shift {
+        out.push_str("\n  [service.shift]\n");
+        for line in lines.lines() {
+            writeln!(out, "  {}", line.trim())?;
+        }
     }
     out.push('\n');
     Ok(())

@@ -426,6 +426,29 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// One call to the admin API of `proxy` (started with it), with extra
+/// request `headers`, whatever its status.
+pub async fn admin_call(
+    proxy: &Proxy,
+    method: http::Method,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut client = Client::connect(proxy.admin.expect("admin API")).await;
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "admin");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    client
+        .send(req.body(full(body.to_owned())).unwrap())
+        .await
+        .unwrap()
+}
+
 /// Calls the admin API of `proxy` (started with it), expects success and
 /// returns the JSON body.
 pub async fn admin_json(
