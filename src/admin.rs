@@ -185,14 +185,16 @@ fn events(req: &Request<Incoming>, admin: &Admin) -> Response<Full<Bytes>> {
         match (key.as_str(), number) {
             ("limit", Ok(n)) if n >= 1 => limit = (n as usize).min(crate::audit::RECENT),
             ("since", Ok(n)) => since = Some(n),
-            _ => return error(
-                StatusCode::BAD_REQUEST,
-                "bad query",
-                format!(
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad query",
+                    format!(
                     "{key}={value:?}: the query takes limit (1 to {}) and since (an event's seq)",
                     crate::audit::RECENT
                 ),
-            ),
+                )
+            }
         }
     }
     let recent = admin.handle.audit().recent(limit, since);

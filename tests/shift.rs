@@ -711,3 +711,62 @@ async fn revert_after_brings_the_weights_back_unless_a_later_change_came_first()
         assert!(reply.text().contains("revert_after"), "{}", reply.text());
     }
 }
+
+// Real time: load on worker threads, which a paused clock cannot have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn steps_driven_by_the_controller_under_load_lose_no_request() {
+    let blue = Backend::start("blue").await;
+    let green = green(0, Duration::ZERO).await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, "").toml()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let mut client = Client::connect(proxy.addr()).await;
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut log = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match client.get("/", &[]).await {
+                    Ok(reply) => log.push((reply.status, reply.pool().to_owned())),
+                    Err(e) => log.push((StatusCode::IM_A_TEAPOT, e)),
+                }
+            }
+            log
+        }));
+    }
+    let reply = start_shift(
+        &proxy,
+        r#"{"to": "green", "steps": [10, 25, 50, 75, 100], "every": "300ms", "min_requests": 20}"#,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let service = status(&proxy).await;
+        if service["shift"]["state"] != "running" {
+            break service;
+        }
+        assert!(Instant::now() < deadline, "{:#}", service["shift"]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Some more requests after the last step.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut log = Vec::new();
+    for task in tasks {
+        log.extend(task.await.unwrap());
+    }
+    assert_eq!(done["shift"]["state"], "done", "{:#}", done["shift"]);
+    let failed: Vec<_> = log.iter().filter(|(s, _)| *s != StatusCode::OK).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        log.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(log.len() > 1000, "{}", log.len());
+    assert!(log.iter().any(|(_, p)| p == "blue"));
+    assert!(log.iter().any(|(_, p)| p == "green"));
+    assert_eq!(support::get(proxy.addr(), "x", "/").await.pool(), "green");
+}

@@ -37,6 +37,24 @@ impl Server {
         }
     }
 
+    /// Puts `next` in force and publishes even when the state file cannot
+    /// take it (the error is logged): for the changes that make traffic
+    /// safer — a rollback, an abort, a revert — which must not wait on a
+    /// disk.
+    pub(super) fn commit_anyway(&mut self, next: Overrides) -> u64 {
+        if let Some(file) = &self.config.admin.state_file {
+            if let Err(e) = next.save(file) {
+                tracing::error!(
+                    "{e}; the change is in force but not saved: a restart would undo it"
+                );
+            }
+        }
+        self.overrides = next;
+        let generation = self.snapshot.load().generation + 1;
+        self.publish(generation);
+        generation
+    }
+
     /// Saves `next` to the state file (if any), then makes it the overrides
     /// in force and publishes; nothing changes when saving fails.
     pub(super) fn commit(&mut self, next: Overrides) -> Result<u64, ChangeError> {
@@ -113,7 +131,7 @@ impl Server {
                 |_| format!("weights set through the admin API by {by} (newest wins)"),
                 source,
             );
-            self.publish(generation);
+            self.refresh_shifts();
         }
         let mut message = format!("weights set through the admin API by {}", who(source));
         if let Some(revert) = &revert {
@@ -195,28 +213,24 @@ impl Server {
                 .collect();
             let mut next = self.overrides.clone();
             next.restore(&name, revert.to.map(|o| *o));
-            match self.commit(next) {
-                Ok(generation) => {
-                    let after: Weights = service
-                        .pools
-                        .iter()
-                        .map(|p| p.name.clone())
-                        .zip(self.overrides.effective(&service))
-                        .collect();
-                    let message = format!(
-                        "revert_after came due at {at} with no later change: the weights before are back"
-                    );
-                    tracing::warn!(service = name, weights = ?after, generation, "{message}");
-                    self.audit.record(
-                        Change::new(EventKind::Revert, Source::RevertAfter, message)
-                            .service(&name)
-                            .generation(generation)
-                            .before(&before)
-                            .after(&after),
-                    );
-                }
-                Err(e) => tracing::error!(service = name, "revert_after could not be applied: {e}"),
-            }
+            let generation = self.commit_anyway(next);
+            let after: Weights = service
+                .pools
+                .iter()
+                .map(|p| p.name.clone())
+                .zip(self.overrides.effective(&service))
+                .collect();
+            let message = format!(
+                "revert_after came due at {at} with no later change: the weights before are back"
+            );
+            tracing::warn!(service = name, weights = ?after, generation, "{message}");
+            self.audit.record(
+                Change::new(EventKind::Revert, Source::RevertAfter, message)
+                    .service(&name)
+                    .generation(generation)
+                    .before(&before)
+                    .after(&after),
+            );
         }
     }
 

@@ -509,13 +509,7 @@ impl Server {
         if matches!(outcome, Outcome::RolledBack | Outcome::Aborted) {
             next.restore(name, record.before.clone());
         }
-        let generation = match self.commit(next) {
-            Ok(generation) => Some(generation),
-            Err(e) => {
-                tracing::error!(service = name, "the shift's end could not be saved: {e}");
-                None
-            }
-        };
+        let generation = self.commit_anyway(next);
         let after = service.as_ref().map(|s| self.weights_now(s));
         let (kind, message) = match outcome {
             Outcome::Done => (
@@ -547,18 +541,17 @@ impl Server {
             ),
         };
         match outcome {
-            Outcome::RolledBack => tracing::warn!(service = name, ?generation, "{message}"),
-            _ => tracing::info!(service = name, ?generation, "{message}"),
+            Outcome::RolledBack => tracing::warn!(service = name, generation, "{message}"),
+            _ => tracing::info!(service = name, generation, "{message}"),
         }
-        let mut change = Change::new(kind, source, message)
-            .service(name)
-            .pool(&record.to)
-            .before(&before)
-            .after(&after);
-        if let Some(generation) = generation {
-            change = change.generation(generation);
-        }
-        self.audit.record(change);
+        self.audit.record(
+            Change::new(kind, source, message)
+                .service(name)
+                .pool(&record.to)
+                .generation(generation)
+                .before(&before)
+                .after(&after),
+        );
         if let Some(track) = self.shifts.tracks.get_mut(name) {
             track.live = None;
             track.record = record;
@@ -571,7 +564,7 @@ impl Server {
         }
         self.metrics.set_shift_state(name, outcome.state());
         self.refresh_shifts();
-        generation
+        Some(generation)
     }
 
     /// `DELETE /v1/services/{svc}/shift`.
