@@ -56,7 +56,7 @@ enum Command {
         https_port: u16,
     },
     /// Talk to a running proxy's admin API.
-    Ctl(ctl::CtlArgs),
+    Ctl(Box<ctl::CtlArgs>),
     /// A sample backend for the demo (run by `demo`).
     #[command(hide = true)]
     SampleBackend {
@@ -69,7 +69,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => return check(&config),
-        Command::Ctl(args) => ctl::main(args),
+        Command::Ctl(args) => match ctl::main(*args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::SampleBackend { pool } => {
             logging::init(cli.log_format);
             sample_backend(pool)
