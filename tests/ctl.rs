@@ -370,7 +370,7 @@ const QUICK: [&str; 6] = [
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the server's shift API"]
+
 async fn shift_watch_exits_0_once_a_healthy_green_has_all_the_traffic() {
     let (proxy, _blue, _green) = proxy(None).await;
     let admin = proxy.admin.unwrap();
@@ -392,7 +392,7 @@ async fn shift_watch_exits_0_once_a_healthy_green_has_all_the_traffic() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the server's shift API"]
+
 async fn shift_watch_exits_1_when_green_fails_and_blue_has_the_traffic_back() {
     let blue = Backend::start("blue").await;
     let green = failing_green().await;
@@ -419,7 +419,7 @@ async fn shift_watch_exits_1_when_green_fails_and_blue_has_the_traffic_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the server's shift API"]
+
 async fn status_shows_a_running_shift_and_watch_follows_it_to_the_end() {
     let (proxy, _blue, _green) = proxy(None).await;
     let admin = proxy.admin.unwrap();
@@ -470,7 +470,7 @@ async fn status_shows_a_running_shift_and_watch_follows_it_to_the_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the server's shift API"]
+
 async fn abort_rolls_back_and_a_second_abort_is_refused() {
     let (proxy, _blue, _green) = proxy(None).await;
     let admin = proxy.admin.unwrap();
@@ -502,7 +502,7 @@ async fn abort_rolls_back_and_a_second_abort_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the server's shift API"]
+
 async fn events_list_each_change_and_who_made_it() {
     let (proxy, _blue, _green) = proxy(None).await;
     let admin = proxy.admin.unwrap();
@@ -547,7 +547,7 @@ async fn events_list_each_change_and_who_made_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the server's shift API"]
+
 async fn a_stale_if_generation_is_refused_and_changes_nothing() {
     let (proxy, _blue, _green) = proxy(None).await;
     let admin = proxy.admin.unwrap();
@@ -585,7 +585,7 @@ async fn a_stale_if_generation_is_refused_and_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the server's shift API"]
+
 async fn revert_after_says_when_the_weights_come_back() {
     let (proxy, _blue, _green) = proxy(None).await;
     let admin = proxy.admin.unwrap();
