@@ -305,9 +305,9 @@ mod tests {
     }
 
     #[test]
-    fn lines_are_on_disk_when_the_writer_goes_on_to_the_next() {
-        // What a crash would leave: the file read through another handle
-        // while the writer (and its queue) are still alive.
+    fn written_lines_keep_their_order_and_a_dropped_writer_finishes_its_queue() {
+        // Each line is synced before the next is written: read here through
+        // another handle while the writer is still running.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let metrics = Metrics::new();

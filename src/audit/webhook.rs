@@ -99,10 +99,16 @@ impl Backoff {
 /// never its path or query.
 pub(super) fn label(url: &Uri) -> String {
     let scheme = url.scheme_str().unwrap_or("http");
-    let port = url
-        .port_u16()
-        .unwrap_or(if scheme == "https" { 443 } else { 80 });
-    format!("{scheme}://{}:{port}", url.host().unwrap_or(""))
+    format!("{scheme}://{}:{}", url.host().unwrap_or(""), port(url))
+}
+
+/// The port of `url`, written or its scheme's.
+fn port(url: &Uri) -> u16 {
+    let default = match url.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    url.port_u16().unwrap_or(default)
 }
 
 impl Webhook {
@@ -242,12 +248,9 @@ impl Target {
         let path = url
             .path_and_query()
             .map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
-        let port = url
-            .port_u16()
-            .unwrap_or(if tls.is_some() { 443 } else { 80 });
         Ok(Self {
             host,
-            port,
+            port: port(url),
             tls,
             host_header,
             path,
