@@ -300,9 +300,10 @@ impl Audit {
     }
 
     /// Puts the sinks of `admin` in force: an audit log writer for
-    /// `audit_log` (the one running is kept while the path is the same)
-    /// and a sender per `[[admin.webhook]]` (one running with the same
-    /// settings is kept; the others stop, with what they had queued).
+    /// `audit_log` (the one running is kept while the path is the same; a
+    /// replaced one finishes writing its queue to the old path) and a
+    /// sender per `[[admin.webhook]]` (one running with the same settings
+    /// is kept; the others stop, and what they had queued is dropped).
     /// Called at start and after every reload, within an async runtime; a
     /// sink that cannot start is logged and left out.
     pub(crate) fn configure(&self, admin: &crate::config::Admin) {
