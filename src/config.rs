@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 pub use model::{Admin, Config, Runtime};
 pub(crate) use model::{
     Alpn, CertFiles, Endpoint, Health, HealthKind, Host, Limits, ListenerTls, Outlier, PoolTls,
-    Protocol, Service, TlsVersion, UpstreamProtocol,
+    Protocol, Service, TlsVersion, UpstreamProtocol, Webhook,
 };
 pub(crate) use validate::{MAX_RETRIES, MAX_WEIGHT};
 

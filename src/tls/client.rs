@@ -180,8 +180,9 @@ pub(super) fn config(
 }
 
 /// The system's trusted roots, read once; empty (so every verification
-/// fails, and says why) when the system has none.
-fn system_roots() -> Arc<RootCertStore> {
+/// fails, and says why) when the system has none. Shared with the
+/// webhook sender (`audit::webhook`).
+pub(crate) fn system_roots() -> Arc<RootCertStore> {
     static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
     ROOTS
         .get_or_init(|| {

@@ -54,6 +54,9 @@ struct Admin {
     state_file: Option<String>,
     /// `tls`, as the inline table's text.
     tls: Option<String>,
+    audit_log: Option<String>,
+    /// `[[admin.webhook]]` tables: url and event kinds.
+    webhooks: Vec<(String, Vec<String>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -174,7 +177,23 @@ impl Config {
             read_only: None,
             state_file: None,
             tls: None,
+            audit_log: None,
+            webhooks: Vec::new(),
         })
+    }
+
+    /// `[admin] audit_log`.
+    pub fn audit_log(mut self, path: &Path) -> Self {
+        self.admin_table().audit_log = Some(path_text(path));
+        self
+    }
+
+    /// An `[[admin.webhook]]` POSTing events of these kinds (every kind
+    /// when empty) to `url`.
+    pub fn webhook(mut self, url: &str, events: &[&str]) -> Self {
+        let events = events.iter().map(|e| (*e).to_owned()).collect();
+        self.admin_table().webhooks.push((url.to_owned(), events));
+        self
     }
 
     /// A listener on an ephemeral loopback port.
@@ -588,7 +607,15 @@ impl Display for Config {
             t.raw("read_only", admin.read_only)?;
             t.text("state_file", &admin.state_file)?;
             t.raw("tls", admin.tls.as_ref())?;
+            t.text("audit_log", &admin.audit_log)?;
             out.push('\n');
+            for (url, events) in &admin.webhooks {
+                out.push_str("[[admin.webhook]]\n");
+                let mut t = Table(&mut out, "");
+                t.text("url", &Some(url.clone()))?;
+                t.list("events", events)?;
+                out.push('\n');
+            }
         }
         for listener in &self.listeners {
             out.push_str("[[listener]]\n");
