@@ -165,6 +165,7 @@ impl Server {
         };
         let metrics = Metrics::new();
         let audit = Audit::new(metrics.clone());
+        audit.configure(&config.admin);
         let snapshot: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
         let (status, status_rx) = watch::channel(Status::default());
         let (commands_tx, commands) = mpsc::channel(64);
@@ -325,6 +326,10 @@ impl Server {
     }
 
     fn reload(&mut self, trigger: Trigger) -> Result<u64, ChangeError> {
+        if trigger == Trigger::Signal {
+            // SIGHUP is also how log rotation asks for the audit log anew.
+            self.audit.reopen();
+        }
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) => {
@@ -416,6 +421,7 @@ impl Server {
             admin.store(new.clone());
         }
         self.tls = tls;
+        self.audit.configure(&self.config.admin);
         if !ended.is_empty() {
             self.save_state();
         }

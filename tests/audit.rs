@@ -2,7 +2,9 @@
 //! `[admin] audit_log` as one JSON line and at the webhooks that take its
 //! kind (and not at the others); a reload that sets `audit_log` starts the
 //! file; and `cutover run` follows logrotate's recipe (rename, create,
-//! SIGHUP) with the next lines in the new file and the old one intact.
+//! SIGHUP) with the next lines in the new file and the old one intact; a
+//! shift that rolls back tells its webhook why, and its audit log lines say
+//! before and after.
 //! The sinks themselves (fsync, rotation, retries, timeouts, full queues)
 //! are tested beside their code in `src/audit/`.
 
@@ -117,7 +119,7 @@ async fn a_configuration_with_an_audit_log_and_webhooks_starts_and_serves() {
 }
 
 #[tokio::test]
-#[ignore = "needs the server wiring"]
+
 async fn a_weights_change_through_the_api_is_appended_to_the_audit_log() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
@@ -149,7 +151,7 @@ async fn a_weights_change_through_the_api_is_appended_to_the_audit_log() {
 }
 
 #[tokio::test]
-#[ignore = "needs the server wiring"]
+
 async fn a_weights_change_is_posted_to_the_webhooks_that_take_its_kind() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
@@ -201,7 +203,7 @@ async fn a_weights_change_is_posted_to_the_webhooks_that_take_its_kind() {
 }
 
 #[tokio::test]
-#[ignore = "needs the server wiring"]
+
 async fn a_reload_that_sets_audit_log_starts_the_file() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
@@ -264,7 +266,7 @@ fn free_port() -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the server wiring"]
+
 async fn logrotate_then_sighup_sends_the_next_lines_to_a_new_file() {
     let blue = Backend::start("blue").await;
     let green = Backend::start("green").await;
@@ -318,4 +320,90 @@ async fn logrotate_then_sighup_sends_the_next_lines_to_a_new_file() {
     let next = wait_weights(&log, 1).await;
     assert_eq!(next[0]["after"]["blue"], 100, "log:\n{}", proxy.log());
     assert_eq!(weights_events(&rotated), first, "the rotated file changed");
+}
+
+/// A green answering 500 to every other request.
+async fn failing_green() -> Backend {
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    Backend::with_handler(
+        "green",
+        Arc::new(move |_req: Request<Incoming>| {
+            let count = count.clone();
+            Box::pin(async move {
+                let mut response = http::Response::new(full("green"));
+                if count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 0 {
+                    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                response
+            })
+        }),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_reaches_the_webhook_and_the_audit_log_with_its_reason() {
+    let blue = Backend::start("blue").await;
+    let green = failing_green().await;
+    let (hooks, mut bodies) = receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let config =
+        support::blue_green_with(&blue, &green, 100, 0, |s| s.health_none().outlier(0, "10s"))
+            .admin()
+            .audit_log(&log)
+            .webhook(&format!("http://{}/hooks", hooks.addr), &["shift_rollback"]);
+    let proxy = Proxy::with_admin(&config.toml()).await;
+    let admin = proxy.admin.unwrap();
+    let addr = proxy.addr();
+    let load = tokio::spawn(async move {
+        let mut client = Client::connect(addr).await;
+        let deadline = Instant::now() + LIMIT;
+        while Instant::now() < deadline {
+            if client.get("/", &[]).await.is_err() {
+                client = Client::connect(addr).await;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let reply = call(
+        admin,
+        Method::POST,
+        "/v1/services/hello/shift",
+        r#"{"to": "green", "steps": [50, 100], "every": "500ms", "min_requests": 10}"#,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+
+    let event = tokio::time::timeout(LIMIT, bodies.recv())
+        .await
+        .expect("a rollback event within the limit")
+        .unwrap();
+    load.abort();
+    assert_eq!(event["kind"], "shift_rollback");
+    assert_eq!(event["source"], "shift");
+    assert_eq!(event["service"], "hello");
+    assert_eq!(event["before"]["green"], 50);
+    assert_eq!(event["after"]["green"], 0);
+    assert!(
+        event["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_error_rate"),
+        "{event}"
+    );
+    let deadline = Instant::now() + LIMIT;
+    let kinds = loop {
+        let kinds: Vec<String> = lines(&log)
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap_or("").to_owned())
+            .collect();
+        if kinds.iter().any(|k| k == "shift_rollback") || Instant::now() > deadline {
+            break kinds;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let start = kinds.iter().position(|k| k == "shift_start");
+    let rollback = kinds.iter().position(|k| k == "shift_rollback");
+    assert!(start.is_some() && start < rollback, "{kinds:?}");
 }
