@@ -230,6 +230,70 @@ async fn check_reports_tls_settings_in_the_wrong_place_with_their_positions() {
     );
 }
 
+const SHIFT_PROBLEMS: &str = r#"# Shift defaults and webhooks that cannot work.
+[admin]
+listen = "127.0.0.1:9901"
+audit_log = "/var/log/cutover/audit.jsonl"
+
+[[admin.webhook]]
+url = "ftp://hooks.example.com/x"
+events = ["shift_rollback", "shift_exploded"]
+
+[[admin.webhook]]
+url = "http://hooks.example.com/ok"
+retries = 99
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+services = ["hello"]
+
+[[service]]
+name = "hello"
+
+  [[service.pool]]
+  name = "blue"
+  weight = 100
+  endpoints = ["10.0.0.10:80"]
+
+  [service.shift]
+  steps = [50, 25, 150]
+  every = "10ms"
+  max_error_rate = 1.5
+"#;
+
+#[tokio::test]
+async fn check_reports_shift_and_webhook_problems_at_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = SHIFT_PROBLEMS;
+    let file = write(dir.path(), "cutover.toml", text);
+    let output = cutover(&["check", "-c", &file]).await;
+    let at = |marker, value| position(&file, text, marker, value);
+    // `every` has no place of its own: the table's header has it.
+    let table = at("[service.shift]", "[");
+    assert_problems(
+        &output,
+        &[
+            (
+                at("ftp://", "\"ftp://"),
+                &["webhook url", "http:// or https://"],
+            ),
+            (
+                at("shift_exploded", "\"shift_exploded\""),
+                &["shift_exploded", "shift_rollback, shift_abort"],
+            ),
+            (at("retries = 99", "99"), &["retries is 99", "at most 10"]),
+            (at("steps = [50", "["), &["step 150", "1 to 100"]),
+            (at("steps = [50", "["), &["strictly ascend"]),
+            (table, &["every is 10ms", "at least 100ms"]),
+            (
+                at("max_error_rate", "1.5"),
+                &["max_error_rate is 1.5", "0 to 1"],
+            ),
+        ],
+    );
+}
+
 #[tokio::test]
 async fn check_reads_the_tls_files_and_names_each_one_that_cannot_serve() {
     let dir = tempfile::tempdir().unwrap();

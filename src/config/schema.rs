@@ -143,7 +143,7 @@ pub struct Shift {
     pub steps: Spanned<Vec<u32>>,
     #[serde(with = "humantime_serde")]
     pub every: Duration,
-    pub max_error_rate: f64,
+    pub max_error_rate: Spanned<f64>,
     #[serde(with = "humantime_serde")]
     pub max_p99: Duration,
     pub min_requests: u64,
@@ -156,7 +156,7 @@ impl Default for Shift {
         Self {
             steps: Spanned::new(0..0, typed.steps),
             every: typed.every,
-            max_error_rate: typed.max_error_rate,
+            max_error_rate: Spanned::new(0..0, typed.max_error_rate),
             max_p99: typed.max_p99,
             min_requests: typed.min_requests,
             max_extensions: typed.max_extensions,

@@ -144,10 +144,13 @@ fn admin(
         state_file: admin.state_file.clone(),
         tls: admin.tls.as_ref().map(|t| cert_files(t.get_ref())),
         audit_log: admin.audit_log.clone(),
+        // Every webhook is checked, not just those before the first bad one.
         webhooks: admin
             .webhooks
             .iter()
             .map(|w| webhook(w, problems))
+            .collect::<Vec<_>>()
+            .into_iter()
             .collect::<Option<_>>()?,
     })
 }
@@ -210,7 +213,7 @@ fn shift(service: &schema::Service, problems: &mut Vec<Problem>) -> Option<crate
     let policy = crate::shift::Policy {
         steps: raw.steps.get_ref().clone(),
         every: raw.every,
-        max_error_rate: raw.max_error_rate,
+        max_error_rate: *raw.max_error_rate.get_ref(),
         max_p99: raw.max_p99,
         min_requests: raw.min_requests,
         max_extensions: raw.max_extensions,
@@ -219,14 +222,24 @@ fn shift(service: &schema::Service, problems: &mut Vec<Problem>) -> Option<crate
     if found.is_empty() {
         return Some(policy);
     }
-    let span = if raw.steps.span().is_empty() {
-        service.shift.span()
-    } else {
-        raw.steps.span()
+    // Each problem at its key when the file has it there, else at the table.
+    let at = |span: std::ops::Range<usize>| {
+        if span.is_empty() {
+            service.shift.span()
+        } else {
+            span
+        }
     };
     for problem in found {
+        let span = if problem.starts_with("step") {
+            at(raw.steps.span())
+        } else if problem.starts_with("max_error_rate") {
+            at(raw.max_error_rate.span())
+        } else {
+            at(0..0)
+        };
         problems.push(Problem::at(
-            span.clone(),
+            span,
             format!(
                 "service {:?}: [service.shift] {problem}",
                 service.name.get_ref()
