@@ -225,6 +225,9 @@ async fn run(
         };
         let passed = result.is_ok();
         let error = result.as_ref().err().cloned();
+        // An endpoint's first verdict, when it is healthy, is no change
+        // worth an audit event: it was just not checked before.
+        let first = !health.detail().checked;
         let change = health.record_check(result, spec.healthy_threshold, spec.unhealthy_threshold);
         let mut owners = Vec::new();
         for m in users.lock().expect("users lock").iter() {
@@ -234,7 +237,7 @@ async fn run(
                 owners.push(m.owner.clone());
             }
         }
-        if let Some(healthy) = change {
+        if let Some(healthy) = change.filter(|healthy| !(first && *healthy)) {
             let verdict = if healthy { "healthy" } else { "unhealthy" };
             let mut message = format!("endpoint {} is {verdict}", key.address);
             if let Some(error) = &error {

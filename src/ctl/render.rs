@@ -119,9 +119,13 @@ pub fn status(status: &Value) -> String {
                 }
             ));
         }
+        // "api", "file", or "shift" when a shift's step set them.
+        let by = match service["override"]["set_by"].as_str() {
+            Some("shift") => "shift",
+            _ => service["override"]["source"].as_str().unwrap_or("-"),
+        };
         let source = format!(
-            "{} {}",
-            service["override"]["source"].as_str().unwrap_or("-"),
+            "{by} {}",
             service["override"]["set_at"].as_str().unwrap_or("")
         );
         for (i, pool) in service["pools"]
