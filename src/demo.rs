@@ -297,6 +297,13 @@ drain_timeout = "20s"      # in-flight work on a pool leaving rotation may finis
   weight = 0               # green
   endpoints = ["{green}"]
 
+  [service.shift]          # `cutover ctl shift hello --to green` moves traffic in these steps,
+  steps = [10, 50, 100]    # judging green's errors and p99 at the end of each, and rolls
+  every = "10s"            # back by itself when a limit is breached
+  max_error_rate = 0.01
+  max_p99 = "500ms"
+  min_requests = 20        # a quieter step is extended, not judged
+
 # TLS passthrough: layer 4, routed by the ClientHello's server name. The
 # clusters hold the certificates; the proxy never sees a key.
 [[listener]]
@@ -369,6 +376,15 @@ blue=100 green=0. Or edit the config file and swap the weights there
 then run the curl loop again: every request now says "hello from green".
 Roll back with the numbers swapped; split 90/10 with 90 and 10. A file with a mistake is
 refused with its line and column in this log; the proxy keeps the old weights.
+
+Or shift progressively, judged as it goes: keep some traffic flowing, start
+the shift, and watch it step 10% -> 50% -> 100% ([service.shift] in the
+config); green's errors and p99 are judged at each step, a breach rolls back
+by itself, and the exit code says which (0 done, 1 rolled back):
+
+  while sleep 0.01; do curl -s -o /dev/null http://127.0.0.1:{port}/; done &
+  cutover ctl --admin http://{admin} shift hello --to green --watch
+  cutover ctl --admin http://{admin} events
 
 Drain blue with a download in flight: start a 15-second download,
 cut over, and watch status count it down to "safe to remove":
