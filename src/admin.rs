@@ -219,18 +219,29 @@ fn form_pairs(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A change to service `svc`: who asks and on what condition, and its
+/// body; 404 for a service that does not exist, before the body is read.
+async fn change_request(
+    req: Request<Incoming>,
+    svc: &str,
+    admin: &Admin,
+    peer: SocketAddr,
+) -> Result<(Asked, Bytes), Response<Full<Bytes>>> {
+    if admin.handle.status().services.iter().all(|s| s.name != svc) {
+        return Err(change_error(ChangeError::UnknownService(svc.to_owned())));
+    }
+    let asked = asked(&req, peer);
+    Ok((asked, read_body(req).await?))
+}
+
 async fn start_shift(
     req: Request<Incoming>,
     svc: &str,
     admin: &Admin,
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
-    if admin.handle.status().services.iter().all(|s| s.name != svc) {
-        return change_error(ChangeError::UnknownService(svc.to_owned()));
-    }
-    let asked = asked(&req, peer);
-    let body = match read_body(req).await {
-        Ok(body) => body,
+    let (asked, body) = match change_request(req, svc, admin, peer).await {
+        Ok(read) => read,
         Err(response) => return response,
     };
     let request: crate::shift::Request = match serde_json::from_slice(&body) {
@@ -255,12 +266,8 @@ async fn set_weights(
     admin: &Admin,
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
-    if admin.handle.status().services.iter().all(|s| s.name != svc) {
-        return change_error(ChangeError::UnknownService(svc.to_owned()));
-    }
-    let asked = asked(&req, peer);
-    let body = match read_body(req).await {
-        Ok(body) => body,
+    let (asked, body) = match change_request(req, svc, admin, peer).await {
+        Ok(read) => read,
         Err(response) => return response,
     };
     let (weights, revert_after) = match parse_weights(&body) {

@@ -122,6 +122,10 @@ async fn until(proxy: &Proxy, what: &str, done: impl Fn(&Value) -> bool) -> Valu
     }
 }
 
+fn assert_status(reply: &support::Reply, status: StatusCode) {
+    assert_eq!(reply.status, status, "{}", reply.text());
+}
+
 async fn start_shift(proxy: &Proxy, body: &str) -> support::Reply {
     admin_call(proxy, Method::POST, "/v1/services/hello/shift", body, &[]).await
 }
@@ -154,7 +158,7 @@ async fn a_healthy_green_goes_step_by_step_to_done_and_no_request_fails() {
         r#"{"to": "green", "steps": [10, 25, 50, 100], "every": "10s", "min_requests": 50}"#,
     )
     .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_status(&reply, StatusCode::OK);
     let started: Value = serde_json::from_slice(&reply.body).unwrap();
     assert_eq!(started["service"]["shift"]["state"], "running");
     assert_eq!(started["service"]["shift"]["percent"], 10);
@@ -234,7 +238,7 @@ async fn a_green_answering_five_percent_500s_rolls_back_at_the_first_step() {
     let load = Load::start(&proxy, 8).await;
     // The defaults come from [service.shift].
     let reply = start_shift(&proxy, r#"{"to": "green"}"#).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_status(&reply, StatusCode::OK);
 
     let ended = until(&proxy, "the end", |s| s["shift"]["state"] != "running").await;
     let shift = &ended["shift"];
@@ -287,7 +291,7 @@ async fn a_slow_green_rolls_back_on_p99() {
         r#"{"to": "green", "steps": [20, 100], "every": "20s", "min_requests": 20, "max_p99": "500ms"}"#,
     )
     .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_status(&reply, StatusCode::OK);
     let ended = until(&proxy, "the end", |s| s["shift"]["state"] != "running").await;
     load.finish().await;
     let shift = &ended["shift"];
@@ -313,7 +317,7 @@ async fn a_quiet_step_is_extended_then_rolled_back_unjudged() {
         r#"{"to": "green", "steps": [50, 100], "every": "10s", "min_requests": 10, "max_extensions": 2}"#,
     )
     .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_status(&reply, StatusCode::OK);
 
     let extended = until(&proxy, "an extension", |s| s["shift"]["extensions"] == 1).await;
     assert_eq!(extended["shift"]["state"], "running");
@@ -355,7 +359,7 @@ async fn a_restart_resumes_the_shift_at_its_step() {
         r#"{"to": "green", "steps": [10, 50, 100], "every": "10s", "min_requests": 20}"#,
     )
     .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_status(&reply, StatusCode::OK);
     until(&first, "step 2", |s| s["shift"]["step"] == 2).await;
     load.finish().await;
     drop(first);
@@ -375,7 +379,7 @@ async fn a_restart_resumes_the_shift_at_its_step() {
     // from before the shift, not those at the restart.
     let load = Load::start(&second, 8).await;
     let reply = admin_call(&second, Method::DELETE, "/v1/services/hello/shift", "", &[]).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_status(&reply, StatusCode::OK);
     load.finish().await;
     assert_eq!(effective(&status(&second).await), (100, 0));
 }
@@ -403,14 +407,14 @@ async fn abort_restores_the_weights_from_before_and_a_second_abort_is_409() {
         r#"{"to": "green", "steps": [10, 50, 100], "every": "10s"}"#,
     )
     .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_status(&reply, StatusCode::OK);
     let running: Value = serde_json::from_slice(&reply.body).unwrap();
     // 10% is below the share green had: the shift starts at 50%.
     assert_eq!(running["service"]["shift"]["percent"], 50);
     assert_eq!(effective(&running["service"]), (50, 50));
 
     let reply = admin_call(&proxy, Method::DELETE, "/v1/services/hello/shift", "", &[]).await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_status(&reply, StatusCode::OK);
     let aborted: Value = serde_json::from_slice(&reply.body).unwrap();
     let service = &aborted["service"];
     assert_eq!(effective(service), (70, 30));
@@ -440,7 +444,7 @@ async fn a_reload_that_changes_the_weights_ends_the_shift_and_one_that_does_not_
         r#"{"to": "green", "steps": [10, 100], "every": "10m"}"#,
     )
     .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_status(&reply, StatusCode::OK);
 
     // A reload that leaves the weights alone: the shift runs on.
     let untouched = support::blue_green_with(&blue, &green, 100, 0, |s| {
@@ -498,12 +502,7 @@ async fn conflicts_get_409_and_stale_changes_get_412() {
         &[("if-match", &stale)],
     )
     .await;
-    assert_eq!(
-        reply.status,
-        StatusCode::PRECONDITION_FAILED,
-        "{}",
-        reply.text()
-    );
+    assert_status(&reply, StatusCode::PRECONDITION_FAILED);
     assert!(reply.text().contains("precondition failed"));
     assert_eq!(effective(&status(&proxy).await), (100, 0));
     for bad in ["nonsense", "W/\"x\"", "\"\""] {
@@ -527,7 +526,7 @@ async fn conflicts_get_409_and_stale_changes_get_412() {
         &[("if-match", &etag)],
     )
     .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_status(&reply, StatusCode::OK);
     let next = reply.headers["etag"].to_str().unwrap().to_owned();
     assert_ne!(next, etag);
     // The old tag is now stale, for a drain and for a shift too.
@@ -539,12 +538,7 @@ async fn conflicts_get_409_and_stale_changes_get_412() {
         &[("if-match", &etag)],
     )
     .await;
-    assert_eq!(
-        reply.status,
-        StatusCode::PRECONDITION_FAILED,
-        "{}",
-        reply.text()
-    );
+    assert_status(&reply, StatusCode::PRECONDITION_FAILED);
     let reply = admin_call(
         &proxy,
         Method::POST,
@@ -553,12 +547,7 @@ async fn conflicts_get_409_and_stale_changes_get_412() {
         &[("if-match", &etag)],
     )
     .await;
-    assert_eq!(
-        reply.status,
-        StatusCode::PRECONDITION_FAILED,
-        "{}",
-        reply.text()
-    );
+    assert_status(&reply, StatusCode::PRECONDITION_FAILED);
 
     let reply = admin_call(
         &proxy,
@@ -568,7 +557,7 @@ async fn conflicts_get_409_and_stale_changes_get_412() {
         &[("if-match", &next)],
     )
     .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_status(&reply, StatusCode::OK);
     // A second shift on a running one.
     let reply = start_shift(&proxy, r#"{"to": "green"}"#).await;
     assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text());
@@ -624,7 +613,7 @@ async fn conflicts_get_409_and_stale_changes_get_412() {
         r#"{"to": "green", "steps": [50, 100], "every": "10m"}"#,
     )
     .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_status(&reply, StatusCode::OK);
     let reply = admin_call(
         &proxy,
         Method::PUT,
@@ -633,7 +622,7 @@ async fn conflicts_get_409_and_stale_changes_get_412() {
         &[],
     )
     .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_status(&reply, StatusCode::OK);
     let body: Value = serde_json::from_slice(&reply.body).unwrap();
     let shift = &body["service"]["shift"];
     assert_eq!(shift["outcome"], "ended", "{shift:#}");
@@ -739,7 +728,7 @@ async fn steps_driven_by_the_controller_under_load_lose_no_request() {
         r#"{"to": "green", "steps": [10, 25, 50, 75, 100], "every": "300ms", "min_requests": 20}"#,
     )
     .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_status(&reply, StatusCode::OK);
     let deadline = Instant::now() + Duration::from_secs(30);
     let done = loop {
         let service = status(&proxy).await;
