@@ -9,7 +9,8 @@ use std::time::Duration;
 use prometheus::core::Collector;
 use serde::{Deserialize, Serialize};
 
-use crate::state::Weights;
+/// A service's pool weights, by pool name.
+pub type Weights = std::collections::BTreeMap<String, u32>;
 
 /// Most steps a shift may have.
 pub const MAX_STEPS: usize = 100;

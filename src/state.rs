@@ -14,8 +14,7 @@ use crate::config::{Config, Service};
 
 const VERSION: u32 = 1;
 
-/// A service's pool weights, by pool name.
-pub type Weights = BTreeMap<String, u32>;
+pub use crate::shift::Weights;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Override {

@@ -99,7 +99,7 @@ pub(crate) struct Webhook {
     /// `http://` or `https://`, with a host.
     pub url: http::Uri,
     /// Kinds sent; every kind when empty.
-    pub events: Vec<crate::audit::EventKind>,
+    pub events: Vec<crate::audit::kind::EventKind>,
     pub timeout: Duration,
     pub retries: u32,
 }

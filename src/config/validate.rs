@@ -174,14 +174,16 @@ fn webhook(raw: &schema::Webhook, problems: &mut Vec<Problem>) -> Option<Webhook
     };
     let mut events = Vec::new();
     for name in &raw.events {
-        match crate::audit::EventKind::parse(name.get_ref()) {
+        match crate::audit::kind::EventKind::parse(name.get_ref()) {
             Some(kind) => events.push(kind),
             None => problems.push(Problem::at(
                 name.span(),
                 format!(
                     "webhook event {:?} is not one of {}",
                     name.get_ref(),
-                    crate::audit::EventKind::ALL.map(|k| k.as_str()).join(", ")
+                    crate::audit::kind::EventKind::ALL
+                        .map(|k| k.as_str())
+                        .join(", ")
                 ),
             )),
         }
