@@ -114,7 +114,10 @@ async fn handle(req: Request<Incoming>, admin: &Admin, peer: SocketAddr) -> Resp
         } => set_state(req, &service, &pool, endpoint.as_deref(), admin, peer).await,
         Call::StartShift { service } => start_shift(req, &service, admin, peer).await,
         Call::AbortShift { service } => {
-            let asked = asked(&req, peer);
+            let asked = match asked(&req, peer) {
+                Ok(asked) => asked,
+                Err(why) => return bad_if_match(why),
+            };
             let result = admin.handle.abort_shift(&service, asked).await;
             changed(admin, &service, result)
         }
@@ -125,24 +128,35 @@ async fn handle(req: Request<Incoming>, admin: &Admin, peer: SocketAddr) -> Resp
     }
 }
 
-/// Who asks, and on what `If-Match` condition.
-fn asked(req: &Request<Incoming>, peer: SocketAddr) -> Asked {
-    let if_match = req
-        .headers()
-        .get_all(header::IF_MATCH)
-        .iter()
-        .map(|v| IfMatch::parse(&String::from_utf8_lossy(v.as_bytes())))
-        .reduce(|a, b| match (a, b) {
-            (IfMatch::Any, _) | (_, IfMatch::Any) => IfMatch::Any,
-            (IfMatch::Generations(mut a), IfMatch::Generations(b)) => {
+/// Who asks, and on what `If-Match` condition; why not, for an `If-Match`
+/// with no entity tag in it (see `bad_if_match`).
+fn asked(req: &Request<Incoming>, peer: SocketAddr) -> Result<Asked, String> {
+    let mut if_match = None;
+    for value in req.headers().get_all(header::IF_MATCH) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        let parsed = IfMatch::parse(&text);
+        if parsed == IfMatch::Generations(Vec::new()) {
+            return Err(format!(
+                "If-Match {text:?} holds no entity tag; send the ETag of a status read, like \"42\" with its quotes, or *"
+            ));
+        }
+        if_match = Some(match (if_match, parsed) {
+            (None, parsed) => parsed,
+            (Some(IfMatch::Any), _) | (_, IfMatch::Any) => IfMatch::Any,
+            (Some(IfMatch::Generations(mut a)), IfMatch::Generations(b)) => {
                 a.extend(b);
                 IfMatch::Generations(a)
             }
         });
-    Asked {
+    }
+    Ok(Asked {
         source: Source::Api(peer),
         if_match,
-    }
+    })
+}
+
+fn bad_if_match(why: String) -> Response<Full<Bytes>> {
+    error(StatusCode::BAD_REQUEST, "bad If-Match", why)
 }
 
 /// `ETag: "<generation>"`.
@@ -230,7 +244,7 @@ async fn change_request(
     if admin.handle.status().services.iter().all(|s| s.name != svc) {
         return Err(change_error(ChangeError::UnknownService(svc.to_owned())));
     }
-    let asked = asked(&req, peer);
+    let asked = asked(&req, peer).map_err(bad_if_match)?;
     Ok((asked, read_body(req).await?))
 }
 
@@ -308,7 +322,10 @@ async fn set_state(
     admin: &Admin,
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
-    let asked = asked(&req, peer);
+    let asked = match asked(&req, peer) {
+        Ok(asked) => asked,
+        Err(why) => return bad_if_match(why),
+    };
     let body = match read_body(req).await {
         Ok(body) => body,
         Err(response) => return response,

@@ -288,17 +288,23 @@ impl Audit {
         }
     }
 
-    /// The most recent events, oldest first, at most `limit`; only those
-    /// after `since` (a `seq`) when given.
+    /// At most `limit` events, oldest first: the most recent ones, or with
+    /// `since` (a `seq`) the first ones after it, so a poller that fell
+    /// behind reads on from where it was instead of skipping ahead.
     pub fn recent(&self, limit: usize, since: Option<u64>) -> Vec<Arc<Event>> {
         let recent = self.inner.recent.lock().expect("audit lock");
-        let after: Vec<Arc<Event>> = recent
-            .iter()
-            .filter(|e| since.is_none_or(|s| e.seq > s))
-            .cloned()
-            .collect();
-        let skip = after.len().saturating_sub(limit);
-        after.into_iter().skip(skip).collect()
+        match since {
+            Some(since) => recent
+                .iter()
+                .filter(|e| e.seq > since)
+                .take(limit)
+                .cloned()
+                .collect(),
+            None => {
+                let skip = recent.len().saturating_sub(limit);
+                recent.iter().skip(skip).cloned().collect()
+            }
+        }
     }
 }
 
@@ -335,6 +341,10 @@ mod tests {
         let last_two = audit.recent(2, None);
         assert_eq!(last_two[1].seq, (RECENT + 10) as u64);
         assert_eq!(audit.recent(100, Some((RECENT + 8) as u64)).len(), 2);
+        // Behind by more than the limit: the first ones after `since`.
+        let next = audit.recent(3, Some(20));
+        let seqs: Vec<u64> = next.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [21, 22, 23]);
     }
 
     const LIMIT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -279,7 +279,7 @@ impl Metrics {
             ),
             retries: counter(
                 "cutover_retries_total",
-                "Further attempts made for requests, by the pool that failed them.",
+                "Further attempts made for requests after an attempt failed (connect, reset, invalid response), by the pool that failed them; a request an upstream declined unprocessed (GOAWAY, REFUSED_STREAM) and resent elsewhere is not counted.",
                 &["service", "pool"],
             ),
             drain_closed: counter(

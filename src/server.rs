@@ -127,6 +127,8 @@ pub struct Server {
     /// `at` of the revert it is for.
     reverts: HashMap<String, (tokio::time::Instant, String)>,
     audit: Audit,
+    /// A change is in force that the state file could not take yet.
+    unsaved: bool,
     /// When each service's weights in the file last changed (RFC 3339).
     file_changed_at: HashMap<String, String>,
     snapshot: SharedSnapshot,
@@ -187,6 +189,7 @@ impl Server {
             shifts: shifts::Shifts::default(),
             reverts: HashMap::new(),
             audit: audit.clone(),
+            unsaved: false,
             snapshot: snapshot.clone(),
             upstreams: Upstreams::default(),
             checks: HealthChecks::new(audit.clone()),
@@ -253,6 +256,7 @@ impl Server {
             tokio::select! {
                 _ = reap.tick() => {
                     self.upstreams.reap();
+                    self.retry_save();
                     // A running step's figures so far, for status.
                     if self.shifts.any_running() {
                         self.refresh_shifts();
@@ -391,10 +395,6 @@ impl Server {
             );
             self.overrides = Overrides::default();
             self.save_state_for(&config);
-            self.end_superseded(
-                |_| "read_only is on: the file is the only source of truth".to_owned(),
-                &source,
-            );
         }
         let now = now_rfc3339();
         let mut weights_before = BTreeMap::new();
@@ -427,33 +427,16 @@ impl Server {
         }
         self.status.send_modify(|s| s.last_reload_error = None);
         Material::warn_unverified(&self.config);
-        self.end_superseded(
-            |service| {
-                if ended.iter().any(|s| s == service) {
-                    "the configuration file changed the service's weights (newest wins)".to_owned()
-                } else if shifts_ended.iter().any(|s| s == service) {
-                    "the configuration file no longer has the target pool".to_owned()
-                } else {
-                    "the service's weights changed".to_owned()
-                }
-            },
-            &source,
-        );
-        self.reverts
-            .retain(|name, _| self.overrides.get(name).is_some_and(|o| o.revert.is_some()));
-        self.publish(generation + 1);
-        self.close_removed_listeners();
-        self.publish_listeners();
-        self.metrics.config_reloads_success.inc();
         tracing::info!(
             generation = generation + 1,
             ?trigger,
             "configuration reloaded"
         );
+        // The cause before its effects: the reload, then the shifts it ended.
         self.audit.record(
             Change::new(
                 EventKind::Reload,
-                source,
+                source.clone(),
                 format!("configuration reloaded from {}", self.path.display()),
             )
             .generation(generation + 1)
@@ -462,6 +445,28 @@ impl Server {
                 serde_json::json!({ "generation": generation + 1, "file_weights": weights_after }),
             ),
         );
+        let read_only = self.config.admin.read_only;
+        self.end_superseded(
+            |service| {
+                if read_only {
+                    "read_only is on: the file is the only source of truth".to_owned()
+                } else if ended.iter().any(|s| s == service) {
+                    "the configuration file changed the service's weights (newest wins)".to_owned()
+                } else if shifts_ended.iter().any(|s| s == service) {
+                    "the configuration file no longer has the target pool".to_owned()
+                } else {
+                    "the service's weights changed".to_owned()
+                }
+            },
+            &source,
+            generation + 1,
+        );
+        self.reverts
+            .retain(|name, _| self.overrides.get(name).is_some_and(|o| o.revert.is_some()));
+        self.publish(generation + 1);
+        self.close_removed_listeners();
+        self.publish_listeners();
+        self.metrics.config_reloads_success.inc();
         Ok(generation + 1)
     }
 

@@ -18,6 +18,12 @@ pub const MAX_STEPS: usize = 100;
 /// Shortest hold time of a step.
 pub const MIN_EVERY: Duration = Duration::from_millis(100);
 
+/// Longest hold time of a step.
+pub const MAX_EVERY: Duration = Duration::from_secs(86_400);
+
+/// Most extensions one step may have.
+pub const MAX_EXTENSIONS: u32 = 1000;
+
 /// How a shift moves and what it accepts: `[service.shift]` gives the
 /// defaults, a `POST /v1/services/{svc}/shift` body may override each field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,11 +91,24 @@ impl Policy {
                 self.steps
             ));
         }
-        if self.every < MIN_EVERY {
+        if self.every < MIN_EVERY || self.every > MAX_EVERY {
             problems.push(format!(
-                "every is {}; at least {}",
+                "every is {}; from {} to {}",
                 humantime::format_duration(self.every),
-                humantime::format_duration(MIN_EVERY)
+                humantime::format_duration(MIN_EVERY),
+                humantime::format_duration(MAX_EVERY)
+            ));
+        }
+        if self.min_requests == 0 {
+            problems.push(
+                "min_requests is 0; at least 1, so no step is passed without a request judged"
+                    .to_owned(),
+            );
+        }
+        if self.max_extensions > MAX_EXTENSIONS {
+            problems.push(format!(
+                "max_extensions is {}; at most {MAX_EXTENSIONS}",
+                self.max_extensions
             ));
         }
         if !(0.0..=1.0).contains(&self.max_error_rate) {
@@ -98,8 +117,12 @@ impl Policy {
                 self.max_error_rate
             ));
         }
-        if self.max_p99.is_zero() {
-            problems.push("max_p99 must be longer than 0s".to_owned());
+        if self.max_p99.is_zero() || self.max_p99 > MAX_EVERY {
+            problems.push(format!(
+                "max_p99 is {}; longer than 0s and at most {}",
+                humantime::format_duration(self.max_p99),
+                humantime::format_duration(MAX_EVERY)
+            ));
         }
         problems
     }
@@ -443,10 +466,19 @@ mod tests {
             every: Duration::from_millis(10),
             max_error_rate: 1.5,
             max_p99: Duration::ZERO,
-            ..Policy::default()
+            min_requests: 0,
+            max_extensions: 5000,
         };
         let problems = bad.problems().join("\n");
-        for word in ["step 120", "ascend", "every", "max_error_rate", "max_p99"] {
+        for word in [
+            "step 120",
+            "ascend",
+            "every",
+            "max_error_rate",
+            "max_p99",
+            "min_requests",
+            "max_extensions",
+        ] {
             assert!(problems.contains(word), "{word} in {problems}");
         }
         let empty = Policy {
@@ -454,6 +486,11 @@ mod tests {
             ..Policy::default()
         };
         assert!(empty.problems()[0].contains("steps is empty"));
+        let forever = Policy {
+            every: Duration::from_secs(300_000_000_000 * 365 * 86_400),
+            ..Policy::default()
+        };
+        assert!(forever.problems()[0].contains("every is"));
     }
 
     fn reading(requests: u64, errors: u64, retried: u64, buckets: &[u64]) -> Reading {

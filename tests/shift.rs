@@ -278,6 +278,15 @@ async fn a_green_answering_five_percent_500s_rolls_back_at_the_first_step() {
     assert_eq!(rollback["before"]["green"], 10);
     assert_eq!(rollback["after"]["green"], 0);
     assert!(rollback["message"].as_str().unwrap().contains("error rate"));
+    let metrics = admin_call(&proxy, Method::GET, "/metrics", "", &[])
+        .await
+        .text();
+    assert!(
+        metrics.contains(r#"cutover_shift_state{service="hello",state="rolled_back"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"cutover_shift_target_percent{pool="green",service="hello"} 0"#));
+    assert!(metrics.contains(r#"cutover_shift_step{service="hello"} 0"#));
 }
 
 #[tokio::test(start_paused = true)]
@@ -514,8 +523,20 @@ async fn conflicts_get_409_and_stale_changes_get_412() {
             &[("if-match", bad)],
         )
         .await;
-        assert_eq!(reply.status, StatusCode::PRECONDITION_FAILED, "{bad}");
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(reply.text().contains("bad If-Match"), "{}", reply.text());
     }
+    // A tag that is no generation of this proxy's matches nothing.
+    let reply = admin_call(
+        &proxy,
+        Method::PUT,
+        path,
+        r#"{"green": 100}"#,
+        &[("if-match", "\"abc\", \"99999\"")],
+    )
+    .await;
+    assert_status(&reply, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(effective(&status(&proxy).await), (100, 0));
 
     // The current one applies, and answers with the next.
     let reply = admin_call(
@@ -758,4 +779,104 @@ async fn steps_driven_by_the_controller_under_load_lose_no_request() {
     assert!(log.iter().any(|(_, p)| p == "blue"));
     assert!(log.iter().any(|(_, p)| p == "green"));
     assert_eq!(support::get(proxy.addr(), "x", "/").await.pool(), "green");
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_a_shift_cannot_judge_or_undo_is_refused() {
+    let blue = Backend::start("blue").await;
+    let green = green(0, Duration::ZERO).await;
+    let text = Config::new()
+        .admin()
+        .listener("web")
+        .service("hello", |s| {
+            s.health_none()
+                .pool("blue", 100, &[blue.addr])
+                .pool("green", 0, &[green.addr])
+        })
+        .tcp_listener_at("l4", {
+            let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            free.local_addr().unwrap()
+        })
+        .service("db", |s| {
+            s.health_none()
+                .pool("blue", 100, &[blue.addr])
+                .pool("green", 0, &[green.addr])
+        })
+        .toml();
+    let proxy = Proxy::with_admin(&text).await;
+
+    // Layer 4 has no HTTP answers to judge.
+    let reply = admin_call(
+        &proxy,
+        Method::POST,
+        "/v1/services/db/shift",
+        r#"{"to": "green"}"#,
+        &[],
+    )
+    .await;
+    assert_status(&reply, StatusCode::BAD_REQUEST);
+    assert!(reply.text().contains("tcp listener"), "{}", reply.text());
+    // A step is never passed on no request.
+    let reply = start_shift(&proxy, r#"{"to": "green", "min_requests": 0}"#).await;
+    assert_status(&reply, StatusCode::BAD_REQUEST);
+    assert!(
+        reply.text().contains("min_requests is 0"),
+        "{}",
+        reply.text()
+    );
+
+    // A pending revert_after ends with the shift that follows it: a
+    // rollback restores the weights, not the dead-man switch.
+    let set = admin_json(
+        &proxy,
+        Method::PUT,
+        "/v1/services/hello/weights",
+        r#"{"blue": 90, "green": 10, "revert_after": "1m"}"#,
+    )
+    .await;
+    assert!(set["service"]["override"]["revert_at"].is_string());
+    let reply = start_shift(
+        &proxy,
+        r#"{"to": "green", "steps": [50, 100], "every": "10m"}"#,
+    )
+    .await;
+    assert_status(&reply, StatusCode::OK);
+
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let reply = admin_call(&proxy, Method::DELETE, "/v1/services/hello/shift", "", &[]).await;
+    assert_status(&reply, StatusCode::OK);
+    let back = status(&proxy).await;
+    assert_eq!(effective(&back), (90, 10));
+    assert!(
+        back["override"]["revert_at"].is_null(),
+        "{:#}",
+        back["override"]
+    );
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(effective(&status(&proxy).await), (90, 10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_that_would_leave_the_rollback_nothing_is_refused() {
+    let blue = Backend::start("blue").await;
+    let green = green(0, Duration::ZERO).await;
+    let proxy = Proxy::with_admin(&config(&blue, &green, "").toml()).await;
+    let reply = start_shift(
+        &proxy,
+        r#"{"to": "green", "steps": [50, 100], "every": "10m"}"#,
+    )
+    .await;
+    assert_status(&reply, StatusCode::OK);
+    // Green has 50 now, so blue could go; but a rollback restores
+    // blue=100 green=0, which a drained blue could not serve.
+    let reply = admin_call(
+        &proxy,
+        Method::PUT,
+        "/v1/services/hello/pools/blue/state",
+        r#"{"state": "drain"}"#,
+        &[],
+    )
+    .await;
+    assert_status(&reply, StatusCode::CONFLICT);
+    assert_eq!(status(&proxy).await["shift"]["state"], "running");
 }

@@ -159,8 +159,7 @@ fn admin(
 pub(crate) const MAX_WEBHOOK_RETRIES: u32 = 10;
 
 fn webhook(raw: &schema::Webhook, problems: &mut Vec<Problem>) -> Option<Webhook> {
-    let text = raw.url.get_ref();
-    let url = match text.parse::<http::Uri>() {
+    let url = match raw.url.get_ref().parse::<http::Uri>() {
         Ok(url) if matches!(url.scheme_str(), Some("http" | "https")) && url.host().is_some() => {
             Some(url)
         }
@@ -168,7 +167,9 @@ fn webhook(raw: &schema::Webhook, problems: &mut Vec<Problem>) -> Option<Webhook
             problems,
             Problem::at(
                 raw.url.span(),
-                format!("webhook url {text:?} is not an http:// or https:// URL with a host"),
+                // Not quoted: a URL can hold a secret, and this message
+                // reaches logs, status and the audit trail.
+                "webhook url is not an http:// or https:// URL with a host",
             ),
         ),
     };

@@ -235,7 +235,9 @@ pub(crate) async fn forward<E: Exchange>(
                 return reply(Reply::GatewayTimeout, !exchange.replayable());
             }
         };
-        let (retry_ok, gateway) = match result {
+        // `failed`: the attempt failed on this pool, as opposed to one the
+        // upstream declined to process (its flow control, not its fault).
+        let (retry_ok, gateway, failed) = match result {
             Ok((conn, head)) => {
                 if head.status >= 500 {
                     service.eject_on_failure(pool, endpoint);
@@ -267,7 +269,7 @@ pub(crate) async fn forward<E: Exchange>(
                     tracing::debug!(service = %service.name, pool = %pool.name, error = %e, "shared upstream connect failed");
                 }
                 // Nothing was sent: the request may go elsewhere.
-                (exchange.replayable(), Gateway::Unreachable)
+                (exchange.replayable(), Gateway::Unreachable, true)
             }
             Err(Failure::Broken { error, stale }) => {
                 // Still in hand and safe to send twice: the upstream may
@@ -284,7 +286,7 @@ pub(crate) async fn forward<E: Exchange>(
                 service.eject_on_failure(pool, endpoint);
                 tracing::warn!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address,
                     %error, "upstream request failed");
-                (whole, Gateway::Failed)
+                (whole, Gateway::Failed, true)
             }
             Err(Failure::Unprocessed(error)) => {
                 if exchange.replayable() && resends < UNSENT_RESENDS {
@@ -297,7 +299,7 @@ pub(crate) async fn forward<E: Exchange>(
                 // upstream's flow control, not its failure: never counted.
                 tracing::debug!(service = %service.name, pool = %pool.name, endpoint = %endpoint.address,
                     %error, "upstream did not process the request");
-                (exchange.replayable(), Gateway::Failed)
+                (exchange.replayable(), Gateway::Failed, false)
             }
             Err(Failure::BadResponse(what)) => {
                 pool.metrics.upstream_error(UpstreamErrorKind::Reset);
@@ -307,6 +309,7 @@ pub(crate) async fn forward<E: Exchange>(
                 (
                     exchange.replayable() && exchange.idempotent(),
                     Gateway::Invalid,
+                    true,
                 )
             }
         };
@@ -319,7 +322,9 @@ pub(crate) async fn forward<E: Exchange>(
                 .response(StatusCode::BAD_GATEWAY, started.elapsed());
             return reply(Reply::BadGateway(gateway), !exchange.replayable());
         };
-        pool.metrics.retry();
+        if failed {
+            pool.metrics.retry();
+        }
         (pool_at, endpoint_at) = next;
     }
 }

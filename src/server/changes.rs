@@ -45,14 +45,30 @@ impl Server {
         if let Some(file) = &self.config.admin.state_file {
             if let Err(e) = next.save(file) {
                 tracing::error!(
-                    "{e}; the change is in force but not saved: a restart would undo it"
+                    "{e}; the change is in force but not saved yet: saving is retried every second"
                 );
+                self.unsaved = true;
             }
         }
         self.overrides = next;
         let generation = self.snapshot.load().generation + 1;
         self.publish(generation);
         generation
+    }
+
+    /// Saves the overrides in force again after `commit_anyway` could not.
+    pub(super) fn retry_save(&mut self) {
+        if !self.unsaved {
+            return;
+        }
+        let Some(file) = &self.config.admin.state_file else {
+            self.unsaved = false;
+            return;
+        };
+        if self.overrides.save(file).is_ok() {
+            tracing::info!("the state file is saved again");
+            self.unsaved = false;
+        }
     }
 
     /// Saves `next` to the state file (if any), then makes it the overrides
@@ -125,14 +141,6 @@ impl Server {
                 self.reverts.remove(name);
             }
         }
-        if shifting {
-            let by = who(source);
-            self.end_superseded(
-                |_| format!("weights set through the admin API by {by} (newest wins)"),
-                source,
-            );
-            self.refresh_shifts();
-        }
         let mut message = format!("weights set through the admin API by {}", who(source));
         if let Some(revert) = &revert {
             message.push_str(&format!("; they revert at {} unless confirmed", revert.at));
@@ -145,6 +153,15 @@ impl Server {
                 .before(&before)
                 .after(&merged),
         );
+        if shifting {
+            let by = who(source);
+            self.end_superseded(
+                |_| format!("weights set through the admin API by {by} (newest wins)"),
+                source,
+                generation,
+            );
+            self.refresh_shifts();
+        }
         Ok(generation)
     }
 
@@ -268,13 +285,23 @@ impl Server {
         let mut next = self.overrides.clone();
         next.set_drained(name, state::drain_key(pool, endpoint), drain);
         if drain && endpoint.is_none() {
-            let weights = next.effective(service);
-            let any_left = service
-                .pools
-                .iter()
-                .zip(weights)
-                .any(|(p, w)| w > 0 && !next.is_drained(name, &p.name, None));
-            if !any_left {
+            let any_left = |weights: Vec<u32>| {
+                service
+                    .pools
+                    .iter()
+                    .zip(weights)
+                    .any(|(p, w)| w > 0 && !next.is_drained(name, &p.name, None))
+            };
+            // A running shift may roll back to its weights from before:
+            // those must keep a pool in rotation too.
+            let after_rollback = next.shift(name).map(|shift| {
+                service
+                    .pools
+                    .iter()
+                    .map(|p| shift.before_weights.get(&p.name).copied().unwrap_or(0))
+                    .collect::<Vec<u32>>()
+            });
+            if !any_left(next.effective(service)) || after_rollback.is_some_and(|w| !any_left(w)) {
                 return Err(ChangeError::LastPool {
                     service: name.to_owned(),
                     pool: pool.to_owned(),

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use super::{now_rfc3339, ChangeError, Server};
 use crate::audit::{Change, EventKind, Source};
+use crate::config::Protocol;
 use crate::metrics::ShiftMetrics;
 use crate::shift::{self, Breach, Figures, Reading, Verdict};
 use crate::state::{ShiftRecord, Weights};
@@ -211,6 +212,18 @@ impl Server {
                 pool: to.to_owned(),
             });
         }
+        if let Some(listener) = self
+            .config
+            .listeners
+            .iter()
+            .find(|l| l.protocol == Protocol::Tcp && l.services.contains(&service.name))
+        {
+            // A shift judges HTTP answers; layer 4 has none to judge.
+            return Err(ChangeError::BadShift(format!(
+                "service {name:?} is served by tcp listener {:?}: a shift judges HTTP responses, which a tcp listener does not read; move its weights with PUT /v1/services/{name}/weights",
+                listener.name
+            )));
+        }
         let policy = request.policy(&service.shift);
         let problems = policy.problems();
         if !problems.is_empty() {
@@ -231,7 +244,13 @@ impl Server {
         };
         let record = ShiftRecord {
             to: to.to_owned(),
-            before: self.overrides.get(name).cloned(),
+            // The shift is a later change: a `revert_after` pending on the
+            // weights it starts from is over, and a rollback does not
+            // bring it back.
+            before: self.overrides.get(name).cloned().map(|mut o| {
+                o.revert = None;
+                o
+            }),
             before_weights: before_weights.clone(),
             policy,
             step: first,
@@ -308,6 +327,23 @@ impl Server {
             .map(|(name, record)| (name.clone(), record.clone()))
             .collect();
         for (name, record) in records {
+            let problems = record.policy.problems();
+            if !problems.is_empty() || record.step >= record.policy.steps.len() {
+                // A hand-edited or foreign state file: roll back to the
+                // weights from before rather than run an unknown plan.
+                let why = if problems.is_empty() {
+                    format!("step {} is past the last step", record.step + 1)
+                } else {
+                    problems.join("; ")
+                };
+                self.finish(
+                    &name,
+                    Outcome::RolledBack,
+                    Source::Start,
+                    format!("the state file's shift cannot resume: {why}"),
+                );
+                continue;
+            }
             let message = format!(
                 "shift to {:?} resumed after a restart at step {} of {} ({}%)",
                 record.to,
@@ -385,13 +421,20 @@ impl Server {
                     "shift step {} ({percent}%) extended: too few requests on the target to judge",
                     record.step + 1
                 );
-                track.judged.push(judged(
+                let entry = judged(
                     "extend",
                     Some(format!(
                         "{} requests, fewer than min_requests {}",
                         figures.requests, record.policy.min_requests
                     )),
-                ));
+                );
+                // One entry per step's extensions, with the figures so far.
+                match track.judged.last_mut() {
+                    Some(last) if last.verdict == "extend" && last.step == entry.step => {
+                        *last = entry;
+                    }
+                    _ => track.judged.push(entry),
+                }
             }
             Verdict::Pass => {
                 track.metrics.judged_requests.set(figures.requests as i64);
@@ -552,8 +595,10 @@ impl Server {
                 .before(&before)
                 .after(&after),
         );
+        let share = after.as_ref().map_or(0, |w| shift::share(w, &record.to));
         if let Some(track) = self.shifts.tracks.get_mut(name) {
             track.live = None;
+            track.metrics.percent.set(i64::from(share));
             track.record = record;
             let reason = match outcome {
                 Outcome::Aborted => format!("aborted at step {}", track.record.step + 1),
@@ -584,7 +629,12 @@ impl Server {
 
     /// Marks the shifts that the overrides no longer hold (a newer change
     /// replaced them) as ended, saying why for each service.
-    pub(super) fn end_superseded(&mut self, why: impl Fn(&str) -> String, source: &Source) {
+    pub(super) fn end_superseded(
+        &mut self,
+        why: impl Fn(&str) -> String,
+        source: &Source,
+        generation: u64,
+    ) {
         let gone: Vec<String> = self
             .shifts
             .tracks
@@ -602,14 +652,30 @@ impl Server {
                 track.record.to,
                 track.record.step + 1
             );
-            tracing::info!(service = name, "{message}");
+            tracing::info!(service = name, generation, "{message}");
             track.live = None;
             track.ended = Some((Outcome::Ended, why, now_rfc3339()));
             track.metrics.step.set(0);
+            let share = self
+                .config
+                .services
+                .iter()
+                .find(|s| s.name == name)
+                .map_or(0, |s| {
+                    let weights: Weights = s
+                        .pools
+                        .iter()
+                        .map(|p| p.name.clone())
+                        .zip(self.overrides.effective(s))
+                        .collect();
+                    shift::share(&weights, &track.record.to)
+                });
+            track.metrics.percent.set(i64::from(share));
             self.audit.record(
                 Change::new(EventKind::ShiftEnd, source.clone(), message)
                     .service(&name)
-                    .pool(&track.record.to),
+                    .pool(&track.record.to)
+                    .generation(generation),
             );
             self.metrics.set_shift_state(&name, Outcome::Ended.state());
         }
