@@ -314,3 +314,37 @@ impl Handle {
         self.shutdown.is_cancelled()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::IfMatch;
+
+    #[test]
+    fn if_match_reads_strong_and_weak_tags_and_star() {
+        assert_eq!(IfMatch::parse("*"), IfMatch::Any);
+        assert_eq!(IfMatch::parse(" * "), IfMatch::Any);
+        assert_eq!(
+            IfMatch::parse(r#""7", W/"8" ,"x", 9, "10"#),
+            IfMatch::Generations(vec![7, 8])
+        );
+        for none in [
+            "",
+            "7",
+            "\"\"",
+            "W/",
+            "\"-1\"",
+            "\"99999999999999999999999\"",
+            "\"7",
+        ] {
+            assert_eq!(
+                IfMatch::parse(none),
+                IfMatch::Generations(vec![]),
+                "{none:?}"
+            );
+        }
+        assert!(IfMatch::parse(r#""3""#).matches(3));
+        assert!(!IfMatch::parse(r#""3""#).matches(4));
+        assert!(IfMatch::Any.matches(4));
+        assert_eq!(IfMatch::parse(r#""3", "4""#).describe(), r#""3", "4""#);
+    }
+}
