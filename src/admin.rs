@@ -183,7 +183,7 @@ fn changed(admin: &Admin, svc: &str, result: Result<u64, ChangeError>) -> Respon
                     StatusCode::OK,
                     &json!({ "generation": generation, "service": service }),
                 ),
-                status.generation(),
+                generation,
             )
         }
         Err(e) => change_error(e),
