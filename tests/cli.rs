@@ -285,7 +285,7 @@ async fn check_reports_shift_and_webhook_problems_at_their_keys() {
             (at("retries = 99", "99"), &["retries is 99", "at most 10"]),
             (at("steps = [50", "["), &["step 150", "1 to 100"]),
             (at("steps = [50", "["), &["strictly ascend"]),
-            (table, &["every is 10ms", "at least 100ms"]),
+            (table, &["every is 10ms", "from 100ms"]),
             (
                 at("max_error_rate", "1.5"),
                 &["max_error_rate is 1.5", "0 to 1"],
