@@ -280,6 +280,25 @@ impl Audit {
         drop(running);
     }
 
+    /// Waits, at most `limit`, until the audit log has written every event
+    /// recorded so far: at shutdown, so the last changes reach the file.
+    /// Blocks: call it off the async runtime.
+    pub fn settle(&self, limit: std::time::Duration) -> bool {
+        let marker = self
+            .inner
+            .sinks
+            .lock()
+            .expect("audit sinks lock")
+            .log
+            .as_ref()
+            .map(AuditLog::marker);
+        match marker {
+            None => true,
+            Some(None) => false,
+            Some(Some(wait)) => wait.recv_timeout(limit).is_ok(),
+        }
+    }
+
     /// Has the audit log opened afresh at its path before its next line:
     /// SIGHUP, after an outside tool rotated the file.
     pub fn reopen(&self) {
@@ -454,5 +473,26 @@ mod tests {
         audit.record(Change::new(EventKind::Weights, Source::File, "after"));
         assert_eq!(audit.flush_log().map(|(_, opens)| opens), Some(2));
         assert_eq!(lines(&path).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn settle_returns_once_every_event_is_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::default();
+        assert!(audit.settle(LIMIT), "no audit log: nothing to wait for");
+        audit.configure(&admin(Some(&path), &[]));
+        for i in 0..200 {
+            audit.record(Change::new(
+                EventKind::Weights,
+                Source::File,
+                format!("{i}"),
+            ));
+        }
+        let settle = audit.clone();
+        assert!(tokio::task::spawn_blocking(move || settle.settle(LIMIT))
+            .await
+            .unwrap());
+        assert_eq!(lines(&path).len(), 200);
     }
 }

@@ -104,6 +104,9 @@ struct RunningListener {
     limit: Arc<ConnLimit>,
 }
 
+/// Longest the exit waits for the audit log to write what it was given.
+const AUDIT_SETTLE: Duration = Duration::from_secs(2);
+
 /// How often idle upstream connections are reaped.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 
@@ -326,6 +329,13 @@ impl Server {
                 remaining = self.tracker.len(),
                 "connections still open after the shutdown grace period; closing them"
             );
+        }
+        // The last events (a drain, a rollback) reach the audit log before
+        // the process exits; a stuck disk delays the exit at most this long.
+        let audit = self.audit.clone();
+        let settled = tokio::task::spawn_blocking(move || audit.settle(AUDIT_SETTLE)).await;
+        if !matches!(settled, Ok(true)) {
+            tracing::warn!("the audit log did not write every event before exit");
         }
     }
 

@@ -41,7 +41,6 @@ enum Message {
     Event(Arc<Event>),
     /// Answered with the number of times the file was opened, once every
     /// message before it is written.
-    #[cfg(test)]
     Flush(mpsc::Sender<u64>),
 }
 
@@ -119,6 +118,15 @@ impl AuditLog {
         Arc::as_ptr(&self.reopen) as usize
     }
 
+    /// A marker queued behind every event sent so far: its receiver is
+    /// answered once they are written. `None` when the queue is full or
+    /// the writer gone: nothing is waited for then.
+    pub(super) fn marker(&self) -> Option<mpsc::Receiver<u64>> {
+        let (done, wait) = mpsc::channel();
+        self.queue.try_send(Message::Flush(done)).ok()?;
+        Some(wait)
+    }
+
     /// Waits (at most `limit`) until every event sent before is written;
     /// how many times the file has been opened.
     #[cfg(test)]
@@ -152,9 +160,8 @@ impl Writer {
         for message in events {
             match message {
                 Message::Event(event) => self.write(&event),
-                #[cfg(test)]
                 Message::Flush(done) => {
-                    // The test waiting may have given up; nothing to tell.
+                    // Whoever waits may have given up; nothing to tell.
                     _ = done.send(self.opens);
                 }
             }
