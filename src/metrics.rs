@@ -109,10 +109,19 @@ pub(crate) struct ShiftMetrics {
     pub step: IntGauge,
     /// The target's share of traffic at that step, in percent.
     pub percent: IntGauge,
-    /// The figures of the last step judged.
-    pub judged_requests: IntGauge,
-    pub judged_error_rate: Gauge,
-    pub judged_p99: Gauge,
+    /// The figures of the last step judged (`judged`).
+    judged_requests: IntGauge,
+    judged_error_rate: Gauge,
+    judged_p99: Gauge,
+}
+
+impl ShiftMetrics {
+    /// Sets the figures of a step just judged.
+    pub(crate) fn judged(&self, figures: &crate::shift::Figures) {
+        self.judged_requests.set(figures.requests as i64);
+        self.judged_error_rate.set(figures.error_rate);
+        self.judged_p99.set(figures.p99_seconds.unwrap_or(0.0));
+    }
 }
 
 /// Handles for one listener.

@@ -315,6 +315,16 @@ impl Overrides {
         (ended, shifts_ended)
     }
 
+    /// The weights a service's pools take, by pool name.
+    pub(crate) fn weights(&self, service: &Service) -> Weights {
+        service
+            .pools
+            .iter()
+            .map(|p| p.name.clone())
+            .zip(self.effective(service))
+            .collect()
+    }
+
     /// The weights a service's pools take, in pool order.
     pub(crate) fn effective(&self, service: &Service) -> Vec<u32> {
         let o = self.by_service.get(&service.name);

@@ -122,6 +122,17 @@ async fn until(proxy: &Proxy, what: &str, done: impl Fn(&Value) -> bool) -> Valu
     }
 }
 
+/// One admin call carrying `If-Match: tag`.
+async fn with_if_match(
+    proxy: &Proxy,
+    method: Method,
+    path: &str,
+    body: &str,
+    tag: &str,
+) -> support::Reply {
+    admin_call(proxy, method, path, body, &[("if-match", tag)]).await
+}
+
 fn assert_status(reply: &support::Reply, status: StatusCode) {
     assert_eq!(reply.status, status, "{}", reply.text());
 }
@@ -503,79 +514,58 @@ async fn conflicts_get_409_and_stale_changes_get_412() {
 
     // A stale If-Match changes nothing.
     let stale = format!("\"{}\"", proxy.generation() - 1);
-    let reply = admin_call(
-        &proxy,
-        Method::PUT,
-        path,
-        r#"{"green": 100}"#,
-        &[("if-match", &stale)],
-    )
-    .await;
+    let reply = with_if_match(&proxy, Method::PUT, path, r#"{"green": 100}"#, &stale).await;
     assert_status(&reply, StatusCode::PRECONDITION_FAILED);
     assert!(reply.text().contains("precondition failed"));
     assert_eq!(effective(&status(&proxy).await), (100, 0));
     for bad in ["nonsense", "W/\"x\"", "\"\""] {
-        let reply = admin_call(
-            &proxy,
-            Method::PUT,
-            path,
-            r#"{"green": 100}"#,
-            &[("if-match", bad)],
-        )
-        .await;
+        let reply = with_if_match(&proxy, Method::PUT, path, r#"{"green": 100}"#, bad).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
         assert!(reply.text().contains("bad If-Match"), "{}", reply.text());
     }
     // A tag that is no generation of this proxy's matches nothing.
-    let reply = admin_call(
+    let reply = with_if_match(
         &proxy,
         Method::PUT,
         path,
         r#"{"green": 100}"#,
-        &[("if-match", "\"abc\", \"99999\"")],
+        "\"abc\", \"99999\"",
     )
     .await;
     assert_status(&reply, StatusCode::PRECONDITION_FAILED);
     assert_eq!(effective(&status(&proxy).await), (100, 0));
 
     // The current one applies, and answers with the next.
-    let reply = admin_call(
-        &proxy,
-        Method::PUT,
-        path,
-        r#"{"green": 10}"#,
-        &[("if-match", &etag)],
-    )
-    .await;
+    let reply = with_if_match(&proxy, Method::PUT, path, r#"{"green": 10}"#, &etag).await;
     assert_status(&reply, StatusCode::OK);
     let next = reply.headers["etag"].to_str().unwrap().to_owned();
     assert_ne!(next, etag);
     // The old tag is now stale, for a drain and for a shift too.
-    let reply = admin_call(
+    let reply = with_if_match(
         &proxy,
         Method::PUT,
         "/v1/services/hello/pools/green/state",
         r#"{"state": "drain"}"#,
-        &[("if-match", &etag)],
+        &etag,
     )
     .await;
     assert_status(&reply, StatusCode::PRECONDITION_FAILED);
-    let reply = admin_call(
+    let reply = with_if_match(
         &proxy,
         Method::POST,
         "/v1/services/hello/shift",
         r#"{"to": "green", "every": "10s"}"#,
-        &[("if-match", &etag)],
+        &etag,
     )
     .await;
     assert_status(&reply, StatusCode::PRECONDITION_FAILED);
 
-    let reply = admin_call(
+    let reply = with_if_match(
         &proxy,
         Method::POST,
         "/v1/services/hello/shift",
         r#"{"to": "green", "every": "10s"}"#,
-        &[("if-match", &next)],
+        &next,
     )
     .await;
     assert_status(&reply, StatusCode::OK);

@@ -63,7 +63,7 @@ pub fn service(admin: &Admin, view: &ServiceView, status: &Status) -> Value {
             "revert_at": view.revert_at,
             "revert_to": view.revert_to,
         },
-        "shift": status.shifts.get(&view.name).cloned().unwrap_or_else(|| json!({ "state": "idle" })),
+        "shift": status.shift(&view.name),
         "pools": pools,
     })
 }

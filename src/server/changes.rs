@@ -17,11 +17,13 @@ impl Server {
         if self.config.admin.read_only {
             return Err(ChangeError::ReadOnly);
         }
-        self.config
-            .services
-            .iter()
-            .find(|s| s.name == name)
+        self.service(name)
             .ok_or_else(|| ChangeError::UnknownService(name.to_owned()))
+    }
+
+    /// The configured service `name`.
+    pub(super) fn service(&self, name: &str) -> Option<&crate::config::Service> {
+        self.config.services.iter().find(|s| s.name == name)
     }
 
     /// Refuses a change whose `If-Match` names another generation than the
@@ -92,12 +94,8 @@ impl Server {
     ) -> Result<u64, ChangeError> {
         let service = self.changeable(name)?.clone();
         let service = &service;
-        let mut merged: Weights = service
-            .pools
-            .iter()
-            .map(|p| p.name.clone())
-            .zip(self.overrides.effective(service))
-            .collect();
+        let before = self.overrides.weights(service);
+        let mut merged = before.clone();
         for (pool, weight) in weights {
             match merged.get_mut(&pool) {
                 Some(w) => *w = weight,
@@ -112,12 +110,6 @@ impl Server {
         if merged.values().all(|w| *w == 0) {
             return Err(ChangeError::AllZero(name.to_owned()));
         }
-        let before: Weights = service
-            .pools
-            .iter()
-            .map(|p| p.name.clone())
-            .zip(self.overrides.effective(service))
-            .collect();
         let revert = revert_after.map(|after| Revert {
             at: humantime::format_rfc3339_millis(SystemTime::now() + after).to_string(),
             // What comes back is the override in force now, without a
@@ -205,13 +197,7 @@ impl Server {
             .collect();
         for (name, at) in due {
             self.reverts.remove(&name);
-            let Some(service) = self
-                .config
-                .services
-                .iter()
-                .find(|s| s.name == name)
-                .cloned()
-            else {
+            let Some(service) = self.service(&name).cloned() else {
                 continue;
             };
             let Some(revert) = self
@@ -222,21 +208,11 @@ impl Server {
             else {
                 continue;
             };
-            let before: Weights = service
-                .pools
-                .iter()
-                .map(|p| p.name.clone())
-                .zip(self.overrides.effective(&service))
-                .collect();
+            let before = self.overrides.weights(&service);
             let mut next = self.overrides.clone();
             next.restore(&name, revert.to.map(|o| *o));
             let generation = self.commit_anyway(next);
-            let after: Weights = service
-                .pools
-                .iter()
-                .map(|p| p.name.clone())
-                .zip(self.overrides.effective(&service))
-                .collect();
+            let after = self.overrides.weights(&service);
             let message = format!(
                 "revert_after came due at {at} with no later change: the weights before are back"
             );

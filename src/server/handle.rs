@@ -185,13 +185,11 @@ impl Handle {
     /// Re-reads the configuration file; returns the new generation once it
     /// is in force.
     pub(crate) async fn reload(&self, trigger: Trigger) -> Result<u64, ChangeError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Reload {
+        self.ask(|reply| Command::Reload {
             trigger,
             reply: Some(reply),
         })
-        .await?;
-        answer.await.map_err(|_| ChangeError::Stopped)?
+        .await
     }
 
     /// Asks for a reload without waiting for its outcome.
@@ -218,16 +216,14 @@ impl Handle {
         revert_after: Option<Duration>,
         asked: Asked,
     ) -> Result<u64, ChangeError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::SetWeights {
+        self.ask(|reply| Command::SetWeights {
             service: service.to_owned(),
             weights,
             revert_after,
             asked,
             reply,
         })
-        .await?;
-        answer.await.map_err(|_| ChangeError::Stopped)?
+        .await
     }
 
     /// Starts a progressive shift of `service`; returns the generation of
@@ -238,15 +234,13 @@ impl Handle {
         request: shift::Request,
         asked: Asked,
     ) -> Result<u64, ChangeError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::StartShift {
+        self.ask(|reply| Command::StartShift {
             service: service.to_owned(),
             request,
             asked,
             reply,
         })
-        .await?;
-        answer.await.map_err(|_| ChangeError::Stopped)?
+        .await
     }
 
     /// Aborts `service`'s shift and rolls its weights back.
@@ -255,14 +249,12 @@ impl Handle {
         service: &str,
         asked: Asked,
     ) -> Result<u64, ChangeError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::AbortShift {
+        self.ask(|reply| Command::AbortShift {
             service: service.to_owned(),
             asked,
             reply,
         })
-        .await?;
-        answer.await.map_err(|_| ChangeError::Stopped)?
+        .await
     }
 
     /// The audit trail of changes.
@@ -280,8 +272,7 @@ impl Handle {
         drain: bool,
         asked: Asked,
     ) -> Result<u64, ChangeError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::SetDrain {
+        self.ask(|reply| Command::SetDrain {
             service: service.to_owned(),
             pool: pool.to_owned(),
             endpoint: endpoint.map(str::to_owned),
@@ -289,7 +280,17 @@ impl Handle {
             asked,
             reply,
         })
-        .await?;
+        .await
+    }
+
+    /// Sends the command `make` builds around its reply, and waits for the
+    /// answer.
+    async fn ask(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<u64, ChangeError>>) -> Command,
+    ) -> Result<u64, ChangeError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(make(reply)).await?;
         answer.await.map_err(|_| ChangeError::Stopped)?
     }
 

@@ -14,7 +14,7 @@ use crate::audit::{Change, EventKind, Source};
 use crate::config::Protocol;
 use crate::metrics::ShiftMetrics;
 use crate::shift::{self, Breach, Figures, Reading, Verdict};
-use crate::state::{ShiftRecord, Weights};
+use crate::state::ShiftRecord;
 
 /// How a shift ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -99,14 +99,14 @@ impl Shifts {
     /// The shift part of `service`'s status.
     pub(super) fn view(&self, service: &str, current: Option<&Reading>) -> serde_json::Value {
         let Some(track) = self.tracks.get(service) else {
-            return serde_json::json!({ "state": "idle" });
+            return super::status::idle_shift();
         };
         let record = &track.record;
         let live = track.live.as_ref();
-        let state = match (&track.ended, live) {
-            (Some((outcome, _, _)), _) => outcome.state(),
-            (None, _) => "running",
-        };
+        let state = track
+            .ended
+            .as_ref()
+            .map_or("running", |(outcome, _, _)| outcome.state());
         let now = Instant::now();
         serde_json::json!({
             "state": state,
@@ -162,16 +162,6 @@ impl Server {
         let service = snapshot.service(service)?;
         let pool = service.pools.iter().find(|p| &*p.name == pool)?;
         Some(pool.metrics.reading())
-    }
-
-    /// The service's effective weights now, by pool name.
-    fn weights_now(&self, service: &crate::config::Service) -> Weights {
-        service
-            .pools
-            .iter()
-            .map(|p| p.name.clone())
-            .zip(self.overrides.effective(service))
-            .collect()
     }
 
     /// The shift status of every service, joined with the counters now.
@@ -234,7 +224,7 @@ impl Server {
                 "pool {to:?} is set to drain; set it ready before shifting traffic to it"
             )));
         }
-        let before_weights = self.weights_now(&service);
+        let before_weights = self.overrides.weights(&service);
         let share = shift::share(&before_weights, to);
         let Some(first) = policy.steps.iter().position(|s| *s > share) else {
             return Err(ChangeError::BadShift(format!(
@@ -437,12 +427,7 @@ impl Server {
                 }
             }
             Verdict::Pass => {
-                track.metrics.judged_requests.set(figures.requests as i64);
-                track.metrics.judged_error_rate.set(figures.error_rate);
-                track
-                    .metrics
-                    .judged_p99
-                    .set(figures.p99_seconds.unwrap_or(0.0));
+                track.metrics.judged(&figures);
                 track.judged.push(judged("pass", None));
                 if record.step + 1 == record.policy.steps.len() {
                     self.finish(
@@ -456,12 +441,7 @@ impl Server {
                 }
             }
             Verdict::Breach(breach) => {
-                track.metrics.judged_requests.set(figures.requests as i64);
-                track.metrics.judged_error_rate.set(figures.error_rate);
-                track
-                    .metrics
-                    .judged_p99
-                    .set(figures.p99_seconds.unwrap_or(0.0));
+                track.metrics.judged(&figures);
                 let reason = format!(
                     "{breach} at step {} ({percent}%){}",
                     record.step + 1,
@@ -478,16 +458,10 @@ impl Server {
         let Some(mut record) = self.overrides.shift(name).cloned() else {
             return;
         };
-        let Some(service) = self
-            .config
-            .services
-            .iter()
-            .find(|s| s.name == name)
-            .cloned()
-        else {
+        let Some(service) = self.service(name).cloned() else {
             return;
         };
-        let before = self.weights_now(&service);
+        let before = self.overrides.weights(&service);
         record.step += 1;
         let percent = record.policy.steps[record.step];
         let after = shift::split(&record.before_weights, &record.to, percent);
@@ -540,20 +514,15 @@ impl Server {
         reason: String,
     ) -> Option<u64> {
         let record = self.overrides.shift(name).cloned()?;
-        let service = self
-            .config
-            .services
-            .iter()
-            .find(|s| s.name == name)
-            .cloned();
-        let before = service.as_ref().map(|s| self.weights_now(s));
+        let service = self.service(name).cloned();
+        let before = service.as_ref().map(|s| self.overrides.weights(s));
         let mut next = self.overrides.clone();
         next.set_shift(name, None);
         if matches!(outcome, Outcome::RolledBack | Outcome::Aborted) {
             next.restore(name, record.before.clone());
         }
         let generation = self.commit_anyway(next);
-        let after = service.as_ref().map(|s| self.weights_now(s));
+        let after = service.as_ref().map(|s| self.overrides.weights(s));
         let (kind, message) = match outcome {
             Outcome::Done => (
                 EventKind::ShiftDone,
@@ -662,13 +631,7 @@ impl Server {
                 .iter()
                 .find(|s| s.name == name)
                 .map_or(0, |s| {
-                    let weights: Weights = s
-                        .pools
-                        .iter()
-                        .map(|p| p.name.clone())
-                        .zip(self.overrides.effective(s))
-                        .collect();
-                    shift::share(&weights, &track.record.to)
+                    shift::share(&self.overrides.weights(s), &track.record.to)
                 });
             track.metrics.percent.set(i64::from(share));
             self.audit.record(

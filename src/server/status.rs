@@ -39,6 +39,16 @@ impl Status {
     pub fn generation(&self) -> u64 {
         self.snapshot.generation
     }
+
+    /// The running or last shift of `service`, as `/v1/status` shows it.
+    pub(crate) fn shift(&self, service: &str) -> serde_json::Value {
+        self.shifts.get(service).cloned().unwrap_or_else(idle_shift)
+    }
+}
+
+/// The shift status of a service that has had none.
+pub(crate) fn idle_shift() -> serde_json::Value {
+    serde_json::json!({ "state": "idle" })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -72,7 +82,7 @@ pub(crate) fn services(
         .map(|s| {
             let name = s.name.clone();
             let pools: Vec<String> = s.pools.iter().map(|p| p.name.clone()).collect();
-            let effective = pools.iter().cloned().zip(overrides.effective(s)).collect();
+            let effective = overrides.weights(s);
             let over = overrides.get(&name);
             let revert = over.and_then(|o| o.revert.as_ref());
             ServiceView {
