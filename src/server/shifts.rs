@@ -72,6 +72,19 @@ pub(super) struct Track {
     metrics: ShiftMetrics,
 }
 
+impl Track {
+    /// A shift about to begin its step.
+    fn new(record: ShiftRecord, metrics: ShiftMetrics) -> Self {
+        Self {
+            record,
+            live: None,
+            judged: Vec::new(),
+            ended: None,
+            metrics,
+        }
+    }
+}
+
 /// Every service's running or last shift.
 #[derive(Default)]
 pub(super) struct Shifts {
@@ -271,14 +284,9 @@ impl Server {
                 .before(&before_weights)
                 .after(&after),
         );
-        let track = Track {
-            live: None,
-            record,
-            judged: Vec::new(),
-            ended: None,
-            metrics,
-        };
-        self.shifts.tracks.insert(name.to_owned(), track);
+        self.shifts
+            .tracks
+            .insert(name.to_owned(), Track::new(record, metrics));
         self.begin_step(name);
         self.refresh_shifts();
         Ok(generation)
@@ -347,14 +355,10 @@ impl Server {
                     .service(&name)
                     .pool(&record.to),
             );
-            let track = Track {
-                metrics: self.metrics.shift(&name, &record.to),
-                live: None,
-                record,
-                judged: Vec::new(),
-                ended: None,
-            };
-            self.shifts.tracks.insert(name.clone(), track);
+            let metrics = self.metrics.shift(&name, &record.to);
+            self.shifts
+                .tracks
+                .insert(name.clone(), Track::new(record, metrics));
             self.begin_step(&name);
         }
         self.refresh_shifts();
